@@ -1,0 +1,53 @@
+"""The one place that turns config dataclasses into flags and a user's mistake into one line on stderr."""
+
+import argparse
+import dataclasses
+import sys
+import typing
+
+
+def add_config_flags(parser, config_cls, title, skip=()):
+    """One --kebab-case flag per dataclass field, with the field's metadata help and its default."""
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        kind = hints[f.name]
+        if kind is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+                               help=help_text)
+        else:
+            choices = f.metadata.get("choices")
+            group.add_argument(flag, dest=f.name, type=kind, default=f.default, choices=choices,
+                               help=f"{help_text} (default: {f.default})")
+    return group
+
+
+def config_from_args(config_cls, args, **overrides):
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if hasattr(args, f.name)}
+    values.update(overrides)
+    return config_cls(**values)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors follow the same rule as ours: one line on stderr, exit status 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def run(main):
+    """Call main(); a ValueError or OSError from bad input becomes one line on stderr and exit status 2."""
+    try:
+        main()
+    except (ValueError, OSError) as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        sys.stderr.write(f"error: {message}\n")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)

@@ -1,0 +1,201 @@
+"""Image data sets as uint8 tensors (n, c, h, w) with int64 labels, and the index-map files of stage one.
+
+Data sets: Fashion-MNIST from Debian's package (offline, the default), MNIST and CIFAR-10 through torchvision
+(downloaded), and any folder of images. Index maps are numpy .npy files (memory-mappable, never pickled) with a
+JSON file of metadata beside them.
+"""
+
+import gzip
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipelines.runs import atomic_path, file_sha256, write_json
+
+FASHION_MNIST_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLITS = ("train", "test")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = field(default="fashion-mnist", metadata={
+        "help": "fashion-mnist (Debian's files, offline), mnist or cifar10 (downloaded to --data-dir), "
+                "or folder:PATH (any folder of images; every tenth file, sorted by path, is the test split)"})
+    data_dir: str = field(default="data", metadata={"help": "where mnist and cifar10 are downloaded to"})
+    image_size: int = field(default=0, metadata={
+        "help": "resize folder images to this size (0: the data set's own size; 28 for folders)"})
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # (n, c, h, w) uint8
+    labels: torch.Tensor  # (n,) int64
+    class_names: list
+
+    def __len__(self):
+        return len(self.images)
+
+
+def load_images(config, split):
+    """The split ('train' or 'test') of the configured data set; a one-line ValueError when it can't be had."""
+    name = config.dataset
+    if name == "fashion-mnist":
+        return _read_fashion_mnist(split)
+    if name in ("mnist", "cifar10"):
+        return _read_torchvision(name, split, config.data_dir)
+    if name.startswith("folder:"):
+        return _read_folder(Path(name[len("folder:"):]), split, config.image_size or 28)
+    raise ValueError(f"unknown dataset {name!r}: use fashion-mnist, mnist, cifar10 or folder:PATH")
+
+
+def _read_idx(path):
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _read_fashion_mnist(split):
+    prefix = "train" if split == "train" else "t10k"
+    images_path = FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz"
+    labels_path = FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz"
+    if not images_path.exists() or not labels_path.exists():
+        raise ValueError(f"Fashion-MNIST not found in {FASHION_MNIST_DIR}: "
+                         "install it with 'apt-get install -y dataset-fashion-mnist'")
+    try:
+        images = torch.from_numpy(_read_idx(images_path).copy()).unsqueeze(1)
+        labels = torch.from_numpy(_read_idx(labels_path).astype(np.int64))
+    except (OSError, EOFError, ValueError) as error:
+        raise ValueError(f"Fashion-MNIST files in {FASHION_MNIST_DIR} are unreadable ({error})") from None
+    return ImageSet(images, labels, list(FASHION_MNIST_CLASSES))
+
+
+def _read_torchvision(name, split, data_dir):
+    import torchvision
+
+    cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.CIFAR10
+    try:
+        dataset = cls(data_dir, train=split == "train", download=True)
+    except Exception as error:  # torchvision raises many kinds; the user needs one line
+        raise ValueError(f"could not download or read {name} into {data_dir}: {error}") from None
+    images = torch.as_tensor(np.asarray(dataset.data))
+    images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+    labels = torch.as_tensor(np.asarray(dataset.targets), dtype=torch.int64)
+    return ImageSet(images.contiguous(), labels, list(dataset.classes))
+
+
+def _read_folder(root, split, image_size):
+    from PIL import Image, UnidentifiedImageError
+
+    if not root.is_dir():
+        raise ValueError(f"image folder {root} does not exist")
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
+    # Sub-folders are classes, as in torchvision's ImageFolder; a flat folder is one class.
+    class_names = sorted({p.parent.relative_to(root).as_posix() for p in paths})
+    class_index = {name: i for i, name in enumerate(class_names)}
+    paths = [p for i, p in enumerate(paths) if (i % 10 == 9) == (split == "test")]
+    images, labels, unreadable = [], [], []
+    mode = None
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.load()
+                mode = mode or ("L" if image.mode in ("L", "1", "I;16", "I") else "RGB")
+                image = image.convert(mode).resize((image_size, image_size), Image.BILINEAR)
+                images.append(torch.from_numpy(np.asarray(image).copy()))
+        except (OSError, UnidentifiedImageError, ValueError):
+            unreadable.append(str(path))
+            continue
+        labels.append(class_index[path.parent.relative_to(root).as_posix()])
+    if unreadable:
+        raise ValueError(f"{len(unreadable)} unreadable image file(s): {', '.join(unreadable)}")
+    if not images:
+        raise ValueError(f"no images in the {split} split of {root} (every tenth file is the test split)")
+    stacked = torch.stack(images)
+    stacked = stacked.unsqueeze(1) if stacked.ndim == 3 else stacked.permute(0, 3, 1, 2)
+    return ImageSet(stacked.contiguous(), torch.tensor(labels, dtype=torch.int64), class_names)
+
+
+# Index maps ---------------------------------------------------------------------------------------------------
+
+def smallest_uint_dtype(codebook_size):
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if codebook_size - 1 <= np.iinfo(dtype).max:
+            return dtype
+    return np.uint64
+
+
+def write_index_maps(directory, split, maps, labels, metadata):
+    """Write one split: maps (n, h, w) ints, labels (n,), and its entry in meta.json (written last)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    dtype = smallest_uint_dtype(metadata["codebook_size"])
+    files = {}
+    for kind, array in (("maps", np.asarray(maps).astype(dtype)), ("labels", np.asarray(labels).astype(np.int64))):
+        path = directory / f"{split}_{kind}.npy"
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, array, allow_pickle=False)
+        files[kind] = {"file": path.name, "sha256": file_sha256(path)}
+    meta_path = directory / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta.update({k: v for k, v in metadata.items() if k != "split_stats"})
+    meta.setdefault("splits", {})[split] = {**files, "count": len(labels), **metadata.get("split_stats", {})}
+    write_json(meta_path, meta)
+
+
+@dataclass
+class IndexMaps:
+    maps: np.ndarray  # (n, h, w) unsigned ints, memory-mapped
+    labels: np.ndarray  # (n,) int64
+    meta: dict
+
+
+def read_index_maps(directory, split, check_hashes=True):
+    """Load one split memory-mapped; every inconsistency is a one-line ValueError."""
+    directory = Path(directory)
+    meta_path = directory / "meta.json"
+    if not meta_path.exists():
+        raise ValueError(f"no index maps in {directory} (meta.json missing): run fit_tokenizer or its --dump-only")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{meta_path} is not valid JSON") from None
+    required = ("codebook_size", "grid_height", "grid_width", "weights_sha256", "splits")
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise ValueError(f"{meta_path} lacks metadata: {', '.join(missing)}")
+    if split not in meta["splits"]:
+        raise ValueError(f"{meta_path} has no {split!r} split")
+    entry = meta["splits"][split]
+    arrays = {}
+    for kind in ("maps", "labels"):
+        path = directory / entry[kind]["file"]
+        if not path.exists():
+            raise ValueError(f"index-map file {path} is missing")
+        if check_hashes and file_sha256(path) != entry[kind]["sha256"]:
+            raise ValueError(f"index-map file {path} does not match its recorded SHA-256 (corrupt or replaced)")
+        try:
+            arrays[kind] = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as error:
+            raise ValueError(f"index-map file {path} is unreadable: {error}") from None
+    maps, labels = arrays["maps"], arrays["labels"]
+    if maps.ndim != 3 or maps.shape[1:] != (meta["grid_height"], meta["grid_width"]) or len(labels) != len(maps):
+        raise ValueError(f"index maps in {directory} have shape {maps.shape}, "
+                         f"expected (n, {meta['grid_height']}, {meta['grid_width']}) with {len(labels)} labels")
+    if maps.dtype.kind != "u":
+        raise ValueError(f"index maps in {directory} have dtype {maps.dtype}, expected an unsigned integer type")
+    if len(maps) and int(maps.max()) >= meta["codebook_size"]:
+        raise ValueError(f"index maps in {directory} hold token {int(maps.max())}, "
+                         f"past the codebook size {meta['codebook_size']}")
+    return IndexMaps(maps, labels, meta)

@@ -1,0 +1,175 @@
+"""Stage one: train the VQ-VAE tokenizer, then dump every image's index map beside the model.
+
+    python -m pipelines.fit_tokenizer                       # Fashion-MNIST, 7x7 grid, 512 codes
+    python -m pipelines.fit_tokenizer --resume checkpoints/tokenizer/RUN
+    python -m pipelines.fit_tokenizer --dump-only checkpoints/tokenizer/RUN
+    accelerate launch -m pipelines.fit_tokenizer ...       # several processes or GPUs
+"""
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+from torchvision.utils import save_image
+from tqdm.auto import tqdm
+
+from pipelines import cli
+from pipelines.data import DataConfig, load_images, write_index_maps
+from pipelines.runs import atomic_path, new_run_dir, read_json, save_tensors, write_json
+from pipelines.train import TrainConfig, make_accelerator, train
+from tokenizer import Tokenizer
+from tokenizer.model import TokenizerConfig, VQVAE
+from tokenizer.quantizers import usage_stats
+
+DERIVED_FROM_DATA = ("image_channels", "image_size")
+
+
+def build_parser():
+    parser = cli.ArgumentParser(
+        prog="python -m pipelines.fit_tokenizer",
+        description="Train the VQ-VAE tokenizer, then write every image's index map into RUN/maps/.")
+    run = parser.add_argument_group("run")
+    run.add_argument("--output-root", default="checkpoints",
+                     help="runs go to OUTPUT_ROOT/tokenizer/RUN_NAME (default: checkpoints)")
+    run.add_argument("--run-name", default=None, help="name of the new run (default: a timestamp)")
+    run.add_argument("--resume", metavar="RUN_DIR", default=None,
+                     help="continue a killed run from its last checkpoint, with the config it was started with "
+                          "(other model, data and training flags are ignored)")
+    run.add_argument("--dump-only", metavar="RUN_DIR", default=None,
+                     help="skip training: write the index maps again from a finished run's weights")
+    run.add_argument("--dump-batch-size", type=int, default=1000, help="images per batch when dumping (default: 1000)")
+    cli.add_config_flags(parser, DataConfig, "data")
+    cli.add_config_flags(parser, TokenizerConfig, "model", skip=DERIVED_FROM_DATA)
+    cli.add_config_flags(parser, TrainConfig, "training")
+    return parser
+
+
+def tokenizer_step(model, batch):
+    images, _ = batch
+    images = images.float() / 255
+    reconstructions, _, quantizer_loss, stats = model(images)
+    mse = F.mse_loss(reconstructions.float(), images)
+    loss = mse + quantizer_loss
+    return loss, {"loss": loss.item(), "mse": mse.item(), "perplexity": stats["perplexity"],
+                  "codes_used": stats["codes_used"], "restarts": stats["restarts"]}
+
+
+def encode_split(tokenizer, images, batch_size, reconstruct, desc):
+    """Token grids of a whole split, its usage histogram and (if asked) the summed squared reconstruction error."""
+    maps, squared_error = [], 0.0
+    counts = torch.zeros(tokenizer.codebook_size, dtype=torch.long)
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, dynamic_ncols=True):
+        batch = images[start:start + batch_size].to(tokenizer.device).float() / 255
+        tokens = tokenizer.encode(batch)
+        counts += torch.bincount(tokens.flatten().cpu(), minlength=tokenizer.codebook_size)
+        if reconstruct:
+            squared_error += F.mse_loss(tokenizer.decode(tokens), batch, reduction="sum").item()
+        maps.append(tokens.cpu().numpy())
+    maps = np.concatenate(maps) if maps else np.zeros((0, *tokenizer.grid_shape), dtype=np.int64)
+    return maps, counts, squared_error
+
+
+def dump(run_dir, data_config, batch_size, accelerator):
+    """Encode both splits with the saved weights and write RUN/maps/; returns the per-split figures."""
+    tokenizer = Tokenizer.load(run_dir, device=accelerator.device)
+    results = {}
+    for split in ("train", "test"):
+        data = load_images(data_config, split)
+        started = time.perf_counter()
+        maps, counts, squared_error = encode_split(tokenizer, data.images, batch_size, split == "test",
+                                                   f"dump {split}")
+        seconds = time.perf_counter() - started
+        stats = usage_stats(counts)
+        stats["dump_images_per_s"] = len(maps) / max(seconds, 1e-9)
+        if split == "test":
+            stats["mse"] = squared_error / max(1, data.images.numel())
+            stats["psnr"] = 10 * math.log10(1 / max(stats["mse"], 1e-12))
+        if accelerator.is_main_process:
+            write_index_maps(run_dir / "maps", split, maps, data.labels.numpy(), {
+                "codebook_size": tokenizer.codebook_size, "grid_height": tokenizer.grid_shape[0],
+                "grid_width": tokenizer.grid_shape[1], "dataset": data_config.dataset,
+                "class_names": data.class_names, "weights_sha256": tokenizer.weights_sha256,
+                "tokenizer_run": str(Path(run_dir).resolve()), "split_stats": stats})
+        results[split] = {k: v for k, v in stats.items() if k != "usage_histogram"}
+    return tokenizer, results
+
+
+def save_reconstructions(path, tokenizer, images, count=16):
+    originals = images[:count].to(tokenizer.device).float() / 255
+    reconstructions = tokenizer.decode(tokenizer.encode(originals))
+    with atomic_path(path) as tmp:
+        save_image(torch.cat([originals, reconstructions]).cpu(), tmp, nrow=len(originals), padding=1, format="PNG")
+
+
+def configs_from(args):
+    if args.resume:
+        saved = read_json(Path(args.resume) / "config.json")
+        try:
+            return (DataConfig(**saved["data"]), TokenizerConfig(**saved["model"]), TrainConfig(**saved["train"]))
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{Path(args.resume) / 'config.json'} is not a tokenizer run config ({error})") from None
+    return cli.config_from_args(DataConfig, args), None, cli.config_from_args(TrainConfig, args)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(None if argv is None else [str(a) for a in argv])
+    if args.dump_only:
+        run_dir = Path(args.dump_only)
+        data_config = DataConfig(**read_json(run_dir / "config.json").get("data", {}))
+        accelerator = make_accelerator(TrainConfig())
+        _, results = dump(run_dir, data_config, args.dump_batch_size, accelerator)
+        accelerator.print(f"index maps written to {run_dir / 'maps'}: {results}")
+        return
+
+    data_config, model_config, train_config = configs_from(args)
+    accelerator = make_accelerator(train_config)
+    train_set = load_images(data_config, "train")
+    test_set = load_images(data_config, "test")
+    if model_config is None:
+        channels, height, width = train_set.images.shape[1:]
+        if height != width:
+            raise ValueError(f"images must be square, these are {height}x{width}: use folder: with --image-size")
+        model_config = cli.config_from_args(TokenizerConfig, args, image_channels=channels, image_size=height)
+    run_dir = Path(args.resume) if args.resume else new_run_dir(args.output_root, "tokenizer", args.run_name)
+    if accelerator.is_main_process and not args.resume:
+        write_json(run_dir / "config.json", {"model": dataclasses.asdict(model_config),
+                                             "train": dataclasses.asdict(train_config),
+                                             "data": dataclasses.asdict(data_config)})
+    accelerator.wait_for_everyone()
+
+    torch.manual_seed(train_config.seed)
+    model = VQVAE(model_config)
+    accelerator.print(f"tokenizer: {model.num_parameters():,} parameters, grid {model_config.grid_size}x"
+                      f"{model_config.grid_size}, {model_config.codebook_size} codes -> {run_dir}")
+    started = time.perf_counter()
+    model, metrics = train(model, TensorDataset(train_set.images, train_set.labels), tokenizer_step, train_config,
+                           run_dir, accelerator, resume=bool(args.resume), description="fit tokenizer")
+    train_seconds = time.perf_counter() - started
+    if accelerator.is_main_process:
+        save_tensors(run_dir / "model.safetensors", model.state_dict())
+    accelerator.wait_for_everyone()
+
+    tokenizer, results = dump(run_dir, data_config, args.dump_batch_size, accelerator)
+    if accelerator.is_main_process:
+        save_reconstructions(run_dir / "reconstructions.png", tokenizer, test_set.images)
+        summary = {"train_seconds_this_session": train_seconds, "parameters": model.num_parameters(),
+                   "train_images_per_s": _mean_rate(metrics), **{f"{s}_{k}": v for s, r in results.items()
+                                                                 for k, v in r.items()}}
+        write_json(run_dir / "results.json", summary)
+        test = results["test"]
+        accelerator.print(f"test MSE {test['mse']:.5f}, PSNR {test['psnr']:.2f} dB, perplexity "
+                          f"{test['perplexity']:.1f}, codes used {100 * test['codes_used']:.1f}% -> {run_dir}")
+
+
+def _mean_rate(metrics):
+    rates = [m["items_per_s"] for m in metrics if "items_per_s" in m]
+    return sum(rates) / len(rates) if rates else None
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,137 @@
+"""Run directories: atomic writes, weights as safetensors beside a JSON config, finding runs.
+
+A run lives in checkpoints/<stage>/<run-name>/. Every file is written to a temporary name in the same folder and
+renamed into place, so a killed process leaves either the old complete file or the new complete file.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; on success it is fsynced and renamed onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    # mkstemp makes 0600 files; the finished file gets the mode an ordinary open() would give it.
+    os.chmod(tmp, 0o666 & ~_umask())
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path, text):
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path):
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path} is missing")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{path} is not valid JSON") from None
+
+
+def save_tensors(path, tensors, metadata=None):
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
+
+
+def load_tensors(path):
+    """Read a safetensors file (never a pickle); a missing, truncated or foreign file is a one-line ValueError."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"weights file {path} is missing")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"weights file {path} is not a readable safetensors file ({error})") from None
+
+
+def read_model_files(run_dir):
+    """(config dict, state dict) of a run directory: config.json and model.safetensors."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ValueError(f"run directory {run_dir} does not exist")
+    return read_json(run_dir / "config.json"), load_tensors(run_dir / "model.safetensors")
+
+
+def load_state_strict(model, state, path):
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        raise ValueError(f"weights in {path} do not fit the model in its config.json ({first[-1].strip()})") from None
+
+
+def new_run_dir(root, stage, name=None):
+    """A fresh directory under root/stage: the given name (which must be new), or a timestamp."""
+    parent = Path(root) / stage
+    if name:
+        if (parent / name).exists():
+            raise ValueError(f"run {parent / name} exists already: pass --resume to continue it, or another name")
+        return parent / name
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir, suffix = parent / stamp, 1
+    while run_dir.exists():
+        suffix += 1
+        run_dir = parent / f"{stamp}-{suffix}"
+    return run_dir
+
+
+def newest_run(root, stage, must_have="model.safetensors"):
+    """The most recently modified complete run under root/stage."""
+    parent = Path(root) / stage
+    runs = [d for d in parent.iterdir() if (d / must_have).exists()] if parent.is_dir() else []
+    if not runs:
+        raise ValueError(f"no finished {stage} run under {parent}: train one first")
+    return max(runs, key=lambda d: (d / must_have).stat().st_mtime)
+
+
+def append_metrics(path, records):
+    """Rewrite the metrics log whole (it is small), so a kill never leaves half a line."""
+    write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def read_metrics(path):
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,195 @@
+"""The one training loop both stages use: accelerate places the work, this file adds resume, progress and metrics.
+
+Resume is exact on CPU: the data order is a pure function of (seed, epoch), the learning rate a pure function of
+the step, and the training state (weights, buffers, optimizer, random state) is one safetensors file written
+atomically. A resumed run therefore takes the same steps on the same batches as an uninterrupted one.
+"""
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from pipelines.runs import append_metrics, load_tensors, read_metrics, save_tensors
+
+STATE_FILE = "training_state.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = field(default=15, metadata={"help": "passes over the training split"})
+    batch_size: int = field(default=128, metadata={"help": "images (or grids) per step, per process"})
+    learning_rate: float = field(default=2e-3, metadata={"help": "peak learning rate of AdamW"})
+    warmup_steps: int = field(default=200, metadata={"help": "steps of linear warm-up before the cosine decay"})
+    min_lr_ratio: float = field(default=0.05, metadata={"help": "the cosine decay ends at this fraction of the peak"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0: no clipping)"})
+    seed: int = field(default=0, metadata={"help": "seed for weights, data order and restarts"})
+    mixed_precision: str = field(default="no", metadata={
+        "help": "no, fp16 or bf16 (through accelerate)", "choices": ["no", "fp16", "bf16"]})
+    log_every: int = field(default=50, metadata={"help": "steps between metrics lines"})
+    checkpoint_every: int = field(default=500, metadata={"help": "steps between resumable checkpoints"})
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "log_every", "checkpoint_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"--learning-rate must be positive, not {self.learning_rate}")
+
+
+class EpochPermutation(Sampler):
+    """A shuffle that depends only on (seed, epoch): every process and every resumed run sees the same order."""
+
+    def __init__(self, size, seed):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
+def make_accelerator(config):
+    return Accelerator(mixed_precision=config.mixed_precision)
+
+
+def learning_rate_at(step, total_steps, config):
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.learning_rate * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def _state_tensors(model, optimizer):
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_state = optimizer.state_dict()
+    scalars = {}
+    for param_id, state in opt_state["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{param_id}.{key}"] = value
+            else:
+                scalars[f"{param_id}.{key}"] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    return tensors, {"param_groups": opt_state["param_groups"], "optimizer_scalars": scalars}
+
+
+def save_training_state(path, model, optimizer, step, scaler=None):
+    tensors, meta = _state_tensors(model, optimizer)
+    meta["step"] = step
+    meta["scaler"] = scaler.state_dict() if scaler is not None else None
+    save_tensors(path, tensors, metadata={"training": json.dumps(meta)})
+
+
+def load_training_state(path, model, optimizer, scaler=None):
+    """Restore what save_training_state wrote; returns the step to continue from."""
+    from safetensors import safe_open
+
+    tensors = load_tensors(path)
+    with safe_open(path, framework="pt") as f:
+        meta = json.loads(f.metadata()["training"])
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    state = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, param_id, name = key.split(".", 2)
+            state.setdefault(int(param_id), {})[name] = value
+    for key, value in meta["optimizer_scalars"].items():
+        param_id, name = key.split(".", 1)
+        state.setdefault(int(param_id), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
+    if cuda_states:
+        torch.cuda.set_rng_state_all(cuda_states)
+    if scaler is not None and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
+    return meta["step"]
+
+
+def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, description="train"):
+    """Fit model on dataset; step_fn(model, batch) -> (loss, {name: float}). Returns the unwrapped model.
+
+    Metrics are averaged over each log window (keys ending in 'restarts' are summed) and written to
+    run_dir/metrics.jsonl; the training state goes to run_dir/training_state.safetensors every
+    checkpoint_every steps and at the end.
+    """
+    run_dir = Path(run_dir)
+    state_path = run_dir / STATE_FILE
+    sampler = EpochPermutation(len(dataset), config.seed)
+    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    step = 0
+    if resume and state_path.exists():
+        step = load_training_state(state_path, model, optimizer, accelerator.scaler)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ValueError(f"the training split has {len(dataset)} items, fewer than one batch of "
+                         f"{config.batch_size} per process: lower --batch-size")
+    total_steps = config.epochs * steps_per_epoch
+    # Lines past the checkpoint belong to steps that will be taken again.
+    metrics = [m for m in read_metrics(run_dir / "metrics.jsonl") if m.get("step", 0) <= step] if resume else []
+
+    bar = tqdm(total=total_steps, initial=step, desc=description, dynamic_ncols=True,
+               disable=not accelerator.is_main_process)
+    window, window_start = {}, time.perf_counter()
+    model.train()
+    while step < total_steps:
+        epoch, offset = divmod(step, steps_per_epoch)
+        loader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, offset) if offset else loader
+        for batch in batches:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(step, total_steps, config)
+            loss, logs = step_fn(model, batch)
+            accelerator.backward(loss)
+            if config.grad_clip > 0:
+                accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            for key, value in logs.items():
+                window.setdefault(key, []).append(value)
+            bar.update(1)
+            if step % config.log_every == 0 or step == total_steps:
+                elapsed = time.perf_counter() - window_start
+                record = {"step": step, "epoch": step / steps_per_epoch,
+                          "lr": learning_rate_at(step - 1, total_steps, config),
+                          "items_per_s": len(window.get("loss", [])) * config.batch_size
+                          * accelerator.num_processes / max(elapsed, 1e-9)}
+                for key, values in window.items():
+                    record[key] = sum(values) if key.endswith("restarts") else sum(values) / len(values)
+                metrics.append(record)
+                bar.set_postfix({k: f"{record[k]:.4g}" for k in window if not k.endswith("restarts")})
+                if accelerator.is_main_process:
+                    append_metrics(run_dir / "metrics.jsonl", metrics)
+                window, window_start = {}, time.perf_counter()
+            if step % config.checkpoint_every == 0 or step == total_steps:
+                if accelerator.is_main_process:
+                    save_training_state(state_path, accelerator.unwrap_model(model), optimizer, step,
+                                        accelerator.scaler)
+                accelerator.wait_for_everyone()
+            if step >= total_steps:
+                break
+    bar.close()
+    model = accelerator.unwrap_model(model)
+    model.eval()
+    return model, metrics

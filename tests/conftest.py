@@ -1,0 +1,67 @@
+"""Small data made on the spot: tests never need the internet or the full data sets."""
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def synthetic_images(n, size=28, channels=1, seed=0):
+    """Bright rectangles and discs on black, a stand-in for Fashion-MNIST's silhouettes; labels = shape kind."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    images = np.zeros((n, size, size, channels), dtype=np.uint8)
+    labels = rng.integers(0, 3, n)
+    for i in range(n):
+        cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
+        r = rng.integers(size // 8, size // 3)
+        if labels[i] == 0:
+            mask = (abs(yy - cy) <= r) & (abs(xx - cx) <= r // 2 + 1)
+        elif labels[i] == 1:
+            mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        else:
+            mask = abs(yy - cy) <= 1
+        images[i][mask] = rng.integers(120, 256, channels)
+    return images, labels
+
+
+def write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def make_fashion_dir(directory, n_train=256, n_test=64):
+    """Files in the layout of Debian's dataset-fashion-mnist package, with synthetic content."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = synthetic_images(n, seed=seed)
+        write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images[..., 0])
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return directory
+
+
+@pytest.fixture
+def fashion_dir(tmp_path, monkeypatch):
+    directory = make_fashion_dir(tmp_path / "fashion")
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(directory))
+    monkeypatch.setattr("pipelines.data.FASHION_MNIST_DIR", directory)
+    return directory
+
+
+# Flags for a tokenizer that trains in a second or two on the synthetic data.
+TINY_TOKENIZER = ["--hidden-channels", "16", "--residual-channels", "8", "--latent-dim", "8",
+                  "--codebook-size", "32", "--num-residual-blocks", "1", "--batch-size", "32",
+                  "--warmup-steps", "2", "--log-every", "2"]
+
+
+def run_module(module, *args, env=None, timeout=300):
+    """Run `python -m module args` from the repository root; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})

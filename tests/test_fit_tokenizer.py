@@ -1,0 +1,122 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import REPO, TINY_TOKENIZER, run_module, synthetic_images
+from pipelines import fit_tokenizer
+from pipelines.data import read_index_maps
+from tokenizer import Tokenizer
+
+
+@pytest.fixture
+def tokenizer_run(fashion_dir, tmp_path):
+    fit_tokenizer.main([*TINY_TOKENIZER, "--epochs", "2", "--output-root", tmp_path / "runs", "--run-name", "tiny"])
+    return tmp_path / "runs" / "tokenizer" / "tiny"
+
+
+def test_a_run_writes_every_promised_file(tokenizer_run):
+    for name in ("config.json", "model.safetensors", "metrics.jsonl", "reconstructions.png", "results.json",
+                 "training_state.safetensors", "maps/meta.json", "maps/train_maps.npy", "maps/test_maps.npy"):
+        assert (tokenizer_run / name).is_file(), name
+    config = json.loads((tokenizer_run / "config.json").read_text())
+    assert config["model"]["image_channels"] == 1 and config["model"]["image_size"] == 28
+    metrics = [json.loads(line) for line in (tokenizer_run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["step"] == 2 * (256 // 32)
+    assert {"loss", "mse", "perplexity", "codes_used", "restarts"} <= set(metrics[-1])
+    with Image.open(tokenizer_run / "reconstructions.png") as png:
+        png.load()  # a complete PNG
+    assert not list(tokenizer_run.rglob("*.tmp")), "a temporary file was left behind"
+
+
+def test_dumped_maps_round_trip_through_the_library(tokenizer_run, fashion_dir):
+    tokenizer = Tokenizer.load(tokenizer_run)
+    maps = read_index_maps(tokenizer_run / "maps", "test")
+    assert maps.maps.dtype == np.uint8 and maps.maps.shape == (64, 7, 7)  # 32 codes fit in uint8
+    assert maps.meta["weights_sha256"] == tokenizer.weights_sha256
+    assert maps.meta["grid_height"] == 7 and maps.meta["codebook_size"] == 32
+    split = maps.meta["splits"]["test"]
+    assert sum(split["usage_histogram"]) == 64 * 49
+    assert 1 <= split["perplexity"] <= 32 and split["dead_codes"] == 32 - round(32 * split["codes_used"])
+    images, labels = synthetic_images(64, seed=1)
+    images = torch.from_numpy(images).permute(0, 3, 1, 2)
+    tokens = tokenizer.encode(images)
+    assert tokens.dtype == torch.int64
+    assert torch.equal(tokens, torch.from_numpy(maps.maps.astype(np.int64)))
+    assert np.array_equal(maps.labels, labels)
+    decoded = tokenizer.decode(torch.from_numpy(maps.maps.astype(np.int64)))
+    assert decoded.shape == (64, 1, 28, 28) and 0 <= decoded.min() and decoded.max() <= 1
+    assert torch.equal(decoded, tokenizer.decode(tokens))
+
+
+def test_dump_only_rewrites_the_same_maps(tokenizer_run):
+    before = np.load(tokenizer_run / "maps" / "train_maps.npy")
+    (tokenizer_run / "maps" / "train_maps.npy").unlink()
+    (tokenizer_run / "maps" / "meta.json").unlink()
+    fit_tokenizer.main(["--dump-only", tokenizer_run])
+    assert np.array_equal(np.load(tokenizer_run / "maps" / "train_maps.npy"), before)
+    read_index_maps(tokenizer_run / "maps", "train")
+
+
+def test_killed_run_resumes_to_the_same_weights(fashion_dir, tmp_path):
+    flags = [*TINY_TOKENIZER, "--epochs", "12", "--checkpoint-every", "5", "--output-root", tmp_path / "runs"]
+    run_dir = tmp_path / "runs" / "tokenizer" / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "pipelines.fit_tokenizer", *map(str, flags),
+                                "--run-name", "killed"], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env={"FASHION_MNIST_DIR": str(fashion_dir),
+                                                               **__import__("os").environ})
+    deadline = time.time() + 120
+    while not (run_dir / "training_state.safetensors").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not (run_dir / "model.safetensors").exists(), "the run finished before it could be killed"
+    fit_tokenizer.main(["--resume", run_dir])
+    fit_tokenizer.main([*flags, "--run-name", "whole"])
+    resumed = load_file(run_dir / "model.safetensors")
+    whole = load_file(tmp_path / "runs" / "tokenizer" / "whole" / "model.safetensors")
+    assert resumed.keys() == whole.keys()
+    for name in whole:
+        assert torch.equal(resumed[name], whole[name]), name
+    metrics = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert metrics == sorted(set(metrics)), "resumed metrics repeat or skip steps"
+
+
+@pytest.mark.parametrize("case", ["missing-dataset", "corrupt-image", "existing-run", "bad-choice", "unknown-dataset"])
+def test_bad_input_is_one_line_and_exit_status_2(case, tmp_path):
+    env, args = {}, ["--output-root", tmp_path / "runs", "--epochs", "1"]
+    expect = ""
+    if case == "missing-dataset":
+        env["FASHION_MNIST_DIR"] = str(tmp_path / "nowhere")
+        expect = "apt-get install -y dataset-fashion-mnist"
+    elif case == "corrupt-image":
+        folder = tmp_path / "images"
+        folder.mkdir()
+        for i in range(12):
+            Image.fromarray(np.full((8, 8), i * 20, dtype=np.uint8)).save(folder / f"{i:02d}.png")
+        (folder / "05.png").write_bytes(b"not a png at all")
+        args += ["--dataset", f"folder:{folder}"]
+        expect = "05.png"
+    elif case == "existing-run":
+        (tmp_path / "runs" / "tokenizer" / "taken").mkdir(parents=True)
+        args += ["--run-name", "taken"]
+        expect = "exists already"
+    elif case == "bad-choice":
+        args += ["--codebook-update", "sgd"]
+        expect = "invalid choice"
+    else:
+        args += ["--dataset", "imagenet"]
+        expect = "unknown dataset"
+    result = run_module("pipelines.fit_tokenizer", *args, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert expect in lines[0]
+    assert not (tmp_path / "runs" / "tokenizer").exists() or case == "existing-run"
