@@ -120,3 +120,10 @@ def test_bad_input_is_one_line_and_exit_status_2(case, tmp_path):
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert expect in lines[0]
     assert not (tmp_path / "runs" / "tokenizer").exists() or case == "existing-run"
+
+
+def test_ci_runs_the_test_command_the_readme_shows():
+    readme = (REPO / "README.md").read_text()
+    test_command = [line for line in readme.splitlines() if "pytest" in line and line.startswith("python3 -m venv")]
+    assert len(test_command) == 1
+    assert test_command[0] in (REPO / ".ci" / "run").read_text().splitlines()
