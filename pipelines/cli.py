@@ -6,8 +6,12 @@ import sys
 import typing
 
 
-def add_config_flags(parser, config_cls, title, skip=()):
-    """One --kebab-case flag per dataclass field, with the field's metadata help and its default."""
+def add_config_flags(parser, config_cls, title, skip=(), defaults=None):
+    """One --kebab-case flag per dataclass field, with the field's metadata help and its default.
+
+    defaults: {field: value} for a command whose defaults differ from the dataclass's (the prior trains longer).
+    """
+    defaults = defaults or {}
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
@@ -16,13 +20,14 @@ def add_config_flags(parser, config_cls, title, skip=()):
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
         kind = hints[f.name]
+        default = defaults.get(f.name, f.default)
         if kind is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
                                help=help_text)
         else:
             choices = f.metadata.get("choices")
-            group.add_argument(flag, dest=f.name, type=kind, default=f.default, choices=choices,
-                               help=f"{help_text} (default: {f.default})")
+            group.add_argument(flag, dest=f.name, type=kind, default=default, choices=choices,
+                               help=f"{help_text} (default: {default})")
     return group
 
 

@@ -199,3 +199,16 @@ def read_index_maps(directory, split, check_hashes=True):
         raise ValueError(f"index maps in {directory} hold token {int(maps.max())}, "
                          f"past the codebook size {meta['codebook_size']}")
     return IndexMaps(maps, labels, meta)
+
+
+class MapDataset(torch.utils.data.Dataset):
+    """(tokens (h, w) int64, label) pairs read from memory-mapped index maps, so memory stays flat as N grows."""
+
+    def __init__(self, index_maps):
+        self.maps, self.labels = index_maps.maps, index_maps.labels
+
+    def __len__(self):
+        return len(self.maps)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(self.maps[i].astype(np.int64)), int(self.labels[i])

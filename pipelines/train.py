@@ -124,8 +124,12 @@ def load_training_state(path, model, optimizer, scaler=None):
     return meta["step"]
 
 
-def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, description="train"):
+def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, description="train",
+          evaluate=None):
     """Fit model on dataset; step_fn(model, batch) -> (loss, {name: float}). Returns the unwrapped model.
+
+    evaluate(model) -> {name: float}, if given, runs at the end of every epoch (in eval mode, without
+    gradients); its figures go on the progress bar and into the metrics as "test_<name>".
 
     Metrics are averaged over each log window (keys ending in 'restarts' are summed) and written to
     run_dir/metrics.jsonl; the training state goes to run_dir/training_state.safetensors every
@@ -134,7 +138,10 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
     run_dir = Path(run_dir)
     state_path = run_dir / STATE_FILE
     sampler = EpochPermutation(len(dataset), config.seed)
-    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True)
+    # A loader without a generator of its own takes a seed from the global RNG at every iterator it makes
+    # (one more on resume, through skip_first_batches), which would shift the label-dropout draws.
+    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True,
+                        generator=torch.Generator().manual_seed(config.seed))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     step = 0
     if resume and state_path.exists():
@@ -150,7 +157,7 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
 
     bar = tqdm(total=total_steps, initial=step, desc=description, dynamic_ncols=True,
                disable=not accelerator.is_main_process)
-    window, window_start = {}, time.perf_counter()
+    window, window_start, shown = {}, time.perf_counter(), {}
     model.train()
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
@@ -178,10 +185,21 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
                 for key, values in window.items():
                     record[key] = sum(values) if key.endswith("restarts") else sum(values) / len(values)
                 metrics.append(record)
-                bar.set_postfix({k: f"{record[k]:.4g}" for k in window if not k.endswith("restarts")})
+                shown.update({k: f"{record[k]:.4g}" for k in window if not k.endswith("restarts")})
+                bar.set_postfix(shown)
                 if accelerator.is_main_process:
                     append_metrics(run_dir / "metrics.jsonl", metrics)
                 window, window_start = {}, time.perf_counter()
+            if evaluate is not None and step % steps_per_epoch == 0:
+                model.eval()
+                with torch.no_grad():
+                    results = {f"test_{k}": v for k, v in evaluate(accelerator.unwrap_model(model)).items()}
+                model.train()
+                metrics.append({"step": step, "epoch": step / steps_per_epoch, **results})
+                shown.update({k: f"{v:.4g}" for k, v in results.items()})
+                bar.set_postfix(shown)
+                if accelerator.is_main_process:
+                    append_metrics(run_dir / "metrics.jsonl", metrics)
             if step % config.checkpoint_every == 0 or step == total_steps:
                 if accelerator.is_main_process:
                     save_training_state(state_path, accelerator.unwrap_model(model), optimizer, step,

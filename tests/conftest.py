@@ -65,3 +65,35 @@ def run_module(module, *args, env=None, timeout=300):
     """Run `python -m module args` from the repository root; returns the CompletedProcess."""
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def tokenizer_run(fashion_dir, tmp_path):
+    from pipelines import fit_tokenizer
+
+    fit_tokenizer.main([*TINY_TOKENIZER, "--epochs", "2", "--output-root", tmp_path / "runs", "--run-name", "tiny"])
+    return tmp_path / "runs" / "tokenizer" / "tiny"
+
+
+def kill_after_first_checkpoint(module, args, run_dir, env=None):
+    """Start `python -m module args`, SIGKILL it as soon as its first checkpoint exists; returns its exit status."""
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    deadline = time.time() + 120
+    while not (Path(run_dir) / "training_state.safetensors").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    return process.wait()
+
+
+def assert_same_weights(path_a, path_b):
+    from safetensors.torch import load_file
+    import torch
+
+    a, b = load_file(path_a), load_file(path_b)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

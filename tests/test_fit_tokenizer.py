@@ -1,25 +1,15 @@
 import json
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
-from conftest import REPO, TINY_TOKENIZER, run_module, synthetic_images
+from conftest import REPO, TINY_TOKENIZER, assert_same_weights, kill_after_first_checkpoint, run_module, synthetic_images
 from pipelines import fit_tokenizer
 from pipelines.data import read_index_maps
 from tokenizer import Tokenizer
-
-
-@pytest.fixture
-def tokenizer_run(fashion_dir, tmp_path):
-    fit_tokenizer.main([*TINY_TOKENIZER, "--epochs", "2", "--output-root", tmp_path / "runs", "--run-name", "tiny"])
-    return tmp_path / "runs" / "tokenizer" / "tiny"
 
 
 def test_a_run_writes_every_promised_file(tokenizer_run):
@@ -68,23 +58,13 @@ def test_dump_only_rewrites_the_same_maps(tokenizer_run):
 def test_killed_run_resumes_to_the_same_weights(fashion_dir, tmp_path):
     flags = [*TINY_TOKENIZER, "--epochs", "12", "--checkpoint-every", "5", "--output-root", tmp_path / "runs"]
     run_dir = tmp_path / "runs" / "tokenizer" / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "pipelines.fit_tokenizer", *map(str, flags),
-                                "--run-name", "killed"], cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env={"FASHION_MNIST_DIR": str(fashion_dir),
-                                                               **__import__("os").environ})
-    deadline = time.time() + 120
-    while not (run_dir / "training_state.safetensors").exists() and time.time() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
+    status = kill_after_first_checkpoint("pipelines.fit_tokenizer", [*flags, "--run-name", "killed"], run_dir,
+                                         env={"FASHION_MNIST_DIR": str(fashion_dir)})
+    assert status == -signal.SIGKILL
     assert not (run_dir / "model.safetensors").exists(), "the run finished before it could be killed"
     fit_tokenizer.main(["--resume", run_dir])
     fit_tokenizer.main([*flags, "--run-name", "whole"])
-    resumed = load_file(run_dir / "model.safetensors")
-    whole = load_file(tmp_path / "runs" / "tokenizer" / "whole" / "model.safetensors")
-    assert resumed.keys() == whole.keys()
-    for name in whole:
-        assert torch.equal(resumed[name], whole[name]), name
+    assert_same_weights(run_dir / "model.safetensors", tmp_path / "runs" / "tokenizer" / "whole" / "model.safetensors")
     metrics = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert metrics == sorted(set(metrics)), "resumed metrics repeat or skip steps"
 

@@ -1,0 +1,158 @@
+"""Stage two: train the PixelCNN prior on the index maps that a tokenizer run dumped.
+
+    python -m pipelines.fit_prior                                  # newest tokenizer run, gated PixelCNN
+    python -m pipelines.fit_prior --arch pixelcnn --tokenizer checkpoints/tokenizer/RUN
+    python -m pipelines.fit_prior --condition class --label-dropout 0.1
+    python -m pipelines.fit_prior --resume checkpoints/prior/RUN
+"""
+
+import dataclasses
+import functools
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from pipelines import cli
+from pipelines.data import MapDataset, read_index_maps
+from pipelines.runs import file_sha256, new_run_dir, newest_run, read_json, save_tensors, write_json
+from pipelines.train import TrainConfig, make_accelerator, train
+from prior.model import Prior, PriorConfig
+
+DERIVED_FROM_MAPS = ("codebook_size", "grid_height", "grid_width", "num_classes")
+PRIOR_TRAIN_DEFAULTS = {"epochs": 10, "learning_rate": 1e-3}
+
+
+def build_parser():
+    parser = cli.ArgumentParser(
+        prog="python -m pipelines.fit_prior",
+        description="Train the PixelCNN prior on the index maps of a tokenizer run (its RUN/maps/).")
+    run = parser.add_argument_group("run")
+    run.add_argument("--tokenizer", metavar="RUN_DIR", default=None,
+                     help="tokenizer run whose maps to model (default: the newest under OUTPUT_ROOT/tokenizer)")
+    run.add_argument("--output-root", default="checkpoints",
+                     help="runs go to OUTPUT_ROOT/prior/RUN_NAME (default: checkpoints)")
+    run.add_argument("--run-name", default=None, help="name of the new run (default: a timestamp)")
+    run.add_argument("--resume", metavar="RUN_DIR", default=None,
+                     help="continue a killed run from its last checkpoint, with the config it was started with "
+                          "(other flags are ignored)")
+    run.add_argument("--condition", choices=["none", "class"], default="none",
+                     help="none: one prior for all images; class: condition on the data set's labels (default: none)")
+    run.add_argument("--label-dropout", type=float, default=0.0,
+                     help="with --condition class, train on 'no label' this fraction of the time, which the "
+                          "sampler's --guidance-scale needs (default: 0)")
+    run.add_argument("--eval-batch-size", type=int, default=1000, help="grids per batch when evaluating (default: 1000)")
+    cli.add_config_flags(parser, PriorConfig, "model", skip=DERIVED_FROM_MAPS)
+    cli.add_config_flags(parser, TrainConfig, "training", defaults=PRIOR_TRAIN_DEFAULTS)
+    return parser
+
+
+def prior_step(model, batch, label_dropout, num_classes):
+    tokens, labels = batch
+    if num_classes:
+        # "No label" is class index num_classes; dropping labels trains the unconditional half of guidance.
+        dropped = torch.rand(labels.shape, device=labels.device) < label_dropout
+        labels = torch.where(dropped, torch.full_like(labels, num_classes), labels)
+    else:
+        labels = None
+    logits = model(tokens, labels)
+    nats = F.cross_entropy(logits.float(), tokens)
+    return nats, {"loss": nats.item(), "bits_per_token": nats.item() / math.log(2)}
+
+
+@torch.no_grad()
+def bits_per_token(model, dataset, batch_size, device, conditional):
+    """Mean negative log-likelihood of the split, in bits per token (labels given when conditional)."""
+    total_nats, total_tokens = 0.0, 0
+    for tokens, labels in DataLoader(dataset, batch_size=batch_size):
+        tokens = tokens.to(device)
+        logits = model(tokens, labels.to(device) if conditional else None)
+        total_nats += F.cross_entropy(logits.float(), tokens, reduction="sum").item()
+        total_tokens += tokens.numel()
+    return total_nats / max(1, total_tokens) / math.log(2)
+
+
+def read_maps_for(tokenizer_dir, split):
+    """The tokenizer run's maps, refused in one line when they were not made by that run's weights."""
+    maps = read_index_maps(Path(tokenizer_dir) / "maps", split)
+    weights = Path(tokenizer_dir) / "model.safetensors"
+    if not weights.exists():
+        raise ValueError(f"tokenizer run {tokenizer_dir} has no model.safetensors")
+    if maps.meta["weights_sha256"] != file_sha256(weights):
+        raise ValueError(f"the index maps in {tokenizer_dir}/maps were made by other weights than "
+                         f"{weights} (SHA-256 differs): run fit_tokenizer --dump-only {tokenizer_dir}")
+    return maps
+
+
+def main(argv=None):
+    args = build_parser().parse_args(None if argv is None else [str(a) for a in argv])
+    if args.resume:
+        run_dir = Path(args.resume)
+        saved = read_json(run_dir / "config.json")
+        try:
+            model_config, train_config = PriorConfig(**saved["model"]), TrainConfig(**saved["train"])
+            tokenizer_dir, label_dropout = Path(saved["tokenizer"]["run"]), saved["label_dropout"]
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{run_dir / 'config.json'} is not a prior run config ({error})") from None
+    else:
+        if not 0 <= args.label_dropout < 1:
+            raise ValueError(f"--label-dropout must lie in [0, 1), not {args.label_dropout}")
+        if args.label_dropout and args.condition != "class":
+            raise ValueError("--label-dropout needs --condition class")
+        tokenizer_dir = Path(args.tokenizer) if args.tokenizer else newest_run(args.output_root, "tokenizer",
+                                                                               must_have="maps/meta.json")
+        label_dropout, train_config = args.label_dropout, cli.config_from_args(TrainConfig, args)
+    train_maps = read_maps_for(tokenizer_dir, "train")
+    test_maps = read_maps_for(tokenizer_dir, "test")
+    meta = train_maps.meta
+    if not args.resume:
+        num_classes = len(meta.get("class_names") or []) if args.condition == "class" else 0
+        if args.condition == "class" and num_classes < 2:
+            raise ValueError(f"--condition class needs labelled maps; {tokenizer_dir} has {num_classes} class(es)")
+        model_config = cli.config_from_args(PriorConfig, args, codebook_size=meta["codebook_size"],
+                                            grid_height=meta["grid_height"], grid_width=meta["grid_width"],
+                                            num_classes=num_classes)
+        run_dir = new_run_dir(args.output_root, "prior", args.run_name)
+
+    accelerator = make_accelerator(train_config)
+    if accelerator.is_main_process and not args.resume:
+        write_json(run_dir / "config.json", {
+            "model": dataclasses.asdict(model_config), "train": dataclasses.asdict(train_config),
+            "label_dropout": label_dropout,
+            # The label encoding travels with the run: class i means class_names[i] after any reload.
+            "class_names": meta.get("class_names") if model_config.num_classes else None,
+            "tokenizer": {"run": str(tokenizer_dir.resolve()), "weights_sha256": meta["weights_sha256"]}})
+    accelerator.wait_for_everyone()
+
+    torch.manual_seed(train_config.seed)
+    model = Prior(model_config)
+    accelerator.print(f"prior: {model_config.arch}, {model.num_parameters():,} parameters, grid "
+                      f"{model_config.grid_height}x{model_config.grid_width}, {model_config.codebook_size} codes, "
+                      f"{len(train_maps.maps)} training grids -> {run_dir}")
+    test_set = MapDataset(test_maps)
+    conditional = model_config.num_classes > 0
+    evaluate = lambda m: {"bits_per_token": bits_per_token(m, test_set, args.eval_batch_size, accelerator.device,
+                                                           conditional)}
+    step = functools.partial(prior_step, label_dropout=label_dropout, num_classes=model_config.num_classes)
+    started = time.perf_counter()
+    model, metrics = train(model, MapDataset(train_maps), step, train_config, run_dir, accelerator,
+                           resume=bool(args.resume), description="fit prior", evaluate=evaluate)
+    train_seconds = time.perf_counter() - started
+    if accelerator.is_main_process:
+        save_tensors(run_dir / "model.safetensors", model.state_dict())
+        test_bits = bits_per_token(model, test_set, args.eval_batch_size, accelerator.device, conditional)
+        tokens_per_grid = model_config.grid_height * model_config.grid_width
+        rates = [m["items_per_s"] for m in metrics if "items_per_s" in m]
+        write_json(run_dir / "results.json", {
+            "test_bits_per_token": test_bits, "test_bits_per_image": test_bits * tokens_per_grid,
+            "parameters": model.num_parameters(), "train_seconds_this_session": train_seconds,
+            "train_grids_per_s": sum(rates) / len(rates) if rates else None})
+        accelerator.print(f"test {test_bits:.4f} bits per token, {test_bits * tokens_per_grid:.2f} bits per image "
+                          f"-> {run_dir}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,93 @@
+import json
+import signal
+
+import numpy as np
+import pytest
+
+from conftest import assert_same_weights, kill_after_first_checkpoint, run_module
+from pipelines import fit_prior
+from pipelines.runs import file_sha256
+
+TINY_PRIOR = ["--embed-dim", "8", "--hidden-channels", "8", "--num-layers", "3", "--batch-size", "32",
+              "--warmup-steps", "2", "--log-every", "2"]
+
+
+def test_fit_prior_writes_a_run_that_names_its_tokenizer(tokenizer_run, tmp_path):
+    fit_prior.main([*TINY_PRIOR, "--epochs", "2", "--tokenizer", tokenizer_run, "--output-root", tmp_path / "runs",
+                    "--run-name", "p"])
+    run_dir = tmp_path / "runs" / "prior" / "p"
+    for name in ("config.json", "model.safetensors", "metrics.jsonl", "results.json", "training_state.safetensors"):
+        assert (run_dir / name).is_file(), name
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["tokenizer"]["weights_sha256"] == file_sha256(tokenizer_run / "model.safetensors")
+    assert config["model"]["codebook_size"] == 32 and config["model"]["grid_height"] == 7
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [m for m in metrics if "test_bits_per_token" in m]
+    assert [m["epoch"] for m in evaluations] == [1.0, 2.0]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert 0 < results["test_bits_per_token"] <= 5.1  # log2(32) = 5 bits is a uniform guess; training helps
+    assert results["test_bits_per_image"] == pytest.approx(49 * results["test_bits_per_token"])
+
+
+def test_newest_tokenizer_run_is_the_default_and_class_conditioning_records_labels(tokenizer_run, tmp_path):
+    fit_prior.main([*TINY_PRIOR, "--epochs", "1", "--output-root", tmp_path / "runs", "--run-name", "c",
+                    "--condition", "class", "--label-dropout", "0.2"])
+    config = json.loads((tmp_path / "runs" / "prior" / "c" / "config.json").read_text())
+    assert config["tokenizer"]["run"] == str(tokenizer_run.resolve())
+    assert config["model"]["num_classes"] == 10 and len(config["class_names"]) == 10
+    assert config["class_names"][0] == "T-shirt/top" and config["label_dropout"] == 0.2
+
+
+def test_killed_prior_run_resumes_to_the_same_weights(tokenizer_run, tmp_path):
+    flags = [*TINY_PRIOR, "--epochs", "12", "--checkpoint-every", "5", "--tokenizer", tokenizer_run,
+             "--output-root", tmp_path / "runs", "--condition", "class", "--label-dropout", "0.3"]
+    run_dir = tmp_path / "runs" / "prior" / "killed"
+    assert kill_after_first_checkpoint("pipelines.fit_prior", [*flags, "--run-name", "killed"], run_dir) \
+        == -signal.SIGKILL
+    assert not (run_dir / "model.safetensors").exists(), "the run finished before it could be killed"
+    fit_prior.main(["--resume", run_dir])
+    fit_prior.main([*flags, "--run-name", "whole"])
+    assert_same_weights(run_dir / "model.safetensors", tmp_path / "runs" / "prior" / "whole" / "model.safetensors")
+
+
+def _corrupt(tokenizer_run, case):
+    maps_dir = tokenizer_run / "maps"
+    meta = json.loads((maps_dir / "meta.json").read_text())
+    if case == "hash-mismatch":
+        meta["weights_sha256"] = "0" * 64
+    elif case == "missing-metadata":
+        del meta["codebook_size"]
+    elif case == "token-past-codebook":
+        maps = np.load(maps_dir / "train_maps.npy")
+        maps[0, 0, 0] = 40
+        np.save(maps_dir / "train_maps.npy", maps)
+        meta["splits"]["train"]["maps"]["sha256"] = file_sha256(maps_dir / "train_maps.npy")
+    elif case == "truncated-file":
+        data = (maps_dir / "train_maps.npy").read_bytes()
+        (maps_dir / "train_maps.npy").write_bytes(data[:100])
+        meta["splits"]["train"]["maps"]["sha256"] = file_sha256(maps_dir / "train_maps.npy")
+    elif case == "replaced-file":
+        np.save(maps_dir / "test_maps.npy", np.zeros((64, 7, 7), dtype=np.uint8))
+    elif case == "no-maps":
+        (maps_dir / "meta.json").unlink()
+        return
+    (maps_dir / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("case,message", [
+    ("hash-mismatch", "made by other weights"),
+    ("missing-metadata", "lacks metadata: codebook_size"),
+    ("token-past-codebook", "past the codebook size 32"),
+    ("truncated-file", "unreadable"),
+    ("replaced-file", "does not match its recorded SHA-256"),
+    ("no-maps", "meta.json missing"),
+])
+def test_bad_maps_are_refused_in_one_line(tokenizer_run, tmp_path, case, message):
+    _corrupt(tokenizer_run, case)
+    result = run_module("pipelines.fit_prior", *TINY_PRIOR, "--tokenizer", tokenizer_run,
+                        "--output-root", tmp_path / "out")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "out").exists(), "a refused run wrote files"
