@@ -31,6 +31,18 @@ def add_config_flags(parser, config_cls, title, skip=(), defaults=None):
     return group
 
 
+def add_run_flags(parser, stage, resume_note="other flags are ignored"):
+    """The flags every training command shares: where runs go, the new run's name, and --resume."""
+    run = parser.add_argument_group("run")
+    run.add_argument("--output-root", default="checkpoints",
+                     help=f"runs go to OUTPUT_ROOT/{stage}/RUN_NAME (default: checkpoints)")
+    run.add_argument("--run-name", default=None, help="name of the new run (default: a timestamp)")
+    run.add_argument("--resume", metavar="RUN_DIR", default=None,
+                     help=f"continue a killed run from its last checkpoint, with the config it was started with "
+                          f"({resume_note})")
+    return run
+
+
 def config_from_args(config_cls, args, **overrides):
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if hasattr(args, f.name)}
     values.update(overrides)

@@ -23,22 +23,18 @@ from pipelines.train import TrainConfig, make_accelerator, train
 from prior.model import Prior, PriorConfig
 
 DERIVED_FROM_MAPS = ("codebook_size", "grid_height", "grid_width", "num_classes")
-PRIOR_TRAIN_DEFAULTS = {"epochs": 10, "learning_rate": 1e-3}
+# The default gated prior trains ~475 grids/s on 2 CPU cores (BENCHMARKS.md): 4 epochs of Fashion-MNIST's
+# 60,000 maps fit in 10 minutes, 5 do not.
+PRIOR_TRAIN_DEFAULTS = {"epochs": 4, "learning_rate": 1e-3}
 
 
 def build_parser():
     parser = cli.ArgumentParser(
         prog="python -m pipelines.fit_prior",
         description="Train the PixelCNN prior on the index maps of a tokenizer run (its RUN/maps/).")
-    run = parser.add_argument_group("run")
+    run = cli.add_run_flags(parser, "prior")
     run.add_argument("--tokenizer", metavar="RUN_DIR", default=None,
                      help="tokenizer run whose maps to model (default: the newest under OUTPUT_ROOT/tokenizer)")
-    run.add_argument("--output-root", default="checkpoints",
-                     help="runs go to OUTPUT_ROOT/prior/RUN_NAME (default: checkpoints)")
-    run.add_argument("--run-name", default=None, help="name of the new run (default: a timestamp)")
-    run.add_argument("--resume", metavar="RUN_DIR", default=None,
-                     help="continue a killed run from its last checkpoint, with the config it was started with "
-                          "(other flags are ignored)")
     run.add_argument("--condition", choices=["none", "class"], default="none",
                      help="none: one prior for all images; class: condition on the data set's labels (default: none)")
     run.add_argument("--label-dropout", type=float, default=0.0,

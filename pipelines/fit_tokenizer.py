@@ -33,13 +33,7 @@ def build_parser():
     parser = cli.ArgumentParser(
         prog="python -m pipelines.fit_tokenizer",
         description="Train the VQ-VAE tokenizer, then write every image's index map into RUN/maps/.")
-    run = parser.add_argument_group("run")
-    run.add_argument("--output-root", default="checkpoints",
-                     help="runs go to OUTPUT_ROOT/tokenizer/RUN_NAME (default: checkpoints)")
-    run.add_argument("--run-name", default=None, help="name of the new run (default: a timestamp)")
-    run.add_argument("--resume", metavar="RUN_DIR", default=None,
-                     help="continue a killed run from its last checkpoint, with the config it was started with "
-                          "(other model, data and training flags are ignored)")
+    run = cli.add_run_flags(parser, "tokenizer", "other model, data and training flags are ignored")
     run.add_argument("--dump-only", metavar="RUN_DIR", default=None,
                      help="skip training: write the index maps again from a finished run's weights")
     run.add_argument("--dump-batch-size", type=int, default=1000, help="images per batch when dumping (default: 1000)")

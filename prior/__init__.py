@@ -1,0 +1,27 @@
+"""Stage two: an autoregressive PixelCNN prior over token grids, and sampling from it."""
+
+from pathlib import Path
+
+from pipelines.runs import load_state_strict, read_model_files
+from prior.generate import generate
+from prior.model import Prior, PriorConfig
+
+
+def sample(model, n, **kwargs):
+    """Sample n token grids; the same as generate(model, n, **kwargs)."""
+    return generate(model, n, **kwargs)
+
+
+def load(run_dir, device="cpu"):
+    """(Prior in eval mode, the run's config.json as a dict) from a prior run directory."""
+    run_dir = Path(run_dir)
+    config, state = read_model_files(run_dir)
+    try:
+        model = Prior(PriorConfig(**config["model"]))
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{run_dir / 'config.json'} is not a prior config ({error})") from None
+    load_state_strict(model, state, run_dir / "model.safetensors")
+    return model.to(device).eval(), config
+
+
+__all__ = ["Prior", "PriorConfig", "generate", "load", "sample"]

@@ -47,6 +47,17 @@ def make_fashion_dir(directory, n_train=256, n_test=64):
     return directory
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tensors in the prior tests are tiny: on a CPU shared with other jobs a second OpenMP thread mostly waits."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def fashion_dir(tmp_path, monkeypatch):
     directory = make_fashion_dir(tmp_path / "fashion")

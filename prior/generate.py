@@ -1,0 +1,284 @@
+"""Sampling token grids from a Prior in raster order.
+
+Two samplers that give the same grids for the same random numbers:
+- 'naive': the whole network on the whole grid once per position, h * w full passes;
+- 'cached': the fast generation of Ramachandran et al. 2017, "Fast Generation for Convolutional
+  Autoregressive Models". Every layer caches the inputs it has been given so far, and each step runs each
+  layer at the new position only, from the window of cached inputs its masked kernel shows: about one full
+  pass of work for the whole grid.
+
+Both draw one uniform number per (sample, position) before sampling and turn logits into a token by inverse
+CDF, so the float noise between a convolution over the grid and one over a cached window (~1e-6 in the
+logits) would change a token only if a uniform fell within ~1e-6 of a CDF step.
+"""
+
+import math
+import numbers
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from prior.layers import as_map
+
+SAMPLERS = ("naive", "cached")
+
+
+class _Naive:
+    """The reference: the model on the whole grid, unknown positions holding token 0 (the masks ignore them)."""
+
+    def __init__(self, model, tokens, labels, keep_rows):
+        self.model, self.tokens, self.labels = model, tokens, labels
+
+    def logits(self, i, j):
+        return self.model(self.tokens, self.labels)[:, :, i, j]
+
+    def write(self, i, j, token):
+        self.tokens[:, i, j] = token
+
+
+class _CachedGated:
+    """Cached state per gated block: the last p + 1 rows of its vertical input, the current row of its
+    horizontal input, and the vertical stack's contribution to the current row.
+
+    The vertical stack of row i is only needed from row i + 1 on, so it runs a whole row at a time once row i
+    is complete; the horizontal stack runs one position at a time, on (b, c) vectors. Rows are cached
+    channels last, so that the window a position reads is one contiguous run per sample.
+    """
+
+    def __init__(self, model, tokens, labels, keep_rows):
+        b, _, width = tokens.shape
+        self.model, self.blocks = model, model.blocks
+        cond = model.embed_labels(labels, b)
+        self.biases = [block.cond_bias(cond) for block in self.blocks]  # (vertical, horizontal) per block
+        # Taps up to the centre only (the ones right of it are masked to zero), as one matrix per block.
+        self.h_weights = [rearrange(block.h_conv.masked_weight()[..., : block.pad + 1], "o c 1 k -> o (k c)")
+                          for block in self.blocks]
+        new = model.embed.weight.new_zeros
+        self.v_windows, self.h_rows, self.v_to_h = [], [], []
+        for block in self.blocks:
+            c_in, c_out, p = block.v_conv.in_channels, block.v_conv.out_channels, block.pad
+            self.v_windows.append(new(b, c_in, p + 1, width + 2 * p))  # zeros: the padding above row 0
+            self.h_rows.append(new(b, width + p, c_in))
+            self.v_to_h.append(new(b, width, c_out))  # zeros: row 0 has no row above
+        for i in range(keep_rows):
+            self.h_rows[0][:, self.blocks[0].pad:] = model.embed(tokens[:, i])
+            self._end_row()
+
+    def logits(self, i, j):
+        out = 0.0
+        for n, block in enumerate(self.blocks):
+            window = self.h_rows[n][:, j : j + block.pad + 1]  # (b, p + 1, c), position (i, j) last
+            h_pre = F.linear(window.flatten(1), self.h_weights[n], block.h_conv.bias)  # (b, 2c)
+            h, skip = block.horizontal_out(h_pre, self.v_to_h[n][:, j], window[:, -1], self.biases[n][1])
+            out = out + skip
+            if n + 1 < len(self.blocks):
+                self.h_rows[n + 1][:, self.blocks[n + 1].pad + j] = h
+        return self.model.head(out)
+
+    def write(self, i, j, token):
+        p = self.blocks[0].pad
+        self.h_rows[0][:, p + j] = self.model.embed(token)
+        if p + j + 1 == self.h_rows[0].shape[1]:
+            self._end_row()
+
+    def _end_row(self):
+        v = rearrange(self.h_rows[0][:, self.blocks[0].pad:], "b w d -> b d 1 w")  # the finished row
+        for n, block in enumerate(self.blocks):
+            p = block.pad
+            self.v_windows[n] = torch.cat([self.v_windows[n][:, :, 1:], F.pad(v, (p, p))], dim=2)
+            v_pre = block.v_conv(self.v_windows[n])  # (b, 2c, 1, w)
+            # Shifted down: it joins the horizontal stack of the next row.
+            self.v_to_h[n] = rearrange(block.v_to_h(v_pre), "b c 1 w -> b w c")
+            v = block.vertical_out(v_pre, as_map(self.biases[n][0]))
+
+
+class _CachedPixelCNN:
+    """Cached state: the input of every masked convolution over the whole grid, padded above and at the sides,
+    channels last so that the window a position reads is a few contiguous runs per sample.
+
+    A masked kxk convolution at (i, j) only reads rows i - p..i, so a window of p + 1 cached rows and the
+    kernel's top p + 1 rows give its output at one position, or, with whole rows, at every position of those
+    rows at once (used for the rows a completion keeps).
+    """
+
+    def __init__(self, model, tokens, labels, keep_rows):
+        b, height, width = tokens.shape
+        self.model, self.blocks = model, model.blocks
+        cond = model.embed_labels(labels, b)
+        self.biases = [block.cond_bias(cond) for block in self.blocks]
+        self.convs = [model.stem] + [block.conv for block in self.blocks]
+        self.pads = [conv.kernel_size[0] // 2 for conv in self.convs]
+        self.weights = [conv.masked_weight()[:, :, : p + 1] for conv, p in zip(self.convs, self.pads)]
+        self.matrices = [rearrange(weight, "o c u v -> o (u v c)") for weight in self.weights]
+        self.inputs = [model.embed.weight.new_zeros(b, height + p, width + 2 * p, conv.in_channels)
+                       for conv, p in zip(self.convs, self.pads)]
+        if keep_rows:
+            p = self.pads[0]
+            self.inputs[0][:, p : p + keep_rows, p : p + width] = model.embed(tokens[:, :keep_rows])
+            self._run(0, keep_rows, 0, width)
+
+    def _run(self, r0, r1, c0, c1):
+        """Body output on rows r0..r1-1 x columns c0..c1-1, all of whose inputs before them are cached:
+        a map (b, c, r1 - r0, c1 - c0), or a vector (b, c) when the rectangle is a single position."""
+        one = (r1 - r0, c1 - c0) == (1, 1)
+        x = None
+        for n, (conv, p, cache) in enumerate(zip(self.convs, self.pads, self.inputs)):
+            if n:
+                block, bias = self.blocks[n - 1], self.biases[n - 1]
+                y = block.reduce(x)
+                pattern = "b c -> b 1 1 c" if one else "b c h w -> b h w c"
+                cache[:, r0 + p : r1 + p, c0 + p : c1 + p] = rearrange(y, pattern)
+            window = cache[:, r0 : r1 + p, c0 : c1 + 2 * p]
+            if one:
+                y = F.linear(window.flatten(1), self.matrices[n], conv.bias)
+            else:
+                y = F.conv2d(rearrange(window, "b h w c -> b c h w"), self.weights[n], conv.bias)
+            x = block.finish(x, y, bias if one else as_map(bias)) if n else y
+        return x
+
+    def logits(self, i, j):
+        return self.model.head(self._run(i, i + 1, j, j + 1))
+
+    def write(self, i, j, token):
+        p = self.pads[0]
+        self.inputs[0][:, i + p, j + p] = self.model.embed(token)
+
+
+def _pick(logits, uniform, temperature, top_k, top_p):
+    """Tokens (b,) from logits (b, K) by inverse CDF at one uniform (b,) per row, after the filters."""
+    logits = logits.double() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    probs = logits.softmax(dim=-1)
+    if top_p is not None and top_p < 1:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        ahead = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the likelier tokens
+        # The most likely token always stays: its mass ahead is 0 < top_p.
+        sorted_probs = sorted_probs.masked_fill(ahead >= top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    cdf = probs.cumsum(dim=-1)
+    # right=True: a uniform of exactly 0 must not land on a leading token of probability 0.
+    token = torch.searchsorted(cdf, (uniform * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+    return token.clamp_(max=logits.shape[-1] - 1)
+
+
+def _is_int(x):
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_real(x):
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def check_args(model, n, labels=None, temperature=1.0, top_k=None, top_p=None, guidance_scale=1.0, prefix=None,
+               keep_rows=0, sampler="cached", progress=None, generator=None):
+    """Raise one ValueError for the first bad argument; return labels (n,) or None and prefix (n, h, w) or None."""
+    config = model.config
+    h, w, k, classes = config.grid_height, config.grid_width, config.codebook_size, config.num_classes
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
+    if not _is_int(n) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if not _is_real(temperature) or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if top_k is not None and (not _is_int(top_k) or not 1 <= top_k <= k):
+        raise ValueError(f"top_k must be an integer in 1..{k} (the codebook size) or None, got {top_k!r}")
+    if top_p is not None and (not _is_real(top_p) or not 0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+    if not _is_real(guidance_scale) or not math.isfinite(guidance_scale):
+        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+    if labels is not None:
+        if not classes:
+            raise ValueError("labels given to an unconditional prior (num_classes = 0)")
+        labels = torch.as_tensor(labels)
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
+        if labels.dim() == 0:
+            labels = labels.expand(n)
+        if labels.shape != (n,):
+            raise ValueError(f"labels must be an int or have shape ({n},), got shape {tuple(labels.shape)}")
+        if labels.min() < 0 or labels.max() >= classes:
+            raise ValueError(f"labels must be class ids in 0..{classes - 1}, got values "
+                             f"{labels.min().item()}..{labels.max().item()}")
+    if guidance_scale != 1:
+        if not classes:
+            raise ValueError(f"guidance_scale must be 1 for an unconditional prior, got {guidance_scale}")
+        if labels is None:
+            raise ValueError(f"guidance_scale {guidance_scale} needs labels to guide towards")
+    if not _is_int(keep_rows) or not 0 <= keep_rows <= h:
+        raise ValueError(f"keep_rows must be an integer in 0..{h} (the grid height), got {keep_rows!r}")
+    if keep_rows and prefix is None:
+        raise ValueError(f"keep_rows = {keep_rows} needs a prefix to keep the rows of")
+    if prefix is not None:
+        prefix = torch.as_tensor(prefix)
+        if prefix.dtype.is_floating_point or prefix.dtype.is_complex or prefix.dtype == torch.bool:
+            raise ValueError(f"prefix must hold integer tokens, got dtype {prefix.dtype}")
+        if prefix.shape == (h, w):
+            prefix = prefix.expand(n, h, w)
+        if prefix.shape != (n, h, w):
+            raise ValueError(f"prefix must have shape ({n}, {h}, {w}) or ({h}, {w}), got {tuple(prefix.shape)}")
+        kept = prefix[:, :keep_rows]
+        if kept.numel() and (kept.min() < 0 or kept.max() >= k):
+            raise ValueError(f"prefix tokens must be in 0..{k - 1} (the codebook), got values "
+                             f"{kept.min().item()}..{kept.max().item()}")
+    if progress is not None and not callable(progress):
+        raise ValueError(f"progress must be a callable progress(done, total) or None, got {progress!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return labels, prefix
+
+
+@torch.no_grad()
+def generate(model, n, *, labels=None, temperature=1.0, top_k=None, top_p=None, guidance_scale=1.0,
+             prefix=None, keep_rows=0, sampler="cached", generator=None, progress=None):
+    """Sample n token grids (n, grid_height, grid_width) from a Prior, on the model's device.
+
+    labels: an int or (n,) class ids in 0..num_classes - 1 for a conditional prior; None samples it with
+        "no label". guidance_scale s: logits = uncond + s * (cond - uncond), the classifier-free guidance of
+        Ho & Salimans 2022; s = 1 is plain conditional sampling.
+    temperature divides the logits; top_k keeps the k likeliest tokens; top_p keeps the smallest set of
+        likeliest tokens whose mass reaches top_p (nucleus sampling). Filters apply after guidance.
+    prefix (n, h, w) or (h, w) and keep_rows R: the first R rows are copied from prefix and only the rest is
+        sampled; prefix rows from R on are not read.
+    sampler: 'cached' (fast) or 'naive' (the reference); both give the same grids for the same generator.
+    generator: a torch.Generator for the one uniform per (sample, position) drawn up front.
+    progress: called as progress(done_positions, total_positions) after each sampled position.
+    """
+    labels, prefix = check_args(model, n, labels, temperature, top_k, top_p, guidance_scale, prefix, keep_rows,
+                                 sampler, progress, generator)
+    config = model.config
+    h, w = config.grid_height, config.grid_width
+    device = model.embed.weight.device
+    # Drawn before anything else so that both samplers, and every keep_rows, use the same numbers.
+    uniforms = torch.rand(n, h, w, generator=generator, dtype=torch.float64,
+                          device=generator.device if generator is not None else device).to(device)
+    tokens = torch.zeros(n, h, w, dtype=torch.long, device=device)
+    if keep_rows:
+        tokens[:, :keep_rows] = prefix[:, :keep_rows].to(device)
+    guided = guidance_scale != 1
+    if labels is not None:
+        labels = labels.to(device)
+    if guided:  # one batch: the conditional half, then the "no label" half
+        labels = torch.cat([labels, torch.full_like(labels, config.num_classes)])
+    engine = {"naive": _Naive, "cached": _CachedGated if config.arch == "gated" else _CachedPixelCNN}[sampler]
+    was_training = model.training
+    model.eval()
+    try:
+        state = engine(model, tokens.repeat(2, 1, 1) if guided else tokens.clone(), labels, keep_rows)
+        total = (h - keep_rows) * w
+        for done in range(total):
+            i, j = divmod(keep_rows * w + done, w)
+            logits = state.logits(i, j).double()  # (b, K)
+            if guided:
+                cond, uncond = logits.chunk(2)
+                logits = uncond + guidance_scale * (cond - uncond)
+            token = _pick(logits, uniforms[:, i, j], temperature, top_k, top_p)
+            tokens[:, i, j] = token
+            state.write(i, j, token.repeat(2) if guided else token)
+            if progress is not None:
+                progress(done + 1, total)
+    finally:
+        model.train(was_training)
+    return tokens

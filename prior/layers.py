@@ -1,0 +1,165 @@
+"""Masked convolutions and the blocks the PixelCNN priors are built from.
+
+MaskedConv2d follows van den Oord et al. 2016a, "Pixel Recurrent Neural Networks"; GatedBlock follows
+van den Oord et al. 2016b, "Conditional Image Generation with PixelCNN Decoders".
+
+Every block keeps its spatial convolutions apart from what comes after them (`vertical_out`,
+`horizontal_out`, `finish`), so that the cached sampler in prior/generate.py can run the convolutions on the
+few cached positions it needs and share the rest of the block with `forward`. That rest is pointwise, and works
+on maps (b, c, h, w) and on single positions (b, c) alike.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+
+class MaskedConv2d(nn.Conv2d):
+    """A 'same' convolution whose kernel only sees positions before the centre in raster order.
+
+    Which kernel taps a 5x5 mask keeps (x) and hides (.):
+
+        type A          type B
+        x x x x x       x x x x x
+        x x x x x       x x x x x
+        x x . . .       x x x . .
+        . . . . .       . . . . .
+        . . . . .       . . . . .
+
+    Type A hides the centre, so the first layer cannot copy the token it is asked to predict; type B shows it,
+    so later layers may use what earlier layers computed at the same position (which itself saw only the
+    past). A kernel of height 1, e.g. (1, 5), keeps only the centre row: the horizontal stack of a gated block.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, mask_type):
+        if mask_type not in ("A", "B"):
+            raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}")
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        if kh % 2 == 0 or kw % 2 == 0:
+            raise ValueError(f"a masked convolution needs an odd kernel size, got {(kh, kw)}")
+        super().__init__(in_channels, out_channels, (kh, kw), padding=(kh // 2, kw // 2))
+        self.mask_type = mask_type
+        mask = torch.ones(kh, kw)
+        mask[kh // 2, kw // 2 + (mask_type == "B"):] = 0
+        mask[kh // 2 + 1:] = 0
+        # Derived from the kernel shape and type, so it is rebuilt rather than saved with the weights.
+        self.register_buffer("mask", mask, persistent=False)
+
+    def masked_weight(self):
+        return self.weight * self.mask
+
+    def forward(self, x):
+        return F.conv2d(x, self.masked_weight(), self.bias, padding=self.padding)
+
+
+def gate(x):
+    """tanh(a) * sigmoid(b) over the two halves of the channels: the gated activation unit."""
+    a, b = x.chunk(2, dim=1)
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
+def shift_down(x):
+    """Move a (b, c, h, w) map one row down, so that row i holds what row i - 1 held and row 0 holds zeros."""
+    return F.pad(x, (0, 0, 1, 0))[:, :, :-1]
+
+
+def as_map(bias):
+    """A per-sample vector (b, c) as a map (b, c, 1, 1) that broadcasts over positions; a plain 0.0 stays."""
+    return bias if isinstance(bias, float) else rearrange(bias, "b c -> b c 1 1")
+
+
+class Pointwise(nn.Linear):
+    """A 1x1 convolution that also takes single positions (b, c): the cached sampler's layout.
+
+    A 1x1 nn.Conv2d on a (b, c, 1, 1) map is several times slower than the matrix product it is on CPU.
+    """
+
+    def forward(self, x):
+        if x.dim() == 2:
+            return super().forward(x)
+        return F.conv2d(x, rearrange(self.weight, "o i -> o i 1 1"), self.bias)
+
+
+class GatedBlock(nn.Module):
+    """One layer of Gated PixelCNN: a vertical and a horizontal stack, without the blind spot.
+
+    What position (i, j) (marked o) sees through each stack of one block with a 5-wide kernel:
+
+        vertical stack          horizontal stack
+        x x x x x
+        x x x x x
+        x x o x x               x x o . .      (type A hides o as well)
+
+    The vertical stack covers whole rows up to and including row i, so stacking blocks widens it to the right
+    as well as to the left: nothing above is left out. Its output is shifted down one row before it joins the
+    horizontal stack, so the horizontal stack at row i only gets vertical features of rows < i. The vertical
+    stack never receives anything from the horizontal one, which is what keeps the current row out of it.
+    The horizontal stack carries the residual connection (type B only: in the first block the input at the
+    centre is the token to predict) and gives a skip output; the model sums the skips of all blocks.
+    """
+
+    def __init__(self, in_channels, channels, kernel_size, mask_type, cond_dim=0):
+        super().__init__()
+        p = kernel_size // 2
+        self.pad = p
+        self.v_conv = nn.Conv2d(in_channels, 2 * channels, (p + 1, kernel_size))  # input padded above and sides
+        self.h_conv = MaskedConv2d(in_channels, 2 * channels, (1, kernel_size), mask_type)
+        self.v_to_h = Pointwise(2 * channels, 2 * channels)
+        self.h_out = Pointwise(channels, channels)
+        self.skip = Pointwise(channels, channels)
+        # One projection gives the class bias of both stacks' gate pre-activations (V^T h in the paper).
+        self.cond = nn.Linear(cond_dim, 4 * channels, bias=False) if cond_dim else None
+        self.residual = mask_type == "B"
+        if self.residual and in_channels != channels:
+            raise ValueError(f"a type B gated block maps {channels} channels to {channels}, got {in_channels} in")
+
+    def cond_bias(self, cond):
+        """(vertical bias, horizontal bias), each (b, 2c), or 0.0 without conditioning."""
+        if self.cond is None or cond is None:
+            return 0.0, 0.0
+        return self.cond(cond).chunk(2, dim=1)
+
+    def vertical_out(self, v_pre, bias):
+        return gate(v_pre + bias)
+
+    def horizontal_out(self, h_pre, v_to_h, h_in, bias):
+        """Gate the horizontal pre-activation; returns (next horizontal input, skip output)."""
+        g = gate(h_pre + v_to_h + bias)
+        out = self.h_out(g)
+        return (out + h_in if self.residual else out), self.skip(g)
+
+    def forward(self, v, h, cond=None):
+        v_bias, h_bias = map(as_map, self.cond_bias(cond))
+        p = self.pad
+        v_pre = self.v_conv(F.pad(v, (p, p, p, 0)))  # (b, 2c, h, w), row i from rows i-p..i
+        h_out, skip = self.horizontal_out(self.h_conv(h), shift_down(self.v_to_h(v_pre)), h, h_bias)
+        return self.vertical_out(v_pre, v_bias), h_out, skip
+
+
+class ResidualBlock(nn.Module):
+    """The residual block of the original PixelCNN: 1x1 down to half the channels, a type B masked kxk, 1x1 up.
+
+    Stacked type B masks only reach up-right one column per row climbed, so positions up and to the right
+    of the first layer's reach are never seen: the blind spot that the gated block removes.
+    """
+
+    def __init__(self, channels, kernel_size, cond_dim=0):
+        super().__init__()
+        inner = channels // 2
+        self.reduce = nn.Sequential(nn.ReLU(), Pointwise(channels, inner), nn.ReLU())
+        self.conv = MaskedConv2d(inner, inner, kernel_size, "B")
+        self.expand = nn.Sequential(nn.ReLU(), Pointwise(inner, channels))
+        # The class enters as a per-sample bias on the masked convolution's output.
+        self.cond = nn.Linear(cond_dim, inner, bias=False) if cond_dim else None
+
+    def cond_bias(self, cond):
+        """(b, inner), or 0.0 without conditioning."""
+        return 0.0 if self.cond is None or cond is None else self.cond(cond)
+
+    def finish(self, x, y, bias):
+        """The block's output from its input x and the masked convolution's output y."""
+        return x + self.expand(y + bias)
+
+    def forward(self, x, cond=None):
+        return self.finish(x, self.conv(self.reduce(x)), as_map(self.cond_bias(cond)))

@@ -1,0 +1,260 @@
+"""The prior's promises: masks hide the future, the gated body has no blind spot (the pixelcnn body has the
+known one, exactly where the masks predict), the model learns a deterministic rule, configs are checked."""
+
+import dataclasses
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prior import Prior, PriorConfig, generate
+from prior.layers import MaskedConv2d
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def dependencies(model, h, w, labels=None, grids=4):
+    """dep[p, q]: the logits at raster position p have a non-zero gradient w.r.t. the embedded token at q.
+
+    One copy per (random grid, output position p); copy p backpropagates a random projection of its own
+    logits at p, so one backward pass gives the whole (h*w, h*w) matrix. A few grids, so that a ReLU that
+    happens to be off on one grid cannot pass for a masked-out position.
+    """
+    model = model.double()
+    gen = torch.Generator().manual_seed(0)
+    positions = h * w
+    tokens = torch.randint(model.config.codebook_size, (grids, 1, h, w), generator=gen)
+    tokens = tokens.expand(grids, positions, h, w).flatten(0, 1)
+    if labels is not None:
+        labels = labels.repeat(grids)
+    captured = []
+
+    def keep_embedding(module, inputs, out):
+        out.retain_grad()
+        captured.append(out)
+
+    hook = model.embed.register_forward_hook(keep_embedding)
+    try:
+        logits = model(tokens, labels)  # (grids * p, K, h, w)
+    finally:
+        hook.remove()
+    own = torch.arange(positions).repeat(grids)
+    own = logits.flatten(2)[torch.arange(len(own)), :, own]  # (grids * p, K)
+    projection = torch.randn(own.shape[1], generator=gen, dtype=own.dtype)
+    (own @ projection).sum().backward()
+    seen = captured[0].grad.abs().sum(-1).flatten(1) != 0  # (grids * p, q)
+    return seen.unflatten(0, (grids, positions)).any(0)
+
+
+def strictly_before(h, w):
+    return torch.ones(h * w, h * w, dtype=torch.bool).tril(diagonal=-1)
+
+
+def from_offsets(offsets, h, w):
+    """dep[p, q] for a model whose output at (i, j) reads exactly the inputs (i + dy, j + dx), (dy, dx) in offsets."""
+    dep = torch.zeros(h * w, h * w, dtype=torch.bool)
+    for i, j in itertools.product(range(h), range(w)):
+        for dy, dx in offsets:
+            if 0 <= i + dy < h and 0 <= j + dx < w:
+                dep[i * w + j, (i + dy) * w + j + dx] = True
+    return dep
+
+
+def masked_offsets(kernel_size, mask_type):
+    """The taps a kxk mask keeps, as offsets from the centre: rows above in full, the centre row to the left."""
+    p = kernel_size // 2
+    above = {(dy, dx) for dy in range(-p, 0) for dx in range(-p, p + 1)}
+    return above | {(0, dx) for dx in range(-p, 1 if mask_type == "B" else 0)}
+
+
+def minkowski_sum(a, b):
+    return {(ay + by, ax + bx) for ay, ax in a for by, bx in b}
+
+
+def tiny(seed=0, **overrides):
+    torch.manual_seed(seed)
+    base = dict(codebook_size=11, embed_dim=6, hidden_channels=16, first_kernel_size=3, kernel_size=3)
+    return Prior(PriorConfig(**{**base, **overrides}))
+
+
+# ---------------------------------------------------------------------------------------------- masks
+
+
+def test_mask_a_hides_the_centre_and_b_shows_it():
+    expected_a = torch.tensor([[1, 1, 1, 1, 1],
+                               [1, 1, 1, 1, 1],
+                               [1, 1, 0, 0, 0],
+                               [0, 0, 0, 0, 0],
+                               [0, 0, 0, 0, 0]], dtype=torch.float)
+    expected_b = expected_a.clone()
+    expected_b[2, 2] = 1
+    assert torch.equal(MaskedConv2d(2, 3, 5, "A").mask, expected_a)
+    assert torch.equal(MaskedConv2d(2, 3, 5, "B").mask, expected_b)
+    assert torch.equal(MaskedConv2d(2, 3, (1, 5), "A").mask, torch.tensor([[1.0, 1, 0, 0, 0]]))
+    assert torch.equal(MaskedConv2d(2, 3, (1, 5), "B").mask, torch.tensor([[1.0, 1, 1, 0, 0]]))
+
+
+def test_mask_is_a_derived_buffer_and_the_weight_is_never_masked_in_place():
+    conv = MaskedConv2d(2, 3, 3, "A")
+    assert "mask" in dict(conv.named_buffers()) and "mask" not in conv.state_dict()
+    before = conv.weight.detach().clone()
+    conv(torch.randn(1, 2, 4, 4)).sum().backward()
+    assert torch.equal(conv.weight, before)
+    assert (conv.weight[:, :, 1, 1] != 0).all()  # the hidden centre tap still holds its own value
+    assert (conv.weight.grad * (1 - conv.mask) == 0).all()  # hidden taps get no gradient
+
+
+@pytest.mark.parametrize("mask_type", ["A", "B"])
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_masked_conv_reads_exactly_its_mask(mask_type, kernel_size):
+    h, w = 5, 6
+    conv = MaskedConv2d(3, 4, kernel_size, mask_type).double()
+    x = torch.randn(h * w, 3, h, w, dtype=torch.double, requires_grad=True)
+    out = conv(x).flatten(2)[torch.arange(h * w), :, torch.arange(h * w)]  # output position p of copy p
+    out.sum().backward()
+    dep = x.grad.abs().sum(1).flatten(1) != 0
+    assert torch.equal(dep, from_offsets(masked_offsets(kernel_size, mask_type), h, w))
+    diagonal = dep.diagonal()
+    assert not diagonal.any() if mask_type == "A" else diagonal.all()
+
+
+# ---------------------------------------------------------------------------------------------- causality
+
+
+@pytest.mark.parametrize("num_classes, embed_dim", [(0, 6), (3, 16)])
+def test_gated_sees_every_earlier_position_and_nothing_else(num_classes, embed_dim):
+    # Reach 1 + 3 * 1 = 4 covers a 5x5 grid both to the left in the current row and up-right. With
+    # embed_dim == hidden_channels a residual around the first block would fit, and leak the current token.
+    model = tiny(arch="gated", num_layers=4, num_classes=num_classes, embed_dim=embed_dim)
+    labels = torch.full((25,), 1) if num_classes else None
+    assert torch.equal(dependencies(model, 5, 5, labels), strictly_before(5, 5))
+
+
+def test_gated_first_block_alone_reads_its_two_stacks():
+    # Horizontal type A: (i, j-1). Vertical 2x3 over rows i-1..i, shifted down a row: rows i-2..i-1, cols j-1..j+1.
+    model = tiny(arch="gated", num_layers=1)
+    offsets = {(0, -1)} | {(dy, dx) for dy in (-2, -1) for dx in (-1, 0, 1)}
+    assert torch.equal(dependencies(model, 5, 6), from_offsets(offsets, 5, 6))
+
+
+@pytest.mark.parametrize("num_layers", [2, 3, 6])
+def test_pixelcnn_reads_what_its_stacked_masks_reach(num_layers):
+    model = tiny(arch="pixelcnn", num_layers=num_layers)
+    reach = masked_offsets(3, "A")
+    for _ in range(num_layers - 1):
+        reach = minkowski_sum(reach, masked_offsets(3, "B"))
+    dep = dependencies(model, 5, 5)
+    assert torch.equal(dep, from_offsets(reach, 5, 5))
+    assert not (dep & ~strictly_before(5, 5)).any()
+
+
+def test_pixelcnn_blind_spot():
+    # Deep enough to reach everything else on a 5x5 grid. A type B tap moves right only by climbing a row, so
+    # d rows up the stack sees at most p0 + d - 1 = d columns right (p0 = 1, the first layer's reach):
+    # (i - d, j + e) with e > d is never seen, however deep the stack.
+    h, w = 5, 5
+    dep = dependencies(tiny(arch="pixelcnn", num_layers=6), h, w)
+    blind = strictly_before(h, w) & ~dep
+    expected = from_offsets({(-d, e) for d in range(1, h) for e in range(d + 1, w)}, h, w)
+    assert torch.equal(blind, expected)
+
+    def hidden_from(i, j):
+        return {divmod(q, w) for q in blind[i * w + j].nonzero().flatten().tolist()}
+
+    assert hidden_from(1, 1) == {(0, 3), (0, 4)}
+    assert hidden_from(2, 2) == {(1, 4)}
+    assert hidden_from(4, 0) == {(3, 2), (3, 3), (3, 4), (2, 3), (2, 4), (1, 4)}
+    assert hidden_from(4, 4) == set()
+
+
+# ---------------------------------------------------------------------------------------------- forward
+
+
+def test_forward_shapes_and_labels():
+    model = tiny(arch="gated", num_layers=2, num_classes=4)
+    tokens = torch.randint(11, (3, 4, 6))
+    logits = model(tokens, torch.tensor([0, 1, 2]))
+    assert logits.shape == (3, 11, 4, 6)
+    # None means "no label" for every sample.
+    assert torch.equal(model(tokens), model(tokens, torch.full((3,), 4)))
+    assert not torch.allclose(model(tokens, torch.tensor([0, 0, 0])), model(tokens, torch.tensor([3, 3, 3])))
+    with pytest.raises(ValueError, match="unconditional"):
+        tiny(arch="gated")(tokens, torch.tensor([0, 1, 2]))
+
+
+def test_pixelcnn_class_bias_changes_the_logits():
+    model = tiny(arch="pixelcnn", num_layers=3, num_classes=2)
+    tokens = torch.randint(11, (2, 4, 4))
+    assert not torch.allclose(model(tokens, torch.tensor([0, 0])), model(tokens, torch.tensor([1, 1])))
+
+
+def test_default_sizes():
+    gated, pixelcnn = Prior(PriorConfig()), Prior(PriorConfig(arch="pixelcnn"))
+    assert 300_000 <= gated.num_parameters() <= 1_500_000
+    assert pixelcnn.num_parameters() == sum(p.numel() for p in pixelcnn.parameters())
+    assert gated(torch.randint(512, (2, 7, 7))).shape == (2, 512, 7, 7)
+
+
+# ---------------------------------------------------------------------------------------------- learning
+
+
+def copy_rule_grids(n, h, w, k, gen):
+    """Row 0 uniform at random, every later row a copy of the row above."""
+    return torch.randint(k, (n, 1, w), generator=gen).expand(n, h, w).contiguous()
+
+
+def test_learns_a_deterministic_rule():
+    torch.manual_seed(0)
+    k, h, w = 8, 6, 6
+    model = tiny(arch="gated", codebook_size=k, grid_height=h, grid_width=w, embed_dim=16, hidden_channels=32,
+                 num_layers=3)
+    gen = torch.Generator().manual_seed(1)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(250):
+        tokens = copy_rule_grids(32, h, w, k, gen)
+        loss = F.cross_entropy(model(tokens), tokens)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        tokens = copy_rule_grids(256, h, w, k, gen)
+        bits = F.cross_entropy(model(tokens), tokens, reduction="none") / math.log(2)  # (n, h, w)
+    assert bits[:, 1:].mean() < 0.1
+    # Row 0 is uniform: a model that could peek at the token it predicts would score far below log2(8) = 3.
+    assert 2.5 < bits[:, 0].mean() < 3.5
+    samples = generate(model, 64, generator=torch.Generator().manual_seed(2))
+    assert (samples[:, 1:] == samples[:, :-1]).float().mean() > 0.97
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(arch="transformer"), "arch must be one of gated, pixelcnn"),
+    (dict(kernel_size=4), "kernel_size must be odd"),
+    (dict(kernel_size=0), "kernel_size must be odd"),
+    (dict(first_kernel_size=1), "first_kernel_size must be odd and >= 3"),
+    (dict(first_kernel_size=6), "first_kernel_size must be odd and >= 3"),
+    (dict(codebook_size=0), "codebook_size must be >= 1"),
+    (dict(grid_height=0), "grid_height must be >= 1"),
+    (dict(grid_width=-3), "grid_width must be >= 1"),
+    (dict(embed_dim=0), "embed_dim must be >= 1"),
+    (dict(hidden_channels=0), "hidden_channels must be >= 1"),
+    (dict(arch="pixelcnn", hidden_channels=1), "hidden_channels must be >= 2"),
+    (dict(num_layers=0), "num_layers must be >= 1"),
+    (dict(num_classes=-1), "num_classes must be >= 0"),
+])
+def test_config_rejects_bad_values(overrides, message):
+    with pytest.raises(ValueError, match=message) as info:
+        PriorConfig(**overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_every_config_field_has_one_line_help():
+    for f in dataclasses.fields(PriorConfig):
+        assert f.metadata.get("help") and "\n" not in f.metadata["help"], f.name
+    assert "gated" in PriorConfig.__dataclass_fields__["arch"].metadata["help"]
+    assert "pixelcnn" in PriorConfig.__dataclass_fields__["arch"].metadata["help"]

@@ -1,0 +1,143 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_module, synthetic_images
+from pipelines import cli, fit_prior, sample
+from pipelines.data import read_index_maps
+from tokenizer import Tokenizer
+
+TINY_PRIOR = ["--embed-dim", "8", "--hidden-channels", "8", "--num-layers", "3", "--batch-size", "32",
+              "--warmup-steps", "2", "--log-every", "4", "--epochs", "1"]
+
+
+@pytest.fixture
+def prior_run(tokenizer_run, tmp_path):
+    fit_prior.main([*TINY_PRIOR, "--tokenizer", tokenizer_run, "--output-root", tmp_path / "runs", "--run-name", "p",
+                    "--condition", "class", "--label-dropout", "0.2"])
+    return tmp_path / "runs" / "prior" / "p"
+
+
+def run_cli(args, capsys):
+    """Run the command in-process the way `python -m` does; returns (exit status, stderr lines)."""
+    capsys.readouterr()
+    try:
+        cli.run(lambda: sample.main(args))
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, capsys.readouterr().err.strip().splitlines()
+
+
+def tokens_of(out):
+    return read_index_maps(out / "tokens", "samples").maps.astype(np.int64)
+
+
+def test_sample_writes_complete_images_tokens_and_settings(prior_run, tokenizer_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    status, _ = run_cli(["--prior", prior_run, "--n", 5, "--batch-size", 2, "--out", out, "--label", "Coat"], capsys)
+    assert status == 0
+    with Image.open(out / "grid.png") as grid:
+        grid.load()
+    files = sorted((out / "images").iterdir())
+    assert [f.name for f in files] == [f"{i:05d}.png" for i in range(5)]
+    tokens = tokens_of(out)
+    assert tokens.shape == (5, 7, 7) and tokens.max() < 32
+    assert read_index_maps(out / "tokens", "samples").labels.tolist() == [4] * 5
+    decoded = Tokenizer.load(tokenizer_run).decode(torch.from_numpy(tokens))
+    with Image.open(files[3]) as png:
+        pixels = np.asarray(png.convert("L"))
+    assert np.array_equal(pixels, decoded[3, 0].mul(255).add(0.5).clamp(0, 255).to(torch.uint8).numpy())
+    settings = json.loads((out / "sample.json").read_text())
+    assert settings["seed"] == 0 and settings["label_name"] == "Coat" and settings["n"] == 5
+    assert settings["seconds"]["sample"] > 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")], "staging folder left behind"
+
+
+def test_same_seed_same_grids_and_samplers_agree(prior_run, tmp_path, capsys):
+    common = ["--prior", prior_run, "--n", 4, "--batch-size", 3, "--label", "2", "--guidance-scale", "2",
+              "--top-k", "10"]
+    for name, extra in (("a", []), ("b", []), ("naive", ["--sampler", "naive"]), ("other", ["--seed", "1"])):
+        assert run_cli([*common, *extra, "--out", tmp_path / name], capsys)[0] == 0
+    assert np.array_equal(tokens_of(tmp_path / "a"), tokens_of(tmp_path / "b"))
+    assert np.array_equal(tokens_of(tmp_path / "a"), tokens_of(tmp_path / "naive"))
+    assert not np.array_equal(tokens_of(tmp_path / "a"), tokens_of(tmp_path / "other"))
+
+
+def test_completion_keeps_the_given_rows(prior_run, tokenizer_run, tmp_path, capsys):
+    image = synthetic_images(1, seed=5)[0][0][..., 0]
+    Image.fromarray(image).save(tmp_path / "shoe.png")
+    out = tmp_path / "done"
+    assert run_cli(["--prior", prior_run, "--n", 3, "--complete", tmp_path / "shoe.png", "--keep-rows", 3,
+                    "--out", out], capsys)[0] == 0
+    expected = Tokenizer.load(tokenizer_run).encode(torch.from_numpy(image)[None, None]).numpy()
+    tokens = tokens_of(out)
+    assert (tokens[:, :3] == expected[:, :3]).all()
+    with Image.open(out / "grid.png") as grid:  # the original plus three completions, side by side
+        assert grid.size[0] == 2 + 2 * (28 + 2)
+
+
+def test_existing_output_is_kept_unless_overwrite(prior_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_cli(["--prior", prior_run, "--n", 2, "--out", out], capsys)[0] == 0
+    first = tokens_of(out)
+    status, lines = run_cli(["--prior", prior_run, "--n", 2, "--out", out, "--seed", 9], capsys)
+    assert status == 2 and "exists already" in lines[0]
+    assert np.array_equal(tokens_of(out), first)
+    assert run_cli(["--prior", prior_run, "--n", 2, "--out", out, "--seed", 9, "--overwrite"], capsys)[0] == 0
+    assert not np.array_equal(tokens_of(out), first)
+
+
+def _wrong_size_image(tmp_path):
+    Image.fromarray(np.zeros((20, 20), dtype=np.uint8)).save(tmp_path / "small.png")
+    return ["--complete", tmp_path / "small.png"]
+
+
+@pytest.mark.parametrize("case,extra,message", [
+    ("n", ["--n", "0"], "--n must be positive"),
+    ("temperature", ["--temperature", "-1"], "temperature"),
+    ("top-k", ["--top-k", "999"], "top_k must be an integer in 1..32"),
+    ("top-p", ["--top-p", "1.5"], "top_p"),
+    ("label-index", ["--label", "42"], "label 42 outside 0..9"),
+    ("label-name", ["--label", "Spaceship"], "unknown label 'Spaceship'"),
+    ("guidance-without-label", ["--guidance-scale", "3"], "needs labels"),
+    ("keep-rows-alone", ["--keep-rows", "2"], "--keep-rows needs --complete"),
+    ("keep-rows-too-many", ["--complete", "IMAGE", "--keep-rows", "9"], "keep_rows must be an integer in 0..7"),
+    ("wrong-size-image", "WRONG_SIZE", "the tokenizer takes 28x28"),
+    ("missing-image", ["--complete", "/nonexistent.png"], "cannot read image"),
+    ("batch-size", ["--batch-size", "0"], "--batch-size must be positive"),
+])
+def test_bad_arguments_give_one_line_and_write_nothing(prior_run, tmp_path, capsys, case, extra, message):
+    if extra == "WRONG_SIZE":
+        extra = _wrong_size_image(tmp_path)
+    if "IMAGE" in extra:
+        Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(tmp_path / "ok.png")
+        extra = [tmp_path / "ok.png" if a == "IMAGE" else a for a in extra]
+    out = tmp_path / "out"
+    status, lines = run_cli(["--prior", prior_run, "--n", 2, "--out", out, *extra], capsys)
+    assert status == 2
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not out.exists()
+
+
+def test_a_changed_tokenizer_is_refused_from_the_command_line(prior_run, tokenizer_run, tmp_path):
+    weights = tokenizer_run / "model.safetensors"
+    state = __import__("safetensors.torch", fromlist=["load_file"]).load_file(weights)
+    state = {k: v + 1 if v.is_floating_point() else v for k, v in state.items()}
+    __import__("safetensors.torch", fromlist=["save_file"]).save_file(state, weights)
+    result = run_module("pipelines.sample", "--prior", prior_run, "--n", 2, "--out", tmp_path / "out")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "changed since the prior" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_library_goes_from_a_prior_run_to_images(prior_run):
+    images, tokens = sample.sample_images(prior_run, 3, label="Bag", temperature=0.8, top_p=0.9)
+    assert images.shape == (3, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
+    assert tokens.shape == (3, 7, 7) and tokens.dtype == torch.int64
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        sample.sample_images(prior_run, 0)
