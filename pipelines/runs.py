@@ -117,7 +117,7 @@ def newest_run(root, stage, must_have="model.safetensors"):
     return max(runs, key=lambda d: (d / must_have).stat().st_mtime)
 
 
-def append_metrics(path, records):
+def write_metrics(path, records):
     """Rewrite the metrics log whole (it is small), so a kill never leaves half a line."""
     write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 

@@ -17,7 +17,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from pipelines.runs import append_metrics, load_tensors, read_metrics, save_tensors
+from pipelines.runs import load_tensors, read_metrics, save_tensors, write_metrics
 
 STATE_FILE = "training_state.safetensors"
 
@@ -188,9 +188,10 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
                 shown.update({k: f"{record[k]:.4g}" for k in window if not k.endswith("restarts")})
                 bar.set_postfix(shown)
                 if accelerator.is_main_process:
-                    append_metrics(run_dir / "metrics.jsonl", metrics)
+                    write_metrics(run_dir / "metrics.jsonl", metrics)
                 window, window_start = {}, time.perf_counter()
             if evaluate is not None and step % steps_per_epoch == 0:
+                evaluation_start = time.perf_counter()
                 model.eval()
                 with torch.no_grad():
                     results = {f"test_{k}": v for k, v in evaluate(accelerator.unwrap_model(model)).items()}
@@ -199,7 +200,8 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
                 shown.update({k: f"{v:.4g}" for k, v in results.items()})
                 bar.set_postfix(shown)
                 if accelerator.is_main_process:
-                    append_metrics(run_dir / "metrics.jsonl", metrics)
+                    write_metrics(run_dir / "metrics.jsonl", metrics)
+                window_start += time.perf_counter() - evaluation_start  # items/s counts training only
             if step % config.checkpoint_every == 0 or step == total_steps:
                 if accelerator.is_main_process:
                     save_training_state(state_path, accelerator.unwrap_model(model), optimizer, step,
