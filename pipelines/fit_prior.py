@@ -71,16 +71,17 @@ def bits_per_token(model, dataset, batch_size, device, conditional):
     return total_nats / max(1, total_tokens) / math.log(2)
 
 
-def read_maps_for(tokenizer_dir, split):
-    """The tokenizer run's maps, refused in one line when they were not made by that run's weights."""
-    maps = read_index_maps(Path(tokenizer_dir) / "maps", split)
+def read_maps_for(tokenizer_dir):
+    """The tokenizer run's (train, test) maps, refused in one line when not made by that run's weights."""
     weights = Path(tokenizer_dir) / "model.safetensors"
     if not weights.exists():
         raise ValueError(f"tokenizer run {tokenizer_dir} has no model.safetensors")
-    if maps.meta["weights_sha256"] != file_sha256(weights):
+    weights_sha256 = file_sha256(weights)
+    splits = [read_index_maps(Path(tokenizer_dir) / "maps", split) for split in ("train", "test")]
+    if any(maps.meta["weights_sha256"] != weights_sha256 for maps in splits):
         raise ValueError(f"the index maps in {tokenizer_dir}/maps were made by other weights than "
                          f"{weights} (SHA-256 differs): run fit_tokenizer --dump-only {tokenizer_dir}")
-    return maps
+    return splits
 
 
 def main(argv=None):
@@ -101,8 +102,7 @@ def main(argv=None):
         tokenizer_dir = Path(args.tokenizer) if args.tokenizer else newest_run(args.output_root, "tokenizer",
                                                                                must_have="maps/meta.json")
         label_dropout, train_config = args.label_dropout, cli.config_from_args(TrainConfig, args)
-    train_maps = read_maps_for(tokenizer_dir, "train")
-    test_maps = read_maps_for(tokenizer_dir, "test")
+    train_maps, test_maps = read_maps_for(tokenizer_dir)
     meta = train_maps.meta
     if not args.resume:
         num_classes = len(meta.get("class_names") or []) if args.condition == "class" else 0

@@ -24,7 +24,7 @@ import prior
 from prior.generate import check_args
 from pipelines import cli
 from pipelines.data import write_index_maps
-from pipelines.runs import file_sha256, newest_run, write_json
+from pipelines.runs import newest_run, write_json
 from pipelines.train import TrainConfig, make_accelerator
 from tokenizer import Tokenizer
 
@@ -66,13 +66,12 @@ def load_pair(prior_dir, device):
         tokenizer_dir, expected = Path(config["tokenizer"]["run"]), config["tokenizer"]["weights_sha256"]
     except KeyError:
         raise ValueError(f"{Path(prior_dir) / 'config.json'} does not name the tokenizer it was trained for") from None
-    weights = tokenizer_dir / "model.safetensors"
-    if not weights.exists():
+    if not (tokenizer_dir / "model.safetensors").exists():
         raise ValueError(f"the tokenizer this prior was trained for, {tokenizer_dir}, is missing")
-    if file_sha256(weights) != expected:
+    tokenizer = Tokenizer.load(tokenizer_dir, device=device)
+    if tokenizer.weights_sha256 != expected:
         raise ValueError(f"the tokenizer weights in {tokenizer_dir} changed since the prior in {prior_dir} was "
                          "trained on its maps (SHA-256 differs)")
-    tokenizer = Tokenizer.load(tokenizer_dir, device=device)
     if (tokenizer.codebook_size, *tokenizer.grid_shape) != (model.config.codebook_size, model.config.grid_height,
                                                             model.config.grid_width):
         raise ValueError(f"prior {prior_dir} and tokenizer {tokenizer_dir} disagree on codebook or grid size")

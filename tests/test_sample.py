@@ -135,6 +135,13 @@ def test_a_changed_tokenizer_is_refused_from_the_command_line(prior_run, tokeniz
     assert not (tmp_path / "out").exists()
 
 
+def test_the_newest_prior_run_is_the_default(prior_run, tmp_path, capsys):
+    status, _ = run_cli(["--output-root", tmp_path / "runs", "--n", 2, "--out", tmp_path / "newest"], capsys)
+    assert status == 0
+    settings = json.loads((tmp_path / "newest" / "sample.json").read_text())
+    assert settings["prior_run"] == str(prior_run.resolve())
+
+
 def test_library_goes_from_a_prior_run_to_images(prior_run):
     images, tokens = sample.sample_images(prior_run, 3, label="Bag", temperature=0.8, top_p=0.9)
     assert images.shape == (3, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
