@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from pipelines import cli
 from pipelines.data import MapDataset, read_index_maps
 from pipelines.runs import file_sha256, new_run_dir, newest_run, read_json, save_tensors, write_json
-from pipelines.train import TrainConfig, make_accelerator, train
+from pipelines.train import TrainConfig, decided_by_main, make_accelerator, train
 from prior.model import Prior, PriorConfig
 
 DERIVED_FROM_MAPS = ("codebook_size", "grid_height", "grid_width", "num_classes")
@@ -102,6 +102,7 @@ def main(argv=None):
         tokenizer_dir = Path(args.tokenizer) if args.tokenizer else newest_run(args.output_root, "tokenizer",
                                                                                must_have="maps/meta.json")
         label_dropout, train_config = args.label_dropout, cli.config_from_args(TrainConfig, args)
+    accelerator = make_accelerator(train_config)
     train_maps, test_maps = read_maps_for(tokenizer_dir)
     meta = train_maps.meta
     if not args.resume:
@@ -111,9 +112,8 @@ def main(argv=None):
         model_config = cli.config_from_args(PriorConfig, args, codebook_size=meta["codebook_size"],
                                             grid_height=meta["grid_height"], grid_width=meta["grid_width"],
                                             num_classes=num_classes)
-        run_dir = new_run_dir(args.output_root, "prior", args.run_name)
+        run_dir = decided_by_main(accelerator, lambda: new_run_dir(args.output_root, "prior", args.run_name))
 
-    accelerator = make_accelerator(train_config)
     if accelerator.is_main_process and not args.resume:
         write_json(run_dir / "config.json", {
             "model": dataclasses.asdict(model_config), "train": dataclasses.asdict(train_config),

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from pipelines import cli
 from pipelines.data import DataConfig, load_images, write_index_maps
 from pipelines.runs import atomic_path, new_run_dir, read_json, save_tensors, write_json
-from pipelines.train import TrainConfig, make_accelerator, train
+from pipelines.train import TrainConfig, decided_by_main, make_accelerator, train
 from tokenizer import Tokenizer
 from tokenizer.model import TokenizerConfig, VQVAE
 from tokenizer.quantizers import usage_stats
@@ -131,7 +131,8 @@ def main(argv=None):
         if height != width:
             raise ValueError(f"images must be square, these are {height}x{width}: use folder: with --image-size")
         model_config = cli.config_from_args(TokenizerConfig, args, image_channels=channels, image_size=height)
-    run_dir = Path(args.resume) if args.resume else new_run_dir(args.output_root, "tokenizer", args.run_name)
+    run_dir = Path(args.resume) if args.resume else decided_by_main(
+        accelerator, lambda: new_run_dir(args.output_root, "tokenizer", args.run_name))
     if accelerator.is_main_process and not args.resume:
         write_json(run_dir / "config.json", {"model": dataclasses.asdict(model_config),
                                              "train": dataclasses.asdict(train_config),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
@@ -63,7 +63,21 @@ class EpochPermutation(Sampler):
 
 
 def make_accelerator(config):
-    return Accelerator(mixed_precision=config.mixed_precision)
+    # Without a GPU, accelerate only forms a process group (gloo) under torchrun when told it runs on the CPU.
+    # The gated prior's last block has a horizontal output (h_out) that nothing reads, so its weights never get a
+    # gradient; DDP must be told, or it stops at the second step waiting for them.
+    return Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available(),
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+def decided_by_main(accelerator, decide):
+    """decide() on the main process only, its answer handed to every process (e.g. a new run's directory)."""
+    from accelerate.utils import broadcast_object_list
+
+    answer = [decide() if accelerator.is_main_process else None]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(answer)
+    return answer[0]
 
 
 def learning_rate_at(step, total_steps, config):

@@ -1,0 +1,36 @@
+"""Both fits on two CPU processes (torchrun, gloo), data parallel through accelerate and nothing of our own."""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO, TINY_TOKENIZER
+
+TINY_PRIOR = ["--embed-dim", "8", "--hidden-channels", "8", "--num-layers", "3", "--batch-size", "32",
+              "--warmup-steps", "2", "--log-every", "2"]
+
+
+def torchrun(module, *args, env):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", module,
+                           *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_two_processes_shard_the_data_and_write_one_run(fashion_dir, tmp_path):
+    import os
+
+    env = {**os.environ, "FASHION_MNIST_DIR": str(fashion_dir)}
+    runs = tmp_path / "runs"
+    result = torchrun("pipelines.fit_tokenizer", *TINY_TOKENIZER, "--epochs", "2", "--output-root", runs,
+                      "--run-name", "two", env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("tokenizer:") == 1, "only the main process prints"
+    run = runs / "tokenizer" / "two"
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 2 * 256 // (32 * 2), "each process should take half the batches"
+    assert (run / "maps" / "meta.json").exists() and len(list((runs / "tokenizer").iterdir())) == 1
+
+    result = torchrun("pipelines.fit_prior", *TINY_PRIOR, "--epochs", "2", "--output-root", runs, "--run-name", "p",
+                      "--condition", "class", "--label-dropout", "0.2", env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((runs / "prior" / "p" / "results.json").read_text())
+    assert 0 < results["test_bits_per_token"] < 6
