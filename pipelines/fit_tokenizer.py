@@ -3,7 +3,7 @@
     python -m pipelines.fit_tokenizer                       # Fashion-MNIST, 7x7 grid, 512 codes
     python -m pipelines.fit_tokenizer --resume checkpoints/tokenizer/RUN
     python -m pipelines.fit_tokenizer --dump-only checkpoints/tokenizer/RUN
-    accelerate launch -m pipelines.fit_tokenizer ...       # several processes or GPUs
+    torchrun --nproc_per_node 2 -m pipelines.fit_tokenizer  # two data-parallel processes
 """
 
 import dataclasses
