@@ -112,19 +112,29 @@ def read_image(path, tokenizer):
     return (tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)).unsqueeze(0)
 
 
-def sample_tokens(model, n, batch_size, seed, device, progress_bar=None, **kwargs):
-    """n grids in batches; the generator is seeded once, so the result depends on (seed, n, batch size)."""
+def sample_tokens(model, n, batch_size, seed, device, open_progress=None, **kwargs):
+    """n grids in batches; the generator is seeded once, so the result depends on (seed, n, batch size).
+
+    open_progress(total_positions) -> a bar with update(k) and close(); it is opened only once every argument
+    has passed, so a bad argument's error is the only thing printed.
+    """
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, not {batch_size}")
     labels, prefix = kwargs.pop("labels", None), kwargs.pop("prefix", None)
     check_args(model, n, labels=labels, prefix=prefix, **kwargs)
     generator = torch.Generator(device=device).manual_seed(seed)
+    positions = (model.config.grid_height - kwargs.get("keep_rows", 0)) * model.config.grid_width
+    bar = open_progress(math.ceil(n / batch_size) * positions) if open_progress is not None else None
     grids = []
-    for start in range(0, n, batch_size):
-        size = min(batch_size, n - start)
-        grids.append(prior.generate(
-            model, size, generator=generator, labels=labels, prefix=None if prefix is None else prefix[:size],
-            progress=(lambda done, total: progress_bar.update(1)) if progress_bar is not None else None, **kwargs))
+    try:
+        for start in range(0, n, batch_size):
+            size = min(batch_size, n - start)
+            grids.append(prior.generate(
+                model, size, generator=generator, labels=labels, prefix=None if prefix is None else prefix[:size],
+                progress=(lambda done, total: bar.update(1)) if bar is not None else None, **kwargs))
+    finally:
+        if bar is not None:
+            bar.close()
     return torch.cat(grids)
 
 
@@ -182,16 +192,15 @@ def main(argv=None):
         settings.update(prefix=tokenizer.encode(original).expand(args.n, h, w), keep_rows=keep_rows)
     elif args.keep_rows is not None:
         raise ValueError("--keep-rows needs --complete IMAGE")
-    # Every argument is checked before the progress bar opens, so an error is the only line printed.
-    check_args(model, args.n, **settings)
     load_seconds = time.perf_counter() - started
 
-    batches = math.ceil(args.n / args.batch_size)
-    positions = (h - settings.get("keep_rows", 0)) * w
-    with tqdm(total=batches * positions, desc="sample", unit="pos", dynamic_ncols=True,
-              disable=not accelerator.is_main_process) as bar, accelerator.autocast():
+    def open_progress(total):
+        return tqdm(total=total, desc="sample", unit="pos", dynamic_ncols=True,
+                    disable=not accelerator.is_main_process)
+
+    with accelerator.autocast():
         started = time.perf_counter()
-        tokens = sample_tokens(model, args.n, args.batch_size, args.seed, device, progress_bar=bar, **settings)
+        tokens = sample_tokens(model, args.n, args.batch_size, args.seed, device, open_progress, **settings)
         sample_seconds = time.perf_counter() - started
     started = time.perf_counter()
     images = tokenizer.decode(tokens).float().cpu()

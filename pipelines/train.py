@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
@@ -72,8 +72,6 @@ def make_accelerator(config):
 
 def decided_by_main(accelerator, decide):
     """decide() on the main process only, its answer handed to every process (e.g. a new run's directory)."""
-    from accelerate.utils import broadcast_object_list
-
     answer = [decide() if accelerator.is_main_process else None]
     if accelerator.num_processes > 1:
         broadcast_object_list(answer)
