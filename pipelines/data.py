@@ -136,7 +136,7 @@ def smallest_uint_dtype(codebook_size):
 
 
 def write_index_maps(directory, split, maps, labels, metadata):
-    """Write one split: maps (n, h, w) ints, labels (n,), and its entry in meta.json (written last)."""
+    """Write one split: maps (n, h, w) or (n, h, w, depth) ints, labels (n,), and its entry in meta.json (last)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     dtype = smallest_uint_dtype(metadata["codebook_size"])
@@ -156,7 +156,7 @@ def write_index_maps(directory, split, maps, labels, metadata):
 
 @dataclass
 class IndexMaps:
-    maps: np.ndarray  # (n, h, w) unsigned ints, memory-mapped
+    maps: np.ndarray  # (n, h, w) or (n, h, w, depth) unsigned ints, memory-mapped
     labels: np.ndarray  # (n,) int64
     meta: dict
 
@@ -190,9 +190,11 @@ def read_index_maps(directory, split, check_hashes=True):
         except ValueError as error:
             raise ValueError(f"index-map file {path} is unreadable: {error}") from None
     maps, labels = arrays["maps"], arrays["labels"]
-    if maps.ndim != 3 or maps.shape[1:] != (meta["grid_height"], meta["grid_width"]) or len(labels) != len(maps):
+    depth = meta.get("depth", 1)
+    expected = (meta["grid_height"], meta["grid_width"]) + ((depth,) if depth > 1 else ())
+    if maps.shape[1:] != expected or len(labels) != len(maps):
         raise ValueError(f"index maps in {directory} have shape {maps.shape}, "
-                         f"expected (n, {meta['grid_height']}, {meta['grid_width']}) with {len(labels)} labels")
+                         f"expected (n, {', '.join(map(str, expected))}) with {len(labels)} labels")
     if maps.dtype.kind != "u":
         raise ValueError(f"index maps in {directory} have dtype {maps.dtype}, expected an unsigned integer type")
     if len(maps) and int(maps.max()) >= meta["codebook_size"]:
@@ -202,7 +204,7 @@ def read_index_maps(directory, split, check_hashes=True):
 
 
 class MapDataset(torch.utils.data.Dataset):
-    """(tokens (h, w) int64, label) pairs read from memory-mapped index maps, so memory stays flat as N grows."""
+    """(tokens (h, w[, depth]) int64, label) pairs read from memory-mapped index maps: memory stays flat in N."""
 
     def __init__(self, index_maps):
         self.maps, self.labels = index_maps.maps, index_maps.labels

@@ -58,15 +58,18 @@ def tokenizer_step(model, batch):
 def encode_split(tokenizer, images, batch_size, reconstruct, desc):
     """Token grids of a whole split, its usage histogram and (if asked) the summed squared reconstruction error."""
     maps, squared_error = [], 0.0
-    counts = torch.zeros(tokenizer.codebook_size, dtype=torch.long)
+    depth, size = tokenizer.config.token_depth, tokenizer.codebook_size
+    counts = torch.zeros(depth, size, dtype=torch.long)  # per level of a residual quantizer
+    level_offsets = torch.arange(depth) * size
     for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, dynamic_ncols=True):
         batch = images[start:start + batch_size].to(tokenizer.device).float() / 255
         tokens = tokenizer.encode(batch)
-        counts += torch.bincount(tokens.flatten().cpu(), minlength=tokenizer.codebook_size)
+        by_level = tokens.cpu().reshape(-1, depth) + level_offsets
+        counts += torch.bincount(by_level.flatten(), minlength=depth * size).reshape(depth, size)
         if reconstruct:
             squared_error += F.mse_loss(tokenizer.decode(tokens), batch, reduction="sum").item()
         maps.append(tokens.cpu().numpy())
-    maps = np.concatenate(maps) if maps else np.zeros((0, *tokenizer.grid_shape), dtype=np.int64)
+    maps = np.concatenate(maps) if maps else np.zeros((0, *tokenizer.token_shape), dtype=np.int64)
     return maps, counts, squared_error
 
 
@@ -88,7 +91,8 @@ def dump(run_dir, data_config, batch_size, accelerator):
         if accelerator.is_main_process:
             write_index_maps(run_dir / "maps", split, maps, data.labels.numpy(), {
                 "codebook_size": tokenizer.codebook_size, "grid_height": tokenizer.grid_shape[0],
-                "grid_width": tokenizer.grid_shape[1], "dataset": data_config.dataset,
+                "grid_width": tokenizer.grid_shape[1], "depth": tokenizer.config.token_depth,
+                "quantizer": tokenizer.config.quantizer, "dataset": data_config.dataset,
                 "class_names": data.class_names, "weights_sha256": tokenizer.weights_sha256,
                 "tokenizer_run": str(Path(run_dir).resolve()), "split_stats": stats})
         results[split] = {k: v for k, v in stats.items() if k != "usage_histogram"}

@@ -11,7 +11,8 @@ __all__ = ["Tokenizer", "TokenizerConfig", "VQVAE"]
 
 
 class Tokenizer:
-    """A trained VQ-VAE: images (b, c, H, W) in [0, 1] <-> token grids (b, h, w) of ints in [0, codebook_size)."""
+    """A trained VQ-VAE: images (b, c, H, W) in [0, 1] <-> token grids (b, h, w) of ints in [0, codebook_size),
+    (b, h, w, depth) for a residual quantizer."""
 
     def __init__(self, model, weights_sha256=None, run_dir=None):
         self.model = model.eval()
@@ -43,8 +44,14 @@ class Tokenizer:
     def grid_shape(self):
         return (self.config.grid_size, self.config.grid_size)
 
+    @property
+    def token_shape(self):
+        """The shape of one image's tokens: (h, w), or (h, w, depth) for a residual quantizer."""
+        depth = self.config.token_depth
+        return self.grid_shape + ((depth,) if depth > 1 else ())
+
     def encode(self, images):
-        """images: float (b, c, H, W) in [0, 1], or uint8 in [0, 255] -> LongTensor (b, h, w)."""
+        """images: float (b, c, H, W) in [0, 1], or uint8 in [0, 255] -> LongTensor (b, *token_shape)."""
         if not torch.is_tensor(images):
             raise ValueError(f"images must be a torch tensor, not {type(images).__name__}")
         if images.dtype == torch.uint8:
@@ -59,13 +66,13 @@ class Tokenizer:
             return self.model.encode(images.to(self.device, torch.float32))
 
     def decode(self, tokens):
-        """tokens: integer (b, h, w) in [0, codebook_size) -> float images (b, c, H, W) in [0, 1]."""
+        """tokens: integer (b, *token_shape) in [0, codebook_size) -> float images (b, c, H, W) in [0, 1]."""
         if not torch.is_tensor(tokens):
             raise ValueError(f"tokens must be a torch tensor, not {type(tokens).__name__}")
         if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
             raise ValueError(f"tokens must be an integer tensor, not {tokens.dtype}")
-        if tokens.ndim != 3 or tuple(tokens.shape[1:]) != self.grid_shape:
-            raise ValueError(f"tokens must have shape (batch, {self.grid_shape[0]}, {self.grid_shape[1]}), "
+        if tokens.ndim != 1 + len(self.token_shape) or tuple(tokens.shape[1:]) != self.token_shape:
+            raise ValueError(f"tokens must have shape (batch, {', '.join(map(str, self.token_shape))}), "
                              f"not {tuple(tokens.shape)}")
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.codebook_size):
             raise ValueError(f"tokens must lie in 0..{self.codebook_size - 1}, "

@@ -1,14 +1,20 @@
 """The VQ-VAE of van den Oord et al. 2017, "Neural Discrete Representation Learning" (section 4.1):
-two stride-2 convolutions down (28x28 -> 7x7, 32x32 -> 8x8), 3x3 residual blocks, a vector quantizer,
-and the mirror image up. Outputs pass through a sigmoid, so decoded images lie in [0, 1].
+two stride-2 convolutions down (28x28 -> 7x7, 32x32 -> 8x8), 3x3 residual blocks, a quantizer (any of the family
+in tokenizer/quantizers.py), and the mirror image up. Outputs pass through a sigmoid, so decoded images lie in
+[0, 1].
 """
 
 from dataclasses import dataclass, field
 
+import math
+
 import torch
 import torch.nn as nn
 
-from tokenizer.quantizers import VectorQuantizer
+from tokenizer.quantizers import (ESTIMATORS, BinaryQuantizer, FiniteScalarQuantizer, ResidualQuantizer, SimVQ,
+                                  VectorQuantizer)
+
+QUANTIZERS = ("vq", "residual", "simvq", "fsq", "binary")
 
 
 class ResidualBlock(nn.Module):
@@ -69,7 +75,19 @@ class TokenizerConfig:
     residual_channels: int = field(default=32, metadata={"help": "bottleneck width inside each residual block"})
     num_residual_blocks: int = field(default=2, metadata={"help": "residual blocks in the encoder and in the decoder"})
     latent_dim: int = field(default=64, metadata={"help": "channels of the encoder output z"})
-    codebook_size: int = field(default=512, metadata={"help": "number of codes K; tokens lie in 0..K-1"})
+    quantizer: str = field(default="vq", metadata={
+        "help": "vq (nearest code), residual (--depth chained codebooks), simvq (frozen basis x learned map), "
+                "fsq (rounded scalars, --fsq-levels), binary (signs of log2(K) dimensions)", "choices": QUANTIZERS})
+    codebook_size: int = field(default=512, metadata={
+        "help": "number of codes K per token; tokens lie in 0..K-1 (fsq: the product of --fsq-levels, set for you; "
+                "binary: a power of two)"})
+    depth: int = field(default=4, metadata={
+        "help": "residual only: codebooks in the chain, i.e. tokens per grid position (index maps gain this axis)"})
+    fsq_levels: str = field(default="8,5,5,5", metadata={
+        "help": "fsq only: comma-separated levels per dimension; 8,5,5,5 gives 1000 codes"})
+    estimator: str = field(default="ste", metadata={
+        "help": "gradient through the code lookup (vq, residual, simvq): ste (straight-through copy) or rotation "
+                "(the rotation trick of Fifty et al. 2024)", "choices": ESTIMATORS})
     code_dim: int = field(default=0, metadata={
         "help": "look codes up in a learned projection of z to this many dimensions (0: in z itself)"})
     beta: float = field(default=0.25, metadata={"help": "weight of the commitment loss beta |z - sg[e]|^2"})
@@ -91,10 +109,55 @@ class TokenizerConfig:
             raise ValueError(f"codebook_size must be at least 2, not {self.codebook_size}")
         if self.codebook_update not in ("ema", "loss"):
             raise ValueError(f"codebook_update must be 'ema' or 'loss', not {self.codebook_update!r}")
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {', '.join(QUANTIZERS)}, not {self.quantizer!r}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, not {self.estimator!r}")
+        if self.quantizer in ("fsq", "binary") and self.estimator != "ste":
+            raise ValueError(f"the {self.quantizer} quantizer has no code to rotate onto: use --estimator ste")
+        if self.quantizer == "residual" and self.depth < 2:
+            raise ValueError(f"the residual quantizer needs --depth >= 2, not {self.depth}")
+        if self.quantizer == "fsq":
+            self.codebook_size = math.prod(self.levels)
+        if self.quantizer == "binary" and 2 ** round(math.log2(self.codebook_size)) != self.codebook_size:
+            raise ValueError(f"the binary quantizer needs a power-of-two codebook size, not {self.codebook_size}")
 
     @property
     def grid_size(self):
         return self.image_size // 4
+
+    @property
+    def levels(self):
+        """--fsq-levels as a list of ints."""
+        try:
+            levels = [int(level) for level in self.fsq_levels.split(",")]
+        except ValueError:
+            levels = []
+        if not levels or min(levels) < 2:
+            raise ValueError(f"--fsq-levels must be comma-separated integers >= 2, not {self.fsq_levels!r}")
+        return levels
+
+    @property
+    def token_depth(self):
+        """Tokens per grid position: the trailing axis of index maps (1: no such axis)."""
+        return self.depth if self.quantizer == "residual" else 1
+
+
+def build_quantizer(config):
+    if config.quantizer == "fsq":
+        return FiniteScalarQuantizer(config.latent_dim, config.levels)
+    if config.quantizer == "binary":
+        return BinaryQuantizer(config.latent_dim, config.codebook_size)
+    if config.quantizer == "simvq":
+        return SimVQ(config.latent_dim, config.codebook_size, code_dim=config.code_dim, beta=config.beta,
+                     cosine=config.cosine, estimator=config.estimator)
+    options = dict(beta=config.beta, codebook_update=config.codebook_update, decay=config.ema_decay,
+                   kmeans_init=config.kmeans_init, dead_code_threshold=config.dead_code_threshold)
+    if config.quantizer == "residual":
+        return ResidualQuantizer(config.latent_dim, config.codebook_size, config.depth, estimator=config.estimator,
+                                 code_dim=config.code_dim, cosine=config.cosine, **options)
+    return VectorQuantizer(config.latent_dim, config.codebook_size, code_dim=config.code_dim, cosine=config.cosine,
+                           estimator=config.estimator, **options)
 
 
 class VQVAE(nn.Module):
@@ -102,17 +165,14 @@ class VQVAE(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
-        self.quantizer = VectorQuantizer(
-            config.latent_dim, config.codebook_size, code_dim=config.code_dim, beta=config.beta,
-            codebook_update=config.codebook_update, decay=config.ema_decay, cosine=config.cosine,
-            kmeans_init=config.kmeans_init, dead_code_threshold=config.dead_code_threshold)
+        self.quantizer = build_quantizer(config)
         self.decoder = Decoder(config)
 
     def num_parameters(self):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, images):
-        """images (b, c, H, W) in [0, 1] -> (reconstructions, indices (b, h, w), quantizer loss, stats)"""
+        """images (b, c, H, W) in [0, 1] -> (reconstructions, indices (b, h, w[, depth]), quantizer loss, stats)"""
         z = self.encoder(images)
         z_q, indices, vq_loss, stats = self.quantizer(z)
         return self.decoder(z_q), indices, vq_loss, stats

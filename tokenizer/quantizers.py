@@ -1,8 +1,26 @@
-"""Vector quantization for the VQ-VAE (van den Oord et al. 2017, "Neural Discrete Representation Learning").
+"""Quantizers for the VQ-VAE (van den Oord et al. 2017, "Neural Discrete Representation Learning") and the family
+the literature grew from it.
 
 Contract shared by every quantizer here:
-    forward(z)        -> (z_q, indices, loss, stats)   z, z_q: (b, d, h, w); indices: (b, h, w) int64
+    forward(z)        -> (z_q, indices, loss, stats)   z, z_q: (b, d, h, w); indices: (b, h, w) int64, or
+                                                        (b, h, w, depth) for the residual quantizer
     lookup(indices)   -> z_q                           the decoder's input for given token grids
+    codebook_size, depth                               tokens lie in 0..codebook_size - 1; depth codes a position
+    stats["counts"]                                    (depth, codebook_size) usage of this batch
+
+The family:
+- VectorQuantizer: nearest code in a codebook (the paper's VQ), with the options below
+- ResidualQuantizer: depth codebooks, each quantizing what the ones before left over (Zeghidour et al. 2021,
+  SoundStream; Lee et al. 2022, RQ-VAE)
+- SimVQ: the codebook as a frozen random basis times one learned linear map, so every code moves at every step
+  (Zhu et al. 2024, "Addressing Representation Collapse in Vector Quantized Models with One Linear Layer")
+- FiniteScalarQuantizer: each of a few dimensions rounded to a fixed number of levels, no codebook at all
+  (Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE Made Simple")
+- BinaryQuantizer: the sign of each of log2(K) dimensions, with the hardtanh-clipped straight-through gradient
+  (Courbariaux et al. 2016; bits grouped into one token per position)
+
+Gradient estimators through the nearest-code lookup: the straight-through copy, or the rotation trick of
+Fifty et al. 2024, "Restructuring Vector Quantization with the Rotation Trick".
 
 Options from the literature that keep the codebook alive:
 - EMA codebook updates with Laplace-smoothed cluster sizes (appendix of the VQ-VAE paper; Razavi et al. 2019)
@@ -34,6 +52,34 @@ def _broadcast(tensor):
     return tensor
 
 
+ESTIMATORS = ("ste", "rotation")
+
+
+def straight_through(e, q):
+    """The forward value of q with the gradient of e: the decoder's input gradient is copied to the encoder."""
+    return e + (q - e).detach()
+
+
+def rotation_trick(e, q):
+    """The forward value of q; the gradient reaches e through the rotation and scaling that take e onto q.
+
+    e, q: (n, d). R = I - 2 r r^T + 2 q^ e^T with r = (e^ + q^) / |e^ + q^| maps e^ onto q^; treated as a
+    constant, so the gradient at e is the gradient at q rotated back, which carries the angle between them.
+    """
+    e_norm = e.norm(dim=1, keepdim=True).clamp(min=1e-8)
+    q_norm = q.norm(dim=1, keepdim=True).clamp(min=1e-8)
+    e_hat, q_hat = (e / e_norm).detach(), (q / q_norm).detach()
+    r = F.normalize(e_hat + q_hat, dim=1)
+    rotated = e - 2 * (e * r).sum(dim=1, keepdim=True) * r + 2 * (e * e_hat).sum(dim=1, keepdim=True) * q_hat
+    return rotated * (q_norm / e_norm).detach()
+
+
+def estimate(e, q, estimator):
+    if estimator == "rotation":
+        return rotation_trick(e, q)
+    return straight_through(e, q)
+
+
 def perplexity_of(counts):
     """exp of the entropy of a usage histogram: the effective number of codes in use."""
     probs = counts.float() / counts.sum().clamp(min=1)
@@ -42,19 +88,37 @@ def perplexity_of(counts):
 
 
 def usage_stats(counts):
-    """Codebook health over a whole split (per-batch figures depend on the batch size)."""
-    counts = counts.long().cpu()
-    return {"usage_histogram": counts.tolist(), "perplexity": perplexity_of(counts),
+    """Codebook health over a whole split (per-batch figures depend on the batch size).
+
+    counts: (codebook_size,) or (depth, codebook_size); with depth > 1 the histogram is one list per level and
+    perplexity and codes used are the means over the levels.
+    """
+    counts = counts.long().cpu().reshape(-1, counts.shape[-1])
+    histogram = counts.tolist()
+    return {"usage_histogram": histogram[0] if len(histogram) == 1 else histogram,
+            "perplexity": sum(perplexity_of(level) for level in counts) / len(counts),
             "codes_used": (counts > 0).float().mean().item(), "dead_codes": int((counts == 0).sum())}
 
 
+def _batch_stats(counts, restarts=0):
+    """counts (depth, K) of one batch -> the stats dict every quantizer returns."""
+    return {"counts": counts, "perplexity": sum(perplexity_of(level) for level in counts) / len(counts),
+            "codes_used": (counts > 0).float().mean().item(), "restarts": restarts}
+
+
 class VectorQuantizer(nn.Module):
+    depth = 1
+
     def __init__(self, input_dim, codebook_size, code_dim=0, beta=0.25, codebook_update="ema", decay=0.99,
-                 epsilon=1e-5, cosine=False, kmeans_init=False, dead_code_threshold=1.0, search_chunk=8192):
+                 epsilon=1e-5, cosine=False, kmeans_init=False, dead_code_threshold=1.0, search_chunk=8192,
+                 estimator="ste"):
         super().__init__()
         if codebook_update not in ("ema", "loss"):
             raise ValueError(f"codebook_update must be 'ema' or 'loss', not {codebook_update!r}")
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, not {estimator!r}")
         self.codebook_size = codebook_size
+        self.estimator = estimator
         self.code_dim = code_dim or input_dim
         self.beta = beta
         self.codebook_update = codebook_update
@@ -72,17 +136,20 @@ class VectorQuantizer(nn.Module):
         codebook = torch.randn(codebook_size, self.code_dim)
         if cosine:
             codebook = F.normalize(codebook, dim=-1)
-        if codebook_update == "ema":
-            # EMA statistics are buffers: the optimizer never touches them and they are saved with the weights.
-            self.register_buffer("codebook", codebook)
-            self.register_buffer("embed_sum", codebook.clone())
-        else:
-            self.codebook = nn.Parameter(codebook)
+        self._init_codebook(codebook)
         # Usage: an EMA of how often each code is picked, in vectors per batch; drives EMA updates and restarts.
         self.register_buffer("cluster_size", torch.ones(codebook_size))
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
         # Counts updates; seeds the restart sampler so restarts do not depend on global random state.
         self.register_buffer("update_count", torch.tensor(0, dtype=torch.long))
+
+    def _init_codebook(self, codebook):
+        if self.codebook_update == "ema":
+            # EMA statistics are buffers: the optimizer never touches them and they are saved with the weights.
+            self.register_buffer("codebook", codebook)
+            self.register_buffer("embed_sum", codebook.clone())
+        else:
+            self.codebook = nn.Parameter(codebook)
 
     def codes(self):
         return F.normalize(self.codebook, dim=-1) if self.cosine else self.codebook
@@ -99,30 +166,36 @@ class VectorQuantizer(nn.Module):
             indices.append(distances.argmin(dim=1))
         return torch.cat(indices)
 
+    def assign(self, flat):
+        """flat (n, code_dim) float32 -> (flat as searched, codes (n, code_dim), indices (n,), loss, counts, restarts).
+
+        The codes carry a gradient only towards the codebook (codebook-loss updates); the caller chooses how the
+        reconstruction gradient crosses from codes to flat.
+        """
+        if self.cosine:
+            flat = F.normalize(flat, dim=-1)
+        if self.training and not bool(self.initialized):
+            self._kmeans_init(flat.detach())
+        indices = self.nearest(flat.detach())
+        counts = torch.bincount(indices, minlength=self.codebook_size).float()
+        restarts = self._update(flat.detach(), indices, counts) if self.training else 0
+        codes = self.codes()[indices]
+        loss = self.beta * F.mse_loss(flat, codes.detach())
+        if self.codebook_update == "loss":
+            loss = loss + F.mse_loss(codes, flat.detach())
+        return flat, codes, indices, loss, counts, restarts
+
     def forward(self, z):
         b, d, h, w = z.shape
         # Distances and codebook statistics stay in float32 under mixed precision.
         with torch.autocast(device_type=z.device.type, enabled=False):
             flat = self.project_in(rearrange(z.float(), "b d h w -> (b h w) d"))
-            if self.cosine:
-                flat = F.normalize(flat, dim=-1)
-            if self.training and not bool(self.initialized):
-                self._kmeans_init(flat.detach())
-            indices = self.nearest(flat.detach())
-            counts = torch.bincount(indices, minlength=self.codebook_size).float()
-            restarts = 0
-            if self.training:
-                restarts = self._update(flat.detach(), indices, counts)
-            codes = self.codes()[indices]
-            loss = self.beta * F.mse_loss(flat, codes.detach())
-            if self.codebook_update == "loss":
-                loss = loss + F.mse_loss(codes, flat.detach())
-            # Straight-through estimator: the forward pass uses the code, the backward pass copies the gradient.
-            quantized = flat + (codes - flat).detach()
+            flat, codes, indices, loss, counts, restarts = self.assign(flat)
+            # The forward pass uses the code; the backward pass copies (or rotates) the gradient onto flat.
+            quantized = estimate(flat, codes, self.estimator)
             z_q = rearrange(self.project_out(quantized), "(b h w) d -> b d h w", b=b, h=h, w=w)
-        stats = {"counts": counts, "perplexity": perplexity_of(counts),
-                 "codes_used": (counts > 0).float().mean().item(), "restarts": restarts}
-        return z_q.to(z.dtype), rearrange(indices, "(b h w) -> b h w", b=b, h=h, w=w), loss, stats
+        indices = rearrange(indices, "(b h w) -> b h w", b=b, h=h, w=w)
+        return z_q.to(z.dtype), indices, loss, _batch_stats(counts.unsqueeze(0), restarts)
 
     def lookup(self, indices):
         b, h, w = indices.shape
@@ -178,3 +251,156 @@ class VectorQuantizer(nn.Module):
         if self.codebook_update == "ema":
             self.embed_sum.copy_(centres)
         self.initialized.fill_(True)
+
+
+class SimVQ(VectorQuantizer):
+    """The codebook is a frozen random basis (K, d) times one learned linear map (d, d).
+
+    The codebook loss trains the map, and a step on the map moves every code at once, used or not: no code is
+    left behind, so no restarts are needed. Updates are by loss only (EMA would bypass the map).
+    """
+
+    def __init__(self, input_dim, codebook_size, code_dim=0, beta=0.25, cosine=False, estimator="ste",
+                 search_chunk=8192):
+        super().__init__(input_dim, codebook_size, code_dim=code_dim, beta=beta, codebook_update="loss",
+                         cosine=cosine, dead_code_threshold=0.0, search_chunk=search_chunk, estimator=estimator)
+
+    def _init_codebook(self, codebook):
+        # Scaled like the encoder's outputs at initialisation (unit variance per dimension).
+        self.register_buffer("basis", codebook)
+        self.transform = nn.Linear(self.code_dim, self.code_dim, bias=False)
+        nn.init.eye_(self.transform.weight)
+
+    def codes(self):
+        codes = self.transform(self.basis)
+        return F.normalize(codes, dim=-1) if self.cosine else codes
+
+
+class ResidualQuantizer(nn.Module):
+    """depth quantizers in a chain: level l quantizes z minus the codes of levels 0..l-1; z_q is their sum.
+
+    Indices gain a trailing depth axis (b, h, w, depth), coarse to fine. Each level is a VectorQuantizer (EMA,
+    restarts, k-means options alike) and adds its own commitment loss on the residual it sees; the gradient
+    estimator is applied once, between z and the summed codes.
+    """
+
+    def __init__(self, input_dim, codebook_size, depth, estimator="ste", **level_options):
+        super().__init__()
+        if depth < 2:
+            raise ValueError(f"a residual quantizer needs depth >= 2, not {depth}")
+        if level_options.get("code_dim") or level_options.get("cosine"):
+            raise ValueError("the residual quantizer subtracts codes in z's own space: no code_dim, no cosine")
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, not {estimator!r}")
+        self.codebook_size, self.depth, self.estimator = codebook_size, depth, estimator
+        self.levels = nn.ModuleList(VectorQuantizer(input_dim, codebook_size, **level_options)
+                                    for _ in range(depth))
+
+    def forward(self, z):
+        b, d, h, w = z.shape
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            flat = rearrange(z.float(), "b d h w -> (b h w) d")
+            residual, total, loss = flat, torch.zeros_like(flat), 0.0
+            indices, counts, restarts = [], [], 0
+            for level in self.levels:
+                _, codes, level_indices, level_loss, level_counts, level_restarts = level.assign(residual)
+                residual = residual - codes.detach()
+                total = total + codes
+                loss = loss + level_loss
+                indices.append(level_indices)
+                counts.append(level_counts)
+                restarts += level_restarts
+            z_q = rearrange(estimate(flat, total, self.estimator), "(b h w) d -> b d h w", b=b, h=h, w=w)
+        indices = rearrange(torch.stack(indices, dim=-1), "(b h w) l -> b h w l", b=b, h=h, w=w)
+        return z_q.to(z.dtype), indices, loss, _batch_stats(torch.stack(counts), restarts)
+
+    def lookup(self, indices):
+        b, h, w, depth = indices.shape
+        flat = rearrange(indices, "b h w l -> (b h w) l")
+        total = sum(level.codes()[flat[:, i]] for i, level in enumerate(self.levels))
+        return rearrange(total, "(b h w) d -> b d h w", b=b, h=h, w=w)
+
+
+class _ProjectedScalarQuantizer(nn.Module):
+    """What FSQ and the binary quantizer share: a projection of z to a few dimensions, a per-dimension rounding
+    (quantize), a mixed-radix index over the rounded dimensions (digits of `radices`), and a projection back."""
+
+    depth = 1
+
+    def __init__(self, input_dim, radices):
+        super().__init__()
+        self.register_buffer("radices", torch.tensor(radices, dtype=torch.long), persistent=False)
+        # place[i] = radices[0] * ... * radices[i - 1]: the weight of digit i in the index.
+        self.register_buffer("place", torch.cumprod(torch.tensor([1, *radices[:-1]]), 0), persistent=False)
+        self.codebook_size = math.prod(radices)
+        self.project_in = nn.Linear(input_dim, len(radices))
+        self.project_out = nn.Linear(len(radices), input_dim)
+
+    def forward(self, z):
+        b, d, h, w = z.shape
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            flat = self.project_in(rearrange(z.float(), "b d h w -> (b h w) d"))
+            values, digits = self.quantize(flat)
+            indices = (digits * self.place).sum(dim=1)
+            z_q = rearrange(self.project_out(values), "(b h w) d -> b d h w", b=b, h=h, w=w)
+        counts = torch.bincount(indices, minlength=self.codebook_size).float()
+        loss = z.new_zeros((), dtype=torch.float32)  # no codebook to learn and nothing to commit to
+        return (z_q.to(z.dtype), rearrange(indices, "(b h w) -> b h w", b=b, h=h, w=w), loss,
+                _batch_stats(counts.unsqueeze(0)))
+
+    def lookup(self, indices):
+        b, h, w = indices.shape
+        digits = rearrange(indices, "b h w -> (b h w) 1") // self.place % self.radices
+        values = self.from_digits(digits)
+        return rearrange(self.project_out(values), "(b h w) d -> b d h w", b=b, h=h, w=w)
+
+
+class FiniteScalarQuantizer(_ProjectedScalarQuantizer):
+    """Each of len(levels) dimensions squashed into a bounded range and rounded to one of levels[i] values.
+
+    The implicit codebook is the grid of all combinations (8,5,5,5: 1000 codes); every point of it is reachable
+    and there is no codebook to collapse. Rounding passes the gradient straight through.
+    """
+
+    def __init__(self, input_dim, levels, eps=1e-3):
+        if len(levels) < 1 or min(levels) < 2:
+            raise ValueError(f"FSQ levels must be integers >= 2, not {levels}")
+        super().__init__(input_dim, list(levels))
+        self.eps = eps
+
+    def quantize(self, flat):
+        levels = self.radices.to(flat.dtype)
+        # Even level counts sit half a step off zero, so the bound is shifted to keep them symmetric.
+        half_range = (levels - 1) * (1 + self.eps) / 2
+        offset = (self.radices % 2 == 0).to(flat.dtype) * 0.5
+        bounded = torch.tanh(flat + torch.atanh(offset / half_range)) * half_range - offset
+        rounded = straight_through(bounded, bounded.round())
+        half_width = (self.radices // 2).to(flat.dtype)
+        digits = (rounded.detach() + half_width).long()
+        return rounded / half_width, digits
+
+    def from_digits(self, digits):
+        half_width = (self.radices // 2).float()
+        return (digits.float() - half_width) / half_width
+
+
+class BinaryQuantizer(_ProjectedScalarQuantizer):
+    """log2(K) dimensions, each replaced by its sign; the bits of a position make one token in 0..K-1.
+
+    The gradient is that of hardtanh (1 inside [-1, 1], 0 outside): the straight-through estimator clipped
+    where the sign could no longer flip back, as in binarized networks.
+    """
+
+    def __init__(self, input_dim, codebook_size):
+        bits = round(math.log2(codebook_size))
+        if codebook_size < 2 or 2 ** bits != codebook_size:
+            raise ValueError(f"the binary quantizer needs a power-of-two codebook size, not {codebook_size}")
+        super().__init__(input_dim, [2] * bits)
+
+    def quantize(self, flat):
+        clipped = F.hardtanh(flat)
+        signs = torch.where(flat >= 0, 1.0, -1.0).to(flat.dtype)
+        return straight_through(clipped, signs), (signs.detach() > 0).long()
+
+    def from_digits(self, digits):
+        return digits.float() * 2 - 1

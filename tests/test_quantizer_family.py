@@ -1,0 +1,158 @@
+"""The quantizer family (--quantizer) and the gradient estimators (--estimator): each keeps the one contract."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tokenizer import Tokenizer
+from tokenizer.model import TokenizerConfig, VQVAE
+from tokenizer.quantizers import (BinaryQuantizer, FiniteScalarQuantizer, ResidualQuantizer, SimVQ,
+                                  rotation_trick)
+
+FAMILY = [("vq", "ste"), ("vq", "rotation"), ("residual", "ste"), ("residual", "rotation"), ("simvq", "ste"),
+          ("simvq", "rotation"), ("fsq", "ste"), ("binary", "ste")]
+
+
+def tiny_config(quantizer, estimator="ste", **overrides):
+    options = dict(hidden_channels=8, residual_channels=4, latent_dim=4, codebook_size=16, quantizer=quantizer,
+                   estimator=estimator, depth=3, fsq_levels="4,3,2")
+    return TokenizerConfig(**{**options, **overrides})
+
+
+@pytest.mark.parametrize("quantizer,estimator", FAMILY)
+def test_every_quantizer_keeps_the_contract(quantizer, estimator):
+    torch.manual_seed(0)
+    model = VQVAE(tiny_config(quantizer, estimator))
+    images = torch.rand(3, 1, 28, 28)
+    reconstructions, indices, loss, stats = model(images)
+    depth = 3 if quantizer == "residual" else 1
+    assert reconstructions.shape == images.shape
+    assert indices.dtype == torch.int64 and indices.shape == (3, 7, 7) + ((depth,) if depth > 1 else ())
+    k = model.quantizer.codebook_size
+    assert k == (24 if quantizer == "fsq" else 16)
+    assert 0 <= int(indices.min()) and int(indices.max()) < k
+    assert stats["counts"].shape == (depth, k) and int(stats["counts"].sum()) == 3 * 7 * 7 * depth
+    assert loss.ndim == 0
+    # Training reaches the encoder through the quantizer, whatever the estimator.
+    (F.mse_loss(reconstructions, images) + loss).backward()
+    assert model.encoder.net[0].weight.grad.abs().sum() > 0
+    # Decoding the indices gives back the quantized output exactly.
+    model.eval()
+    z_q, indices, _, _ = model.quantizer(model.encoder(images))
+    torch.testing.assert_close(model.quantizer.lookup(indices), z_q, rtol=1e-5, atol=1e-5)
+    tokenizer = Tokenizer(model)
+    assert tokenizer.token_shape == tuple(indices.shape[1:])
+    torch.testing.assert_close(tokenizer.decode(tokenizer.encode(images)), model.decoder(z_q))
+
+
+def test_rotation_trick_gives_the_code_forward_and_the_rotated_gradient_backward():
+    torch.manual_seed(0)
+    e = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    q = torch.randn(5, 4, dtype=torch.float64)
+    upstream = torch.randn(5, 4, dtype=torch.float64)
+    out = rotation_trick(e, q)
+    torch.testing.assert_close(out, q)
+    out.backward(upstream)
+    for n in range(5):
+        e_hat, q_hat = F.normalize(e[n].detach(), dim=0), F.normalize(q[n], dim=0)
+        r = F.normalize(e_hat + q_hat, dim=0)
+        rotation = torch.eye(4, dtype=torch.float64) - 2 * torch.outer(r, r) + 2 * torch.outer(q_hat, e_hat)
+        torch.testing.assert_close(rotation @ e_hat, q_hat)
+        scale = q[n].norm() / e[n].detach().norm()
+        torch.testing.assert_close(e.grad[n], scale * rotation.T @ upstream[n])
+    # Not the straight-through copy: the gradient is turned by the angle between e and q.
+    assert not torch.allclose(e.grad, upstream)
+
+
+def test_rotation_trick_is_a_scaled_copy_when_code_and_vector_align():
+    e = torch.tensor([[1.0, 2.0, 2.0]], requires_grad=True)
+    rotation_trick(e, 2 * e.detach()).backward(torch.tensor([[0.5, -1.0, 3.0]]))
+    torch.testing.assert_close(e.grad, 2 * torch.tensor([[0.5, -1.0, 3.0]]))
+
+
+def test_fsq_reaches_every_code_and_its_digits_round_trip():
+    quantizer = FiniteScalarQuantizer(3, [8, 5, 5, 5])
+    assert quantizer.codebook_size == 1000
+    assert TokenizerConfig(quantizer="fsq").codebook_size == 1000
+    indices = torch.arange(1000).reshape(10, 10, 10)
+    values = quantizer.from_digits(indices.reshape(-1, 1) // quantizer.place % quantizer.radices)
+    # Feeding the centres of the levels back through the bound and the rounding gives the same indices.
+    levels = quantizer.radices.float()
+    half_range = (levels - 1) * (1 + quantizer.eps) / 2
+    offset = (quantizer.radices % 2 == 0).float() * 0.5
+    half_width = (quantizer.radices // 2).float()
+    pre_bound = torch.atanh((values * half_width + offset) / half_range) - torch.atanh(offset / half_range)
+    rounded, digits = quantizer.quantize(pre_bound)
+    assert torch.equal((digits * quantizer.place).sum(dim=1), indices.flatten())
+    torch.testing.assert_close(rounded, values)
+
+
+def test_fsq_rounding_passes_the_gradient_straight_through():
+    quantizer = FiniteScalarQuantizer(2, [5, 5])
+    flat = torch.zeros(4, 2, requires_grad=True)
+    rounded, _ = quantizer.quantize(flat)
+    rounded.sum().backward()
+    # d/dx of tanh(x) * half_range / half_width at 0, unchanged by the rounding.
+    torch.testing.assert_close(flat.grad, torch.full((4, 2), 2 * 1.001 / 2))
+
+
+def test_binary_tokens_are_the_sign_bits_and_the_gradient_is_clipped():
+    quantizer = BinaryQuantizer(4, 8)
+    assert quantizer.codebook_size == 8
+    flat = torch.tensor([[0.5, -0.5, 2.0], [-3.0, 0.9, -0.1]], requires_grad=True)
+    signs, digits = quantizer.quantize(flat)
+    assert torch.equal(signs, torch.tensor([[1.0, -1.0, 1.0], [-1.0, 1.0, -1.0]]))
+    assert torch.equal((digits * quantizer.place).sum(dim=1), torch.tensor([1 + 4, 2]))
+    signs.sum().backward()
+    # hardtanh's gradient: 1 where |x| <= 1, 0 where the sign is saturated.
+    assert torch.equal(flat.grad, torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]]))
+    with pytest.raises(ValueError, match="power-of-two"):
+        TokenizerConfig(quantizer="binary", codebook_size=500)
+
+
+def test_simvq_moves_every_code_through_the_shared_map_and_keeps_its_basis():
+    torch.manual_seed(0)
+    quantizer = SimVQ(4, 32)
+    basis, before = quantizer.basis.clone(), quantizer.codes().detach().clone()
+    optimizer = torch.optim.SGD(quantizer.parameters(), lr=0.5)
+    z = torch.randn(1, 4, 1, 2)  # two vectors: at most two of the 32 codes are picked
+    _, indices, loss, _ = quantizer(z)
+    loss.backward()
+    optimizer.step()
+    moved = (quantizer.codes().detach() - before).norm(dim=1) > 0
+    assert len(indices.unique()) <= 2 and bool(moved.all())
+    assert torch.equal(quantizer.basis, basis)
+    assert [name for name, _ in quantizer.named_parameters()] == ["transform.weight"]
+
+
+def test_residual_levels_quantize_what_the_levels_before_left_over():
+    torch.manual_seed(0)
+    quantizer = ResidualQuantizer(4, 16, depth=3, codebook_update="loss").eval()
+    z = torch.randn(2, 4, 3, 3)
+    z_q, indices, _, _ = quantizer(z)
+    residual = z.permute(0, 2, 3, 1).reshape(-1, 4)
+    total = torch.zeros_like(residual)
+    for n, level in enumerate(quantizer.levels):
+        expected = torch.cdist(residual, level.codes()).argmin(dim=1)
+        assert torch.equal(indices[..., n].flatten(), expected)
+        residual = residual - level.codes()[expected]
+        total = total + level.codes()[expected]
+    torch.testing.assert_close(z_q.permute(0, 2, 3, 1).reshape(-1, 4), total)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(quantizer="fsq", estimator="rotation"), "no code to rotate"),
+    (dict(quantizer="residual", depth=1), "depth >= 2"),
+    (dict(quantizer="fsq", fsq_levels="8,x"), "fsq-levels"),
+    (dict(quantizer="lfq"), "quantizer must be one of"),
+    (dict(estimator="gumbel"), "estimator must be one of"),
+])
+def test_bad_quantizer_settings_are_one_line_errors(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**{"quantizer": "vq", **overrides})
+
+
+def test_residual_tokenizer_refuses_tokens_without_the_depth_axis():
+    tokenizer = Tokenizer(VQVAE(tiny_config("residual")))
+    with pytest.raises(ValueError, match=r"shape \(batch, 7, 7, 3\)"):
+        tokenizer.decode(torch.zeros(2, 7, 7, dtype=torch.long))
