@@ -22,7 +22,7 @@ from pipelines.runs import file_sha256, new_run_dir, newest_run, read_json, save
 from pipelines.train import TrainConfig, decided_by_main, make_accelerator, train
 from prior.model import Prior, PriorConfig
 
-DERIVED_FROM_MAPS = ("codebook_size", "grid_height", "grid_width", "num_classes")
+DERIVED_FROM_MAPS = ("codebook_size", "grid_height", "grid_width", "num_classes", "depth")
 # The default gated prior trains ~475 grids/s on 2 CPU cores (BENCHMARKS.md): 4 epochs of Fashion-MNIST's
 # 60,000 maps fit in 10 minutes, 5 do not.
 PRIOR_TRAIN_DEFAULTS = {"epochs": 4, "learning_rate": 1e-3}
@@ -111,7 +111,7 @@ def main(argv=None):
             raise ValueError(f"--condition class needs labelled maps; {tokenizer_dir} has {num_classes} class(es)")
         model_config = cli.config_from_args(PriorConfig, args, codebook_size=meta["codebook_size"],
                                             grid_height=meta["grid_height"], grid_width=meta["grid_width"],
-                                            num_classes=num_classes)
+                                            num_classes=num_classes, depth=meta.get("depth", 1))
         run_dir = decided_by_main(accelerator, lambda: new_run_dir(args.output_root, "prior", args.run_name))
 
     if accelerator.is_main_process and not args.resume:
@@ -126,7 +126,7 @@ def main(argv=None):
     torch.manual_seed(train_config.seed)
     model = Prior(model_config)
     accelerator.print(f"prior: {model_config.arch}, {model.num_parameters():,} parameters, grid "
-                      f"{model_config.grid_height}x{model_config.grid_width}, {model_config.codebook_size} codes, "
+                      f"{'x'.join(map(str, model_config.token_shape))}, {model_config.codebook_size} codes, "
                       f"{len(train_maps.maps)} training grids -> {run_dir}")
     test_set = MapDataset(test_maps)
     conditional = model_config.num_classes > 0
@@ -140,7 +140,7 @@ def main(argv=None):
     if accelerator.is_main_process:
         save_tensors(run_dir / "model.safetensors", model.state_dict())
         test_bits = bits_per_token(model, test_set, args.eval_batch_size, accelerator.device, conditional)
-        tokens_per_grid = model_config.grid_height * model_config.grid_width
+        tokens_per_grid = math.prod(model_config.token_shape)
         rates = [m["items_per_s"] for m in metrics if "items_per_s" in m]
         write_json(run_dir / "results.json", {
             "test_bits_per_token": test_bits, "test_bits_per_image": test_bits * tokens_per_grid,

@@ -72,8 +72,7 @@ def load_pair(prior_dir, device):
     if tokenizer.weights_sha256 != expected:
         raise ValueError(f"the tokenizer weights in {tokenizer_dir} changed since the prior in {prior_dir} was "
                          "trained on its maps (SHA-256 differs)")
-    if (tokenizer.codebook_size, *tokenizer.grid_shape) != (model.config.codebook_size, model.config.grid_height,
-                                                            model.config.grid_width):
+    if (tokenizer.codebook_size, tokenizer.token_shape) != (model.config.codebook_size, model.config.token_shape):
         raise ValueError(f"prior {prior_dir} and tokenizer {tokenizer_dir} disagree on codebook or grid size")
     return model, tokenizer, config
 
@@ -189,7 +188,7 @@ def main(argv=None):
     if args.complete:
         original = read_image(args.complete, tokenizer).to(device)
         keep_rows = h // 2 if args.keep_rows is None else args.keep_rows
-        settings.update(prefix=tokenizer.encode(original).expand(args.n, h, w), keep_rows=keep_rows)
+        settings.update(prefix=tokenizer.encode(original).expand(args.n, *tokenizer.token_shape), keep_rows=keep_rows)
     elif args.keep_rows is not None:
         raise ValueError("--keep-rows needs --complete IMAGE")
     load_seconds = time.perf_counter() - started
@@ -218,7 +217,7 @@ def main(argv=None):
         labels = np.full(len(tokens), -1 if label is None else label, dtype=np.int64)
         write_index_maps(folder / "tokens", "samples", tokens.cpu().numpy(), labels, {
             "codebook_size": tokenizer.codebook_size, "grid_height": h, "grid_width": w,
-            "dataset": "samples", "class_names": config.get("class_names"),
+            "depth": tokenizer.config.token_depth, "quantizer": tokenizer.config.quantizer, "dataset": "samples", "class_names": config.get("class_names"),
             "weights_sha256": tokenizer.weights_sha256, "tokenizer_run": str(tokenizer.run_dir.resolve())})
         write_json(folder / "sample.json", {
             "prior_run": str(prior_dir.resolve()), "tokenizer_run": str(tokenizer.run_dir.resolve()),

@@ -7,9 +7,16 @@ Two samplers that give the same grids for the same random numbers:
   layer at the new position only, from the window of cached inputs its masked kernel shows: about one full
   pass of work for the whole grid.
 
-Both draw one uniform number per (sample, position) before sampling and turn logits into a token by inverse
-CDF, so the float noise between a convolution over the grid and one over a cached window (~1e-6 in the
+Both draw one uniform number per (sample, position, level) before sampling and turn logits into a token by
+inverse CDF, so the float noise between a convolution over the grid and one over a cached window (~1e-6 in the
 logits) would change a token only if a uniform fell within ~1e-6 of a CDF step.
+
+With depth > 1 levels per position, each position is visited once per level, coarse to fine: the engine is
+asked for the position's logits again after each level is written, and the level masks make level g's logits
+depend on levels 0..g-1 of the position only. The cached engines redo the position's work per level and move
+on (close the row) only once its last level is written, so the cached grids stay those of the naive sampler.
+
+Engines work on grids with the levels last, (b, h, w, depth), and return logits (b, depth, codebook_size).
 """
 
 import math
@@ -31,10 +38,10 @@ class _Naive:
         self.model, self.tokens, self.labels = model, tokens, labels
 
     def logits(self, i, j):
-        return self.model(self.tokens, self.labels)[:, :, i, j]
+        return rearrange(self.model(self.tokens, self.labels)[:, :, i, j], "b k l -> b l k")
 
-    def write(self, i, j, token):
-        self.tokens[:, i, j] = token
+    def write(self, i, j, tokens, complete):
+        self.tokens[:, i, j] = tokens
 
 
 class _CachedGated:
@@ -47,7 +54,7 @@ class _CachedGated:
     """
 
     def __init__(self, model, tokens, labels, keep_rows):
-        b, _, width = tokens.shape
+        b, _, width, _ = tokens.shape
         self.model, self.blocks = model, model.blocks
         cond = model.embed_labels(labels, b)
         self.biases = [block.cond_bias(cond) for block in self.blocks]  # (vertical, horizontal) per block
@@ -62,7 +69,7 @@ class _CachedGated:
             self.h_rows.append(new(b, width + p, c_in))
             self.v_to_h.append(new(b, width, c_out))  # zeros: row 0 has no row above
         for i in range(keep_rows):
-            self.h_rows[0][:, self.blocks[0].pad:] = model.embed(tokens[:, i])
+            self.h_rows[0][:, self.blocks[0].pad:] = model.embed_tokens(tokens[:, i])
             self._end_row()
 
     def logits(self, i, j):
@@ -74,12 +81,12 @@ class _CachedGated:
             out = out + skip
             if n + 1 < len(self.blocks):
                 self.h_rows[n + 1][:, self.blocks[n + 1].pad + j] = h
-        return self.model.head(out)
+        return rearrange(self.model.head(out), "b (l k) -> b l k", l=self.model.config.depth)
 
-    def write(self, i, j, token):
+    def write(self, i, j, tokens, complete):
         p = self.blocks[0].pad
-        self.h_rows[0][:, p + j] = self.model.embed(token)
-        if p + j + 1 == self.h_rows[0].shape[1]:
+        self.h_rows[0][:, p + j] = self.model.embed_tokens(tokens)
+        if complete and p + j + 1 == self.h_rows[0].shape[1]:
             self._end_row()
 
     def _end_row(self):
@@ -103,7 +110,7 @@ class _CachedPixelCNN:
     """
 
     def __init__(self, model, tokens, labels, keep_rows):
-        b, height, width = tokens.shape
+        b, height, width, _ = tokens.shape
         self.model, self.blocks = model, model.blocks
         cond = model.embed_labels(labels, b)
         self.biases = [block.cond_bias(cond) for block in self.blocks]
@@ -115,7 +122,7 @@ class _CachedPixelCNN:
                        for conv, p in zip(self.convs, self.pads)]
         if keep_rows:
             p = self.pads[0]
-            self.inputs[0][:, p : p + keep_rows, p : p + width] = model.embed(tokens[:, :keep_rows])
+            self.inputs[0][:, p : p + keep_rows, p : p + width] = model.embed_tokens(tokens[:, :keep_rows])
             self._run(0, keep_rows, 0, width)
 
     def _run(self, r0, r1, c0, c1):
@@ -138,11 +145,12 @@ class _CachedPixelCNN:
         return x
 
     def logits(self, i, j):
-        return self.model.head(self._run(i, i + 1, j, j + 1))
+        return rearrange(self.model.head(self._run(i, i + 1, j, j + 1)), "b (l k) -> b l k",
+                         l=self.model.config.depth)
 
-    def write(self, i, j, token):
+    def write(self, i, j, tokens, complete):
         p = self.pads[0]
-        self.inputs[0][:, i + p, j + p] = self.model.embed(token)
+        self.inputs[0][:, i + p, j + p] = self.model.embed_tokens(tokens)
 
 
 def _pick(logits, uniform, temperature, top_k, top_p):
@@ -174,9 +182,10 @@ def _is_real(x):
 
 def check_args(model, n, labels=None, temperature=1.0, top_k=None, top_p=None, guidance_scale=1.0, prefix=None,
                keep_rows=0, sampler="cached", progress=None, generator=None):
-    """Raise one ValueError for the first bad argument; return labels (n,) or None and prefix (n, h, w) or None."""
+    """Raise one ValueError for the first bad argument; return labels (n,) or None and prefix (n, *token_shape)
+    or None."""
     config = model.config
-    h, w, k, classes = config.grid_height, config.grid_width, config.codebook_size, config.num_classes
+    h, k, classes, shape = config.grid_height, config.codebook_size, config.num_classes, config.token_shape
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
     if not _is_int(n) or n < 1:
@@ -215,10 +224,11 @@ def check_args(model, n, labels=None, temperature=1.0, top_k=None, top_p=None, g
         prefix = torch.as_tensor(prefix)
         if prefix.dtype.is_floating_point or prefix.dtype.is_complex or prefix.dtype == torch.bool:
             raise ValueError(f"prefix must hold integer tokens, got dtype {prefix.dtype}")
-        if prefix.shape == (h, w):
-            prefix = prefix.expand(n, h, w)
-        if prefix.shape != (n, h, w):
-            raise ValueError(f"prefix must have shape ({n}, {h}, {w}) or ({h}, {w}), got {tuple(prefix.shape)}")
+        if prefix.shape == shape:
+            prefix = prefix.expand(n, *shape)
+        if prefix.shape != (n, *shape):
+            dims = ", ".join(map(str, shape))
+            raise ValueError(f"prefix must have shape ({n}, {dims}) or ({dims}), got {tuple(prefix.shape)}")
         kept = prefix[:, :keep_rows]
         if kept.numel() and (kept.min() < 0 or kept.max() >= k):
             raise ValueError(f"prefix tokens must be in 0..{k - 1} (the codebook), got values "
@@ -233,30 +243,30 @@ def check_args(model, n, labels=None, temperature=1.0, top_k=None, top_p=None, g
 @torch.no_grad()
 def generate(model, n, *, labels=None, temperature=1.0, top_k=None, top_p=None, guidance_scale=1.0,
              prefix=None, keep_rows=0, sampler="cached", generator=None, progress=None):
-    """Sample n token grids (n, grid_height, grid_width) from a Prior, on the model's device.
+    """Sample n token grids (n, grid_height, grid_width[, depth]) from a Prior, on the model's device.
 
     labels: an int or (n,) class ids in 0..num_classes - 1 for a conditional prior; None samples it with
         "no label". guidance_scale s: logits = uncond + s * (cond - uncond), the classifier-free guidance of
         Ho & Salimans 2022; s = 1 is plain conditional sampling.
     temperature divides the logits; top_k keeps the k likeliest tokens; top_p keeps the smallest set of
         likeliest tokens whose mass reaches top_p (nucleus sampling). Filters apply after guidance.
-    prefix (n, h, w) or (h, w) and keep_rows R: the first R rows are copied from prefix and only the rest is
-        sampled; prefix rows from R on are not read.
+    prefix (n, *token_shape) or token_shape and keep_rows R: the first R rows are copied from prefix and only
+        the rest is sampled; prefix rows from R on are not read.
     sampler: 'cached' (fast) or 'naive' (the reference); both give the same grids for the same generator.
-    generator: a torch.Generator for the one uniform per (sample, position) drawn up front.
+    generator: a torch.Generator for the one uniform per (sample, position, level) drawn up front.
     progress: called as progress(done_positions, total_positions) after each sampled position.
     """
     labels, prefix = check_args(model, n, labels, temperature, top_k, top_p, guidance_scale, prefix, keep_rows,
                                  sampler, progress, generator)
     config = model.config
-    h, w = config.grid_height, config.grid_width
+    h, w, depth, k = config.grid_height, config.grid_width, config.depth, config.codebook_size
     device = model.embed.weight.device
     # Drawn before anything else so that both samplers, and every keep_rows, use the same numbers.
-    uniforms = torch.rand(n, h, w, generator=generator, dtype=torch.float64,
+    uniforms = torch.rand(n, h, w, depth, generator=generator, dtype=torch.float64,
                           device=generator.device if generator is not None else device).to(device)
-    tokens = torch.zeros(n, h, w, dtype=torch.long, device=device)
+    tokens = torch.zeros(n, h, w, depth, dtype=torch.long, device=device)
     if keep_rows:
-        tokens[:, :keep_rows] = prefix[:, :keep_rows].to(device)
+        tokens[:, :keep_rows] = prefix[:, :keep_rows].reshape(n, keep_rows, w, depth).to(device)
     guided = guidance_scale != 1
     if labels is not None:
         labels = labels.to(device)
@@ -266,19 +276,19 @@ def generate(model, n, *, labels=None, temperature=1.0, top_k=None, top_p=None, 
     was_training = model.training
     model.eval()
     try:
-        state = engine(model, tokens.repeat(2, 1, 1) if guided else tokens.clone(), labels, keep_rows)
+        state = engine(model, tokens.repeat(2, 1, 1, 1) if guided else tokens.clone(), labels, keep_rows)
         total = (h - keep_rows) * w
         for done in range(total):
             i, j = divmod(keep_rows * w + done, w)
-            logits = state.logits(i, j).double()  # (b, K)
-            if guided:
-                cond, uncond = logits.chunk(2)
-                logits = uncond + guidance_scale * (cond - uncond)
-            token = _pick(logits, uniforms[:, i, j], temperature, top_k, top_p)
-            tokens[:, i, j] = token
-            state.write(i, j, token.repeat(2) if guided else token)
+            for level in range(depth):
+                logits = state.logits(i, j)[:, level].double()  # (b, K)
+                if guided:
+                    cond, uncond = logits.chunk(2)
+                    logits = uncond + guidance_scale * (cond - uncond)
+                tokens[:, i, j, level] = _pick(logits, uniforms[:, i, j, level], temperature, top_k, top_p)
+                state.write(i, j, tokens[:, i, j].repeat(2, 1) if guided else tokens[:, i, j], level == depth - 1)
             if progress is not None:
                 progress(done + 1, total)
     finally:
         model.train(was_training)
-    return tokens
+    return tokens if depth > 1 else tokens.squeeze(-1)

@@ -1,5 +1,11 @@
 """Masked convolutions and the blocks the PixelCNN priors are built from.
 
+With depth > 1 tokens per position (a residual quantizer's levels), every channel belongs to one level, in
+contiguous blocks, and at the centre tap a masked layer lets level g read only levels before g (type A) or up
+to g (type B): the way PixelCNN orders the R, G and B of one pixel. Taps before the centre read every level.
+Position-wise layers (Pointwise) are type B over levels for the same reason; with depth 1 all of this reduces
+to the plain spatial masks.
+
 MaskedConv2d follows van den Oord et al. 2016a, "Pixel Recurrent Neural Networks"; GatedBlock follows
 van den Oord et al. 2016b, "Conditional Image Generation with PixelCNN Decoders".
 
@@ -13,6 +19,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+
+
+def channel_levels(channels, depth, gated=False):
+    """The level of each channel: contiguous blocks. A gated layer's 2c channels are the two halves the gate
+    multiplies together, tanh(a) * sigmoid(b), so both halves are blocked alike and channel i of a meets
+    channel i of b."""
+    width = channels // 2 if gated else channels
+    levels = torch.arange(width) * depth // width
+    return levels.repeat(2) if gated else levels
+
+
+def level_mask(out_levels, in_levels, mask_type):
+    """(out, in): 1 where an output channel may read an input channel at the same position."""
+    if mask_type == "A":
+        return (in_levels.unsqueeze(0) < out_levels.unsqueeze(1)).float()
+    return (in_levels.unsqueeze(0) <= out_levels.unsqueeze(1)).float()
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -30,9 +52,11 @@ class MaskedConv2d(nn.Conv2d):
     Type A hides the centre, so the first layer cannot copy the token it is asked to predict; type B shows it,
     so later layers may use what earlier layers computed at the same position (which itself saw only the
     past). A kernel of height 1, e.g. (1, 5), keeps only the centre row: the horizontal stack of a gated block.
+    With depth > 1 the centre tap is masked over channel levels (see the module's docstring); gated_out marks
+    an output that a gate splits in halves.
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, mask_type):
+    def __init__(self, in_channels, out_channels, kernel_size, mask_type, depth=1, gated_out=False):
         if mask_type not in ("A", "B"):
             raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}")
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
@@ -40,10 +64,12 @@ class MaskedConv2d(nn.Conv2d):
             raise ValueError(f"a masked convolution needs an odd kernel size, got {(kh, kw)}")
         super().__init__(in_channels, out_channels, (kh, kw), padding=(kh // 2, kw // 2))
         self.mask_type = mask_type
-        mask = torch.ones(kh, kw)
-        mask[kh // 2, kw // 2 + (mask_type == "B"):] = 0
-        mask[kh // 2 + 1:] = 0
-        # Derived from the kernel shape and type, so it is rebuilt rather than saved with the weights.
+        mask = torch.ones(out_channels, in_channels, kh, kw)
+        mask[:, :, kh // 2, kw // 2:] = 0
+        mask[:, :, kh // 2 + 1:] = 0
+        mask[:, :, kh // 2, kw // 2] = level_mask(channel_levels(out_channels, depth, gated_out),
+                                                  channel_levels(in_channels, depth), mask_type)
+        # Derived from the kernel shape, type and depth, so it is rebuilt rather than saved with the weights.
         self.register_buffer("mask", mask, persistent=False)
 
     def masked_weight(self):
@@ -73,12 +99,25 @@ class Pointwise(nn.Linear):
     """A 1x1 convolution that also takes single positions (b, c): the cached sampler's layout.
 
     A 1x1 nn.Conv2d on a (b, c, 1, 1) map is several times slower than the matrix product it is on CPU.
+    With depth > 1 it is masked type B over channel levels (level g reads levels <= g); unmasked, it is for
+    what comes from rows above (the vertical stack), where every level is known.
     """
+
+    def __init__(self, in_features, out_features, depth=1, gated=False):
+        super().__init__(in_features, out_features)
+        mask = None
+        if depth > 1:
+            mask = level_mask(channel_levels(out_features, depth, gated), channel_levels(in_features, depth, gated),
+                              "B")
+        self.register_buffer("mask", mask, persistent=False)
+
+    def masked_weight(self):
+        return self.weight if self.mask is None else self.weight * self.mask
 
     def forward(self, x):
         if x.dim() == 2:
-            return super().forward(x)
-        return F.conv2d(x, rearrange(self.weight, "o i -> o i 1 1"), self.bias)
+            return F.linear(x, self.masked_weight(), self.bias)
+        return F.conv2d(x, rearrange(self.masked_weight(), "o i -> o i 1 1"), self.bias)
 
 
 class GatedBlock(nn.Module):
@@ -99,15 +138,17 @@ class GatedBlock(nn.Module):
     centre is the token to predict) and gives a skip output; the model sums the skips of all blocks.
     """
 
-    def __init__(self, in_channels, channels, kernel_size, mask_type, cond_dim=0):
+    def __init__(self, in_channels, channels, kernel_size, mask_type, cond_dim=0, depth=1):
         super().__init__()
         p = kernel_size // 2
         self.pad = p
+        # The vertical stack reaches the horizontal one only from rows above, where every level is known:
+        # it needs no level masks.
         self.v_conv = nn.Conv2d(in_channels, 2 * channels, (p + 1, kernel_size))  # input padded above and sides
-        self.h_conv = MaskedConv2d(in_channels, 2 * channels, (1, kernel_size), mask_type)
+        self.h_conv = MaskedConv2d(in_channels, 2 * channels, (1, kernel_size), mask_type, depth, gated_out=True)
         self.v_to_h = Pointwise(2 * channels, 2 * channels)
-        self.h_out = Pointwise(channels, channels)
-        self.skip = Pointwise(channels, channels)
+        self.h_out = Pointwise(channels, channels, depth)
+        self.skip = Pointwise(channels, channels, depth)
         # One projection gives the class bias of both stacks' gate pre-activations (V^T h in the paper).
         self.cond = nn.Linear(cond_dim, 4 * channels, bias=False) if cond_dim else None
         self.residual = mask_type == "B"
@@ -144,12 +185,12 @@ class ResidualBlock(nn.Module):
     of the first layer's reach are never seen: the blind spot that the gated block removes.
     """
 
-    def __init__(self, channels, kernel_size, cond_dim=0):
+    def __init__(self, channels, kernel_size, cond_dim=0, depth=1):
         super().__init__()
         inner = channels // 2
-        self.reduce = nn.Sequential(nn.ReLU(), Pointwise(channels, inner), nn.ReLU())
-        self.conv = MaskedConv2d(inner, inner, kernel_size, "B")
-        self.expand = nn.Sequential(nn.ReLU(), Pointwise(inner, channels))
+        self.reduce = nn.Sequential(nn.ReLU(), Pointwise(channels, inner, depth), nn.ReLU())
+        self.conv = MaskedConv2d(inner, inner, kernel_size, "B", depth)
+        self.expand = nn.Sequential(nn.ReLU(), Pointwise(inner, channels, depth))
         # The class enters as a per-sample bias on the masked convolution's output.
         self.cond = nn.Linear(cond_dim, inner, bias=False) if cond_dim else None
 

@@ -7,7 +7,9 @@ Two bodies over the same embedding and output head:
   Neural Networks", kept as the baseline; its receptive field has the known blind spot up and to the right.
 
 The prior knows nothing of images: it reads LongTensor[b, h, w] token grids and returns logits over the
-codebook at every position, each computed from the positions before it in raster order only.
+codebook at every position, each computed from the positions before it in raster order only. With depth > 1
+(a residual quantizer's levels, grids [b, h, w, depth]) the levels of one position are ordered channels, as
+PixelCNN orders R, G, B: level g is predicted from every earlier position and from levels 0..g-1 here.
 """
 
 from dataclasses import dataclass, field
@@ -46,11 +48,14 @@ class PriorConfig:
         "help": "odd kernel size of the type-B layers after the first"})
     num_classes: int = field(default=0, metadata={
         "help": "classes to condition on; 0 = unconditional, > 0 adds a 'no label' class for classifier-free guidance"})
+    depth: int = field(default=1, metadata={
+        "help": "tokens per position (a residual quantizer's levels), modelled as ordered channel groups"})
 
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {', '.join(ARCHS)}; got {self.arch!r}")
-        for name in ("codebook_size", "grid_height", "grid_width", "embed_dim", "hidden_channels", "num_layers"):
+        for name in ("codebook_size", "grid_height", "grid_width", "embed_dim", "hidden_channels", "num_layers",
+                     "depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.arch == "pixelcnn" and self.hidden_channels < 2:
@@ -62,10 +67,21 @@ class PriorConfig:
             raise ValueError(f"first_kernel_size must be odd and >= 3, got {self.first_kernel_size}")
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0 (0 = unconditional), got {self.num_classes}")
+        # Every level needs channels of its own in every layer (the pixelcnn blocks halve the width inside).
+        group = self.depth * (2 if self.arch == "pixelcnn" else 1)
+        if self.hidden_channels % group:
+            raise ValueError(f"hidden_channels must be a multiple of {group} for depth {self.depth} "
+                             f"and arch {self.arch!r}, got {self.hidden_channels}")
+
+    @property
+    def token_shape(self):
+        """The shape of one grid of tokens: (h, w), or (h, w, depth)."""
+        return (self.grid_height, self.grid_width) + ((self.depth,) if self.depth > 1 else ())
 
 
 class Prior(nn.Module):
-    """PixelCNN prior: forward(tokens[b, h, w], labels[b] or None) -> logits[b, codebook_size, h, w].
+    """PixelCNN prior: forward(tokens[b, h, w], labels[b] or None) -> logits[b, codebook_size, h, w];
+    with depth > 1, forward(tokens[b, h, w, depth]) -> logits[b, codebook_size, h, w, depth].
 
     With num_classes > 0 the label embedding has one extra row, index num_classes, meaning "no label": it is
     what the model is trained on when labels are dropped, and what the unconditional half of classifier-free
@@ -76,21 +92,25 @@ class Prior(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        c = config.hidden_channels
-        self.embed = nn.Embedding(config.codebook_size, config.embed_dim)
+        c, depth = config.hidden_channels, config.depth
+        # One table for all levels: level g's token t is row g * codebook_size + t.
+        self.embed = nn.Embedding(depth * config.codebook_size, config.embed_dim)
+        self.register_buffer("level_offsets", torch.arange(depth) * config.codebook_size, persistent=False)
         self.class_embed = nn.Embedding(config.num_classes + 1, c) if config.num_classes else None
         cond_dim = c if config.num_classes else 0
+        input_channels = depth * config.embed_dim
         if config.arch == "gated":
             self.blocks = nn.ModuleList(
-                GatedBlock(config.embed_dim if i == 0 else c, c,
+                GatedBlock(input_channels if i == 0 else c, c,
                            config.first_kernel_size if i == 0 else config.kernel_size,
-                           "A" if i == 0 else "B", cond_dim)
+                           "A" if i == 0 else "B", cond_dim, depth)
                 for i in range(config.num_layers))
         else:
-            self.stem = MaskedConv2d(config.embed_dim, c, config.first_kernel_size, "A")
+            self.stem = MaskedConv2d(input_channels, c, config.first_kernel_size, "A", depth)
             self.blocks = nn.ModuleList(
-                ResidualBlock(c, config.kernel_size, cond_dim) for _ in range(config.num_layers - 1))
-        self.head = nn.Sequential(nn.ReLU(), Pointwise(c, c), nn.ReLU(), Pointwise(c, config.codebook_size))
+                ResidualBlock(c, config.kernel_size, cond_dim, depth) for _ in range(config.num_layers - 1))
+        self.head = nn.Sequential(nn.ReLU(), Pointwise(c, c, depth), nn.ReLU(),
+                                  Pointwise(c, depth * config.codebook_size, depth))
 
     def num_parameters(self):
         return sum(p.numel() for p in self.parameters())
@@ -105,8 +125,15 @@ class Prior(nn.Module):
             labels = torch.full((batch_size,), self.config.num_classes, device=self.class_embed.weight.device)
         return self.class_embed(labels)
 
+    def embed_tokens(self, tokens):
+        """tokens (..., depth), every level given -> (..., depth * embed_dim), channels grouped by level."""
+        return rearrange(self.embed(tokens + self.level_offsets), "... l e -> ... (l e)")
+
     def forward(self, tokens, labels=None):
-        x = rearrange(self.embed(tokens), "b h w d -> b d h w")
+        levels_last = tokens.dim() == 4
+        if not levels_last:
+            tokens = tokens.unsqueeze(-1)
+        x = rearrange(self.embed_tokens(tokens), "b h w c -> b c h w")
         cond = self.embed_labels(labels, tokens.shape[0])
         if self.config.arch == "gated":
             v, h, out = x, x, 0.0
@@ -117,4 +144,5 @@ class Prior(nn.Module):
             out = self.stem(x)
             for block in self.blocks:
                 out = block(out, cond)
-        return self.head(out)  # (b, codebook_size, h, w)
+        logits = rearrange(self.head(out), "b (l k) h w -> b k h w l", l=self.config.depth)
+        return logits if levels_last else logits.squeeze(-1)  # (b, codebook_size, h, w[, depth])

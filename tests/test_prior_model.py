@@ -91,10 +91,10 @@ def test_mask_a_hides_the_centre_and_b_shows_it():
                                [0, 0, 0, 0, 0]], dtype=torch.float)
     expected_b = expected_a.clone()
     expected_b[2, 2] = 1
-    assert torch.equal(MaskedConv2d(2, 3, 5, "A").mask, expected_a)
-    assert torch.equal(MaskedConv2d(2, 3, 5, "B").mask, expected_b)
-    assert torch.equal(MaskedConv2d(2, 3, (1, 5), "A").mask, torch.tensor([[1.0, 1, 0, 0, 0]]))
-    assert torch.equal(MaskedConv2d(2, 3, (1, 5), "B").mask, torch.tensor([[1.0, 1, 1, 0, 0]]))
+    assert torch.equal(MaskedConv2d(2, 3, 5, "A").mask[0, 0], expected_a)
+    assert torch.equal(MaskedConv2d(2, 3, 5, "B").mask[0, 0], expected_b)
+    assert torch.equal(MaskedConv2d(2, 3, (1, 5), "A").mask[0, 0], torch.tensor([[1.0, 1, 0, 0, 0]]))
+    assert torch.equal(MaskedConv2d(2, 3, (1, 5), "B").mask[0, 0], torch.tensor([[1.0, 1, 1, 0, 0]]))
 
 
 def test_mask_is_a_derived_buffer_and_the_weight_is_never_masked_in_place():
