@@ -108,3 +108,19 @@ def assert_same_weights(path_a, path_b):
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def logits_and_embedding(model, tokens, labels=None):
+    """(the prior's logits, its token embedding output) with the embedding's gradient kept for inspection."""
+    captured = []
+
+    def keep_embedding(module, inputs, out):
+        out.retain_grad()
+        captured.append(out)
+
+    hook = model.embed.register_forward_hook(keep_embedding)
+    try:
+        logits = model(tokens, labels)
+    finally:
+        hook.remove()
+    return logits, captured[0]

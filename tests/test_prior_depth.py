@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_TOKENIZER
+from conftest import TINY_TOKENIZER, logits_and_embedding
 from pipelines import fit_prior, fit_tokenizer, sample
 from pipelines.data import read_index_maps
 from prior import Prior, PriorConfig, generate
@@ -38,22 +38,12 @@ def level_dependencies(model, grids=3):
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(config.codebook_size, (grids, 1, h, w, depth), generator=gen)
     tokens = tokens.expand(grids, outputs, h, w, depth).flatten(0, 1)
-    captured = []
-
-    def keep_embedding(module, inputs, out):
-        out.retain_grad()
-        captured.append(out)
-
-    hook = model.embed.register_forward_hook(keep_embedding)
-    try:
-        logits = model(tokens)  # (grids * outputs, K, h, w, depth)
-    finally:
-        hook.remove()
+    logits, embedding = logits_and_embedding(model, tokens)  # (grids * outputs, K, h, w, depth)
     assert logits.shape == (grids * outputs, config.codebook_size, h, w, depth)
     own = torch.arange(outputs).repeat(grids)
     own = logits.flatten(2)[torch.arange(len(own)), :, own]
     (own @ torch.randn(own.shape[1], generator=gen, dtype=own.dtype)).sum().backward()
-    seen = captured[0].grad.abs().sum(-1).flatten(1) != 0  # (grids * outputs, h * w * depth)
+    seen = embedding.grad.abs().sum(-1).flatten(1) != 0  # (grids * outputs, h * w * depth)
     return seen.unflatten(0, (grids, outputs)).any(0)
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import logits_and_embedding
 from prior import Prior, PriorConfig, generate
 from prior.layers import MaskedConv2d
 
@@ -30,22 +31,12 @@ def dependencies(model, h, w, labels=None, grids=4):
     tokens = tokens.expand(grids, positions, h, w).flatten(0, 1)
     if labels is not None:
         labels = labels.repeat(grids)
-    captured = []
-
-    def keep_embedding(module, inputs, out):
-        out.retain_grad()
-        captured.append(out)
-
-    hook = model.embed.register_forward_hook(keep_embedding)
-    try:
-        logits = model(tokens, labels)  # (grids * p, K, h, w)
-    finally:
-        hook.remove()
+    logits, embedding = logits_and_embedding(model, tokens, labels)  # (grids * p, K, h, w)
     own = torch.arange(positions).repeat(grids)
     own = logits.flatten(2)[torch.arange(len(own)), :, own]  # (grids * p, K)
     projection = torch.randn(own.shape[1], generator=gen, dtype=own.dtype)
     (own @ projection).sum().backward()
-    seen = captured[0].grad.abs().sum(-1).flatten(1) != 0  # (grids * p, q)
+    seen = embedding.grad.abs().sum(-1).flatten(1) != 0  # (grids * p, q)
     return seen.unflatten(0, (grids, positions)).any(0)
 
 
