@@ -156,3 +156,20 @@ def test_residual_tokenizer_refuses_tokens_without_the_depth_axis():
     tokenizer = Tokenizer(VQVAE(tiny_config("residual")))
     with pytest.raises(ValueError, match=r"shape \(batch, 7, 7, 3\)"):
         tokenizer.decode(torch.zeros(2, 7, 7, dtype=torch.long))
+
+
+@pytest.mark.parametrize("flags", [["--quantizer", "simvq"], ["--quantizer", "fsq", "--fsq-levels", "4,4,2"],
+                                   ["--quantizer", "binary"], ["--estimator", "rotation"]])
+def test_every_quantizer_works_through_all_three_commands(flags, fashion_dir, tmp_path):
+    from conftest import TINY_TOKENIZER
+    from pipelines import fit_prior, fit_tokenizer, sample
+    from pipelines.data import read_index_maps
+
+    root = tmp_path / "runs"
+    fit_tokenizer.main([*TINY_TOKENIZER, *flags, "--epochs", "1", "--output-root", root, "--run-name", "t"])
+    maps = read_index_maps(root / "tokenizer" / "t" / "maps", "test")
+    assert maps.maps.shape == (64, 7, 7) and maps.meta["codebook_size"] == 32
+    fit_prior.main(["--embed-dim", "4", "--hidden-channels", "8", "--num-layers", "2", "--batch-size", "32",
+                    "--warmup-steps", "2", "--epochs", "1", "--output-root", root, "--run-name", "p"])
+    sample.main(["--prior", root / "prior" / "p", "--n", 2, "--out", tmp_path / "s"])
+    assert len(list((tmp_path / "s" / "images").glob("*.png"))) == 2
