@@ -1,1 +1,2 @@
-"""Offline measures of a tokenizer, a prior and its samples: a small classifier's features and their Frechet distance."""
+"""Offline measures of a tokenizer, a prior and its samples: a reference classifier's features, their Frechet
+distance, and the report pages of pipelines.evaluate."""

@@ -3,7 +3,8 @@
 The Frechet Inception Distance (Heusel et al. 2017) compares Gaussian fits to a network's features of real and
 generated images. Inception was trained on ImageNet and needs the internet; for 28x28 Fashion-MNIST a classifier
 trained once on the data set's own training split is the usual offline substitute, and it also tells whether a
-class-conditional sample shows the class it was asked for.
+class-conditional sample shows the class it was asked for. Figures made with one classifier are comparable with
+each other only: the reference classifier is trained once per data set and reused.
 """
 
 from dataclasses import dataclass, field
@@ -11,9 +12,10 @@ from dataclasses import dataclass, field
 import torch.nn as nn
 
 
-def conv_stage(in_channels, out_channels):
-    """A 3x3 convolution and a 2x2 max-pool: half the size, out_channels wide."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+def conv_block(in_channels, out_channels, pool):
+    """A 3x3 convolution and a ReLU, then (if pool) a 2x2 max-pool that halves the size."""
+    layers = [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU()]
+    return nn.Sequential(*layers, nn.MaxPool2d(2)) if pool else nn.Sequential(*layers)
 
 
 @dataclass
@@ -21,23 +23,40 @@ class ClassifierConfig:
     image_channels: int = field(default=1, metadata={"help": "channels of the images: 1 or 3"})
     image_size: int = field(default=28, metadata={"help": "height and width of the images, a multiple of 4"})
     num_classes: int = field(default=10, metadata={"help": "classes of the data set"})
-    # Small on purpose: it trains in about a minute on 2 CPU cores and still reaches ~90% on Fashion-MNIST.
-    width: int = field(default=16, metadata={"help": "channels of the first stage; the second has twice this"})
+    # 16, 32, 64 channels: one convolution per resolution is what lets two epochs of 60,000 images fit in about a
+    # minute on two CPU cores (two per resolution at twice the width cost ~8x and gain ~1 point of accuracy).
+    width: int = field(default=16, metadata={"help": "channels of the first block; the next two have 2x and 4x"})
     # 128 features: enough to separate ten classes, few enough that 10,000 samples give a stable covariance.
     feature_dim: int = field(default=128, metadata={"help": "dimensions of the penultimate features"})
 
+    def __post_init__(self):
+        if self.image_size % 4 or self.image_size <= 0:
+            raise ValueError(f"the classifier needs an image size divisible by 4, not {self.image_size}")
+        for name in ("image_channels", "num_classes", "width", "feature_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"classifier {name} must be positive, not {getattr(self, name)}")
+
 
 class Classifier(nn.Module):
+    """images (b, c, H, W) in [0, 1] -> H/4 x W/4 maps of 4*width channels -> feature_dim features -> logits."""
+
     def __init__(self, config):
         super().__init__()
         self.config = config
         c, side = config.width, config.image_size // 4
-        self.body = nn.Sequential(conv_stage(config.image_channels, c), conv_stage(c, 2 * c), nn.Flatten(),
-                                  nn.Linear(2 * c * side * side, config.feature_dim), nn.ReLU())
+        self.body = nn.Sequential(
+            conv_block(config.image_channels, c, pool=True),  # (b, c, H/2, W/2)
+            conv_block(c, 2 * c, pool=True),  # (b, 2c, H/4, W/4)
+            conv_block(2 * c, 4 * c, pool=False),  # (b, 4c, H/4, W/4)
+            nn.Flatten(),
+            nn.Linear(4 * c * side * side, config.feature_dim), nn.ReLU())
         self.head = nn.Linear(config.feature_dim, config.num_classes)
 
+    def num_parameters(self):
+        return sum(p.numel() for p in self.parameters())
+
     def features(self, images):
-        """images (b, c, H, W) in [0, 1] -> penultimate features (b, feature_dim)."""
+        """images (b, c, H, W) in [0, 1] -> penultimate features (b, feature_dim), after the ReLU."""
         return self.body(images)
 
     def forward(self, images):

@@ -13,7 +13,7 @@ def feature_statistics(features):
     """features (n, d) -> (mean (d,), covariance (d, d)), float64 on the CPU."""
     features = features.detach().double().cpu()
     if features.ndim != 2 or len(features) < 2:
-        raise ValueError(f"feature statistics need at least 2 feature vectors (n, d), got shape {tuple(features.shape)}")
+        raise ValueError(f"feature statistics need 2 or more feature vectors (n, d), not shape {tuple(features.shape)}")
     return features.mean(dim=0), torch.cov(features.T)
 
 
@@ -25,6 +25,10 @@ def _sqrt_psd(matrix):
 def frechet_distance(stats_a, stats_b):
     """Frechet distance between two (mean, covariance) pairs; a float."""
     (mean_a, cov_a), (mean_b, cov_b) = stats_a, stats_b
+    if mean_a.shape != mean_b.shape:
+        raise ValueError(f"feature statistics of different dimensions: {tuple(mean_a.shape)} and {tuple(mean_b.shape)}")
+    # Tr((S_a^1/2 S_b S_a^1/2)^1/2) is the trace of sqrt(S_a S_b) in the formula, through a symmetric matrix, so
+    # eigh applies and the result is real.
     root_a = _sqrt_psd(cov_a)
     middle = root_a @ cov_b @ root_a
     trace_cross = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
