@@ -120,7 +120,8 @@ def sample_tokens(model, n, batch_size, seed, device, open_progress=None, **kwar
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, not {batch_size}")
     labels, prefix = kwargs.pop("labels", None), kwargs.pop("prefix", None)
-    check_args(model, n, labels=labels, prefix=prefix, **kwargs)
+    # As checked: labels (n,) or None, prefix (n, ...) or None, each sliced with its batch below.
+    labels, prefix = check_args(model, n, labels=labels, prefix=prefix, **kwargs)
     generator = torch.Generator(device=device).manual_seed(seed)
     positions = (model.config.grid_height - kwargs.get("keep_rows", 0)) * model.config.grid_width
     bar = open_progress(math.ceil(n / batch_size) * positions) if open_progress is not None else None
@@ -129,7 +130,8 @@ def sample_tokens(model, n, batch_size, seed, device, open_progress=None, **kwar
         for start in range(0, n, batch_size):
             size = min(batch_size, n - start)
             grids.append(prior.generate(
-                model, size, generator=generator, labels=labels, prefix=None if prefix is None else prefix[:size],
+                model, size, generator=generator, labels=None if labels is None else labels[start:start + size],
+                prefix=None if prefix is None else prefix[start:start + size],
                 progress=(lambda done, total: bar.update(1)) if bar is not None else None, **kwargs))
     finally:
         if bar is not None:
