@@ -112,7 +112,7 @@ def test_binary_tokens_are_the_sign_bits_and_the_gradient_is_clipped():
 
 def test_simvq_moves_every_code_through_the_shared_map_and_keeps_its_basis():
     torch.manual_seed(0)
-    quantizer = SimVQ(4, 32)
+    quantizer = SimVQ(4, 32, dead_code_threshold=0.0)  # no restarts: only the map may move the codes
     basis, before = quantizer.basis.clone(), quantizer.codes().detach().clone()
     optimizer = torch.optim.SGD(quantizer.parameters(), lr=0.5)
     z = torch.randn(1, 4, 1, 2)  # two vectors: at most two of the 32 codes are picked
@@ -123,6 +123,23 @@ def test_simvq_moves_every_code_through_the_shared_map_and_keeps_its_basis():
     assert len(indices.unique()) <= 2 and bool(moved.all())
     assert torch.equal(quantizer.basis, basis)
     assert [name for name, _ in quantizer.named_parameters()] == ["transform.weight"]
+
+
+def test_simvq_restarts_a_dead_code_by_redrawing_its_basis_row_onto_a_vector():
+    torch.manual_seed(0)
+    quantizer = SimVQ(4, 32)
+    with torch.no_grad():
+        quantizer.transform.weight.copy_(torch.randn(4, 4))  # a map far from the identity it starts as
+    z = torch.randn(1, 4, 1, 8)
+    basis = quantizer.basis.clone()
+    _, indices, _, stats = quantizer(z)
+    used = torch.zeros(32, dtype=torch.bool)
+    used[indices.flatten()] = True
+    assert stats["restarts"] == int((~used).sum()) > 0
+    assert torch.equal(quantizer.basis[used], basis[used]) and not torch.equal(quantizer.basis, basis)
+    vectors = z.permute(0, 2, 3, 1).reshape(-1, 4)
+    distance = torch.cdist(quantizer.codes().detach()[~used], vectors).min(dim=1).values
+    assert distance.max() < 1e-2, "a restarted code should sit on one of the batch's vectors"
 
 
 def test_residual_levels_quantize_what_the_levels_before_left_over():

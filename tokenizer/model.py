@@ -150,7 +150,8 @@ def build_quantizer(config):
         return BinaryQuantizer(config.latent_dim, config.codebook_size)
     if config.quantizer == "simvq":
         return SimVQ(config.latent_dim, config.codebook_size, code_dim=config.code_dim, beta=config.beta,
-                     cosine=config.cosine, estimator=config.estimator)
+                     cosine=config.cosine, estimator=config.estimator,
+                     dead_code_threshold=config.dead_code_threshold)
     options = dict(beta=config.beta, codebook_update=config.codebook_update, decay=config.ema_decay,
                    kmeans_init=config.kmeans_init, dead_code_threshold=config.dead_code_threshold)
     if config.quantizer == "residual":

@@ -154,6 +154,9 @@ class VectorQuantizer(nn.Module):
     def codes(self):
         return F.normalize(self.codebook, dim=-1) if self.cosine else self.codebook
 
+    def _set_codes(self, rows, values):
+        self.codebook[rows] = values
+
     @torch.no_grad()
     def nearest(self, flat):
         """Index of the nearest code for each row of flat (n, code_dim), in chunks so memory stays bounded."""
@@ -226,7 +229,7 @@ class VectorQuantizer(nn.Module):
         generator = torch.Generator(device=flat.device).manual_seed(int(self.update_count))
         picks = torch.randint(len(flat), (n_dead,), generator=generator, device=flat.device)
         fresh = _broadcast(flat[picks].contiguous())
-        self.codebook[dead] = fresh
+        self._set_codes(dead, fresh)
         # A restarted code starts with the threshold's worth of usage, so it gets a few batches to win vectors.
         self.cluster_size[dead] = self.dead_code_threshold
         if self.codebook_update == "ema":
@@ -256,24 +259,32 @@ class VectorQuantizer(nn.Module):
 class SimVQ(VectorQuantizer):
     """The codebook is a frozen random basis (K, d) times one learned linear map (d, d).
 
-    The codebook loss trains the map, and a step on the map moves every code at once, used or not: no code is
-    left behind, so no restarts are needed. Updates are by loss only (EMA would bypass the map).
+    The codebook loss trains the map, and a step on the map moves every code at once, used or not. Updates are
+    by loss only (EMA would bypass the map); dead codes are restarted through the basis (see _set_codes).
     """
 
     def __init__(self, input_dim, codebook_size, code_dim=0, beta=0.25, cosine=False, estimator="ste",
-                 search_chunk=8192):
+                 dead_code_threshold=1.0, search_chunk=8192):
         super().__init__(input_dim, codebook_size, code_dim=code_dim, beta=beta, codebook_update="loss",
-                         cosine=cosine, dead_code_threshold=0.0, search_chunk=search_chunk, estimator=estimator)
+                         cosine=cosine, dead_code_threshold=dead_code_threshold, search_chunk=search_chunk,
+                         estimator=estimator)
 
     def _init_codebook(self, codebook):
-        # Scaled like the encoder's outputs at initialisation (unit variance per dimension).
-        self.register_buffer("basis", codebook)
+        # Codes of norm ~1 (std d^-1/2, as in the paper): with unit variance per dimension (norm ~sqrt(d)) the
+        # encoder's small initial outputs all land on the few shortest codes, and the map never spreads them.
+        self.register_buffer("basis", codebook * self.code_dim ** -0.5)
         self.transform = nn.Linear(self.code_dim, self.code_dim, bias=False)
         nn.init.eye_(self.transform.weight)
 
     def codes(self):
         codes = self.transform(self.basis)
         return F.normalize(codes, dim=-1) if self.cosine else codes
+
+    def _set_codes(self, rows, values):
+        # A restart redraws the frozen basis rows so that their codes land on the chosen vectors. The map moves
+        # every code, but a step only along the basis rows that won vectors: when an untrained encoder's
+        # outputs are all alike, two codes win and the other 510 would never move (measured: 0.6% used).
+        self.basis[rows] = values @ torch.linalg.pinv(self.transform.weight.t())
 
 
 class ResidualQuantizer(nn.Module):
