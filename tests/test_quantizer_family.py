@@ -82,7 +82,7 @@ def test_fsq_reaches_every_code_and_its_digits_round_trip():
     offset = (quantizer.radices % 2 == 0).float() * 0.5
     half_width = (quantizer.radices // 2).float()
     pre_bound = torch.atanh((values * half_width + offset) / half_range) - torch.atanh(offset / half_range)
-    rounded, digits = quantizer.quantize(pre_bound)
+    rounded, digits, _ = quantizer.quantize(pre_bound)
     assert torch.equal((digits * quantizer.place).sum(dim=1), indices.flatten())
     torch.testing.assert_close(rounded, values)
 
@@ -90,17 +90,48 @@ def test_fsq_reaches_every_code_and_its_digits_round_trip():
 def test_fsq_rounding_passes_the_gradient_straight_through():
     quantizer = FiniteScalarQuantizer(2, [5, 5])
     flat = torch.zeros(4, 2, requires_grad=True)
-    rounded, _ = quantizer.quantize(flat)
+    rounded, _, _ = quantizer.quantize(flat)
     rounded.sum().backward()
     # d/dx of tanh(x) * half_range / half_width at 0, unchanged by the rounding.
     torch.testing.assert_close(flat.grad, torch.full((4, 2), 2 * 1.001 / 2))
+
+
+def test_entropy_penalty_is_minus_log_k_for_a_spread_batch_and_zero_for_a_collapsed_one():
+    quantizer = BinaryQuantizer(4, 8, entropy_weight=1.0, entropy_temperature=0.01)  # one-hot assignments
+    codes = quantizer.from_digits(torch.arange(8).unsqueeze(1) // quantizer.place % quantizer.radices)
+    spread = quantizer.entropy_penalty(codes.repeat(4, 1))  # every code, each vector exactly on one
+    collapsed = quantizer.entropy_penalty(codes[:1].repeat(32, 1))
+    torch.testing.assert_close(spread, -torch.log(torch.tensor(8.0)), atol=1e-3, rtol=0)
+    torch.testing.assert_close(collapsed, torch.tensor(0.0), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("make", [lambda w: BinaryQuantizer(8, 16, entropy_weight=w),
+                                  lambda w: FiniteScalarQuantizer(8, [4, 3], entropy_weight=w)], ids=["binary", "fsq"])
+def test_entropy_penalty_spreads_a_collapsed_encoder_over_the_codes(make):
+    used = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)  # the same quantizer and encoder output with and without the penalty
+        quantizer = make(weight).train()
+        # An encoder output whose vectors all look alike: a shared offset and a little variation.
+        z = (torch.randn(1, 8, 1, 1) * 2 + 0.1 * torch.randn(4, 8, 6, 6)).requires_grad_()
+        optimizer = torch.optim.Adam([z, *quantizer.parameters()], lr=0.05)
+        for _ in range(100):
+            _, indices, loss, _ = quantizer(z)
+            optimizer.zero_grad()
+            (loss + 0 * z.sum()).backward()
+            optimizer.step()
+        used[weight] = len(quantizer.eval()(z)[1].unique())
+    assert used[0.0] <= 2 and used[1.0] >= quantizer.codebook_size // 2, used
+    assert quantizer(z)[2].item() == 0, "the penalty is a training loss only"
+    with pytest.raises(ValueError, match="entropy-weight"):
+        TokenizerConfig(quantizer="vq", entropy_weight=0.1)
 
 
 def test_binary_tokens_are_the_sign_bits_and_the_gradient_is_clipped():
     quantizer = BinaryQuantizer(4, 8)
     assert quantizer.codebook_size == 8
     flat = torch.tensor([[0.5, -0.5, 2.0], [-3.0, 0.9, -0.1]], requires_grad=True)
-    signs, digits = quantizer.quantize(flat)
+    signs, digits, _ = quantizer.quantize(flat)
     assert torch.equal(signs, torch.tensor([[1.0, -1.0, 1.0], [-1.0, 1.0, -1.0]]))
     assert torch.equal((digits * quantizer.place).sum(dim=1), torch.tensor([1 + 4, 2]))
     signs.sum().backward()

@@ -99,6 +99,9 @@ class TokenizerConfig:
     kmeans_init: bool = field(default=False, metadata={"help": "initialise the codebook by k-means on the first batch"})
     dead_code_threshold: float = field(default=1.0, metadata={
         "help": "restart a code whose EMA usage falls under this many vectors per batch (0: never)"})
+    entropy_weight: float = field(default=0.0, metadata={
+        "help": "fsq and binary: weight of the entropy penalty of lookup-free quantization, which spreads the "
+                "tokens over all codes (0: none)"})
 
     def __post_init__(self):
         if self.image_channels not in (1, 3):
@@ -115,6 +118,9 @@ class TokenizerConfig:
             raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, not {self.estimator!r}")
         if self.quantizer in ("fsq", "binary") and self.estimator != "ste":
             raise ValueError(f"the {self.quantizer} quantizer has no code to rotate onto: use --estimator ste")
+        if self.entropy_weight < 0 or (self.entropy_weight and self.quantizer not in ("fsq", "binary")):
+            raise ValueError(f"--entropy-weight is for the fsq and binary quantizers and must be >= 0, "
+                             f"not {self.entropy_weight} with {self.quantizer}")
         if self.quantizer == "residual" and self.depth < 2:
             raise ValueError(f"the residual quantizer needs --depth >= 2, not {self.depth}")
         if self.quantizer == "fsq":
@@ -145,9 +151,9 @@ class TokenizerConfig:
 
 def build_quantizer(config):
     if config.quantizer == "fsq":
-        return FiniteScalarQuantizer(config.latent_dim, config.levels)
+        return FiniteScalarQuantizer(config.latent_dim, config.levels, entropy_weight=config.entropy_weight)
     if config.quantizer == "binary":
-        return BinaryQuantizer(config.latent_dim, config.codebook_size)
+        return BinaryQuantizer(config.latent_dim, config.codebook_size, entropy_weight=config.entropy_weight)
     if config.quantizer == "simvq":
         return SimVQ(config.latent_dim, config.codebook_size, code_dim=config.code_dim, beta=config.beta,
                      cosine=config.cosine, estimator=config.estimator,
