@@ -27,7 +27,7 @@ from evaluation.reference import DERIVED_FROM_DATA, ClassifierTrainConfig, load_
 from evaluation.report import plot_curves, plot_mosaic, plot_usage, write_html
 from pipelines import cli
 from pipelines.data import DataConfig, load_images
-from pipelines.runs import newest_run, read_json, read_metrics, write_json
+from pipelines.runs import check_can_write_in, newest_run, read_json, read_metrics, write_json
 from pipelines.sample import load_pair, sample_tokens, write_outputs
 from pipelines.train import TrainConfig, make_accelerator
 from prior.generate import check_args
@@ -144,6 +144,8 @@ def evaluate(prior_dir=None, tokenizer_dir=None, *, output_root="checkpoints", o
         raise ValueError(f"--batch-size must be positive, not {batch_size}")
     if out is not None and Path(out).exists() and not overwrite:
         raise ValueError(f"{out} exists already: pass --overwrite or another --out")
+    if out is not None:
+        check_can_write_in(Path(out).parent)
     if prior_dir is None and tokenizer_dir is None:
         prior_dir = newest_run(output_root, "prior")
 

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from pipelines import cli
 from pipelines.data import MapDataset, read_index_maps
 from pipelines.runs import file_sha256, new_run_dir, newest_run, read_json, save_tensors, write_json
-from pipelines.train import TrainConfig, decided_by_main, make_accelerator, train
+from pipelines.train import TrainConfig, check_one_batch, decided_by_main, make_accelerator, train
 from prior.model import Prior, PriorConfig
 
 DERIVED_FROM_MAPS = ("codebook_size", "grid_height", "grid_width", "num_classes", "depth")
@@ -105,6 +105,9 @@ def main(argv=None):
     accelerator = make_accelerator(train_config)
     train_maps, test_maps = read_maps_for(tokenizer_dir)
     meta = train_maps.meta
+    if args.resume and meta["weights_sha256"] != saved["tokenizer"].get("weights_sha256"):
+        raise ValueError(f"prior run {run_dir} was trained on maps of other tokenizer weights than those now in "
+                         f"{tokenizer_dir} (SHA-256 differs): start a new prior run")
     if not args.resume:
         num_classes = len(meta.get("class_names") or []) if args.condition == "class" else 0
         if args.condition == "class" and num_classes < 2:
@@ -112,6 +115,7 @@ def main(argv=None):
         model_config = cli.config_from_args(PriorConfig, args, codebook_size=meta["codebook_size"],
                                             grid_height=meta["grid_height"], grid_width=meta["grid_width"],
                                             num_classes=num_classes, depth=meta.get("depth", 1))
+        check_one_batch(len(train_maps.maps), train_config)
         run_dir = decided_by_main(accelerator, lambda: new_run_dir(args.output_root, "prior", args.run_name))
 
     if accelerator.is_main_process and not args.resume:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from pipelines import cli
 from pipelines.data import DataConfig, load_images, write_index_maps
 from pipelines.runs import atomic_path, new_run_dir, read_json, save_tensors, write_json
-from pipelines.train import TrainConfig, decided_by_main, make_accelerator, train
+from pipelines.train import TrainConfig, check_one_batch, decided_by_main, make_accelerator, train
 from tokenizer import Tokenizer
 from tokenizer.model import TokenizerConfig, VQVAE
 from tokenizer.quantizers import usage_stats
@@ -76,9 +76,15 @@ def encode_split(tokenizer, images, batch_size, reconstruct, desc):
 def dump(run_dir, data_config, batch_size, accelerator):
     """Encode both splits with the saved weights and write RUN/maps/; returns the per-split figures."""
     tokenizer = Tokenizer.load(run_dir, device=accelerator.device)
+    # Both splits are read and checked before a file is written: a bad test split leaves the old maps whole.
+    splits = {split: load_images(data_config, split) for split in ("train", "test")}
+    expected = (tokenizer.config.image_channels, tokenizer.config.image_size, tokenizer.config.image_size)
+    for data in splits.values():
+        if tuple(data.images.shape[1:]) != expected:
+            raise ValueError(f"{data_config.dataset} images are {tuple(data.images.shape[1:])}, the tokenizer in "
+                             f"{run_dir} takes {expected}")
     results = {}
-    for split in ("train", "test"):
-        data = load_images(data_config, split)
+    for split, data in splits.items():
         started = time.perf_counter()
         maps, counts, squared_error = encode_split(tokenizer, data.images, batch_size, split == "test",
                                                    f"dump {split}")
@@ -135,6 +141,10 @@ def main(argv=None):
         if height != width:
             raise ValueError(f"images must be square, these are {height}x{width}: use folder: with --image-size")
         model_config = cli.config_from_args(TokenizerConfig, args, image_channels=channels, image_size=height)
+    check_one_batch(len(train_set), train_config)
+    # The model is built before the run directory is made: flags it cannot be built from leave nothing behind.
+    torch.manual_seed(train_config.seed)
+    model = VQVAE(model_config)
     run_dir = Path(args.resume) if args.resume else decided_by_main(
         accelerator, lambda: new_run_dir(args.output_root, "tokenizer", args.run_name))
     if accelerator.is_main_process and not args.resume:
@@ -143,8 +153,6 @@ def main(argv=None):
                                              "data": dataclasses.asdict(data_config)})
     accelerator.wait_for_everyone()
 
-    torch.manual_seed(train_config.seed)
-    model = VQVAE(model_config)
     accelerator.print(f"tokenizer: {model.num_parameters():,} parameters, grid {model_config.grid_size}x"
                       f"{model_config.grid_size}, {model_config.codebook_size} codes -> {run_dir}")
     started = time.perf_counter()

@@ -96,6 +96,7 @@ def load_state_strict(model, state, path):
 def new_run_dir(root, stage, name=None):
     """A fresh directory under root/stage: the given name (which must be new), or a timestamp."""
     parent = Path(root) / stage
+    check_can_write_in(parent)
     if name:
         if (parent / name).exists():
             raise ValueError(f"run {parent / name} exists already: pass --resume to continue it, or another name")
@@ -106,6 +107,19 @@ def new_run_dir(root, stage, name=None):
         suffix += 1
         run_dir = parent / f"{stamp}-{suffix}"
     return run_dir
+
+
+def check_can_write_in(path):
+    """A one-line ValueError, before any work is done, when nothing could be written in the folder path (made if
+    need be): the nearest existing path on its way is a file, or a folder this process may not write into."""
+    path = Path(path)
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                raise ValueError(f"cannot write in {path}: {existing} is not a directory")
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise ValueError(f"cannot write in {path}: {existing} is not writable")
+            return
 
 
 def newest_run(root, stage, must_have="model.safetensors"):

@@ -17,14 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
 import prior
 from prior.generate import check_args
 from pipelines import cli
 from pipelines.data import write_index_maps
-from pipelines.runs import newest_run, write_json
+from pipelines.runs import check_can_write_in, newest_run, write_json
 from pipelines.train import TrainConfig, make_accelerator
 from tokenizer import Tokenizer
 
@@ -180,6 +179,7 @@ def main(argv=None):
     out = Path(args.out) if args.out else Path(args.output_root) / "samples" / time.strftime("%Y%m%d-%H%M%S")
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} exists already: pass --overwrite or another --out")
+    check_can_write_in(out.parent)
     started = time.perf_counter()
     model, tokenizer, config = load_pair(prior_dir, device)
     label = resolve_label(args.label, config)
@@ -210,6 +210,8 @@ def main(argv=None):
         return
 
     def write(folder):
+        from torchvision.utils import make_grid, save_image  # seconds to import: not before there is work
+
         mosaic = images if original is None else torch.cat([original.float().cpu() / 255, images])
         save_image(make_grid(mosaic, nrow=math.ceil(math.sqrt(len(mosaic))), padding=2, pad_value=1.0),
                    folder / "grid.png", format="PNG")

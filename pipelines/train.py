@@ -78,6 +78,13 @@ def decided_by_main(accelerator, decide):
     return answer[0]
 
 
+def check_one_batch(size, config):
+    """The refusal train() gives for a split smaller than one batch, given before a run directory is made."""
+    if size < config.batch_size:
+        raise ValueError(f"the training split has {size} items, fewer than one batch of {config.batch_size}: "
+                         "lower --batch-size")
+
+
 def learning_rate_at(step, total_steps, config):
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / config.warmup_steps
