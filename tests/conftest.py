@@ -124,3 +124,18 @@ def logits_and_embedding(model, tokens, labels=None):
     finally:
         hook.remove()
     return logits, captured[0]
+
+
+def run_in_process(main, args, capsys):
+    """Run a command's main(args) in-process the way `python -m` does (errors through pipelines.cli.run);
+    returns (exit status, stdout lines, stderr lines)."""
+    from pipelines import cli
+
+    capsys.readouterr()
+    try:
+        cli.run(lambda: main(args))
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    captured = capsys.readouterr()
+    return status, captured.out.strip().splitlines(), captured.err.strip().splitlines()

@@ -3,12 +3,12 @@ import json
 import pytest
 import torch
 
-from conftest import run_module
+from conftest import run_in_process, run_module
 from evaluation.classifier import ClassifierConfig
 from evaluation.frechet import feature_statistics, frechet_distance
 from evaluation.reference import ClassifierTrainConfig, load_or_train_classifier, predict
 from evaluation.report import FIGURES
-from pipelines import cli, evaluate, fit_prior
+from pipelines import evaluate, fit_prior
 from pipelines.data import DataConfig, load_images
 from test_sample import TINY_PRIOR
 
@@ -109,15 +109,7 @@ def test_noise_is_far_from_the_test_set_in_the_classifiers_features(fashion_dir,
 
 
 def run_cli(args, capsys):
-    """Run the command in-process the way `python -m` does; returns (exit status, stdout lines, stderr lines)."""
-    capsys.readouterr()
-    try:
-        cli.run(lambda: evaluate.main(args))
-        status = 0
-    except SystemExit as exit_:
-        status = exit_.code
-    captured = capsys.readouterr()
-    return status, captured.out.strip().splitlines(), captured.err.strip().splitlines()
+    return run_in_process(evaluate.main, args, capsys)
 
 
 def test_evaluate_writes_a_report_of_a_prior_and_of_a_tokenizer_alone(tokenizer_run, tmp_path, capsys):

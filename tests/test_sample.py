@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_module, synthetic_images
-from pipelines import cli, fit_prior, sample
+from conftest import run_in_process, run_module, synthetic_images
+from pipelines import fit_prior, sample
 from pipelines.data import read_index_maps
 from tokenizer import Tokenizer
 
@@ -22,14 +22,9 @@ def prior_run(tokenizer_run, tmp_path):
 
 
 def run_cli(args, capsys):
-    """Run the command in-process the way `python -m` does; returns (exit status, stderr lines)."""
-    capsys.readouterr()
-    try:
-        cli.run(lambda: sample.main(args))
-        status = 0
-    except SystemExit as exit_:
-        status = exit_.code
-    return status, capsys.readouterr().err.strip().splitlines()
+    """(exit status, stderr lines) of the sample command run in-process."""
+    status, _, err = run_in_process(sample.main, args, capsys)
+    return status, err
 
 
 def tokens_of(out):
