@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader
 
 from pipelines import cli
 from pipelines.data import MapDataset, read_index_maps
-from pipelines.runs import file_sha256, new_run_dir, newest_run, read_json, save_tensors, write_json
+from pipelines.runs import (create_run_dir, file_sha256, new_run_dir, newest_run, read_run_config,
+                           remove_stale_temporaries, save_tensors, write_json)
 from pipelines.train import TrainConfig, check_one_batch, decided_by_main, make_accelerator, train
 from prior.model import Prior, PriorConfig
 
@@ -40,7 +41,9 @@ def build_parser():
     run.add_argument("--label-dropout", type=float, default=0.0,
                      help="with --condition class, train on 'no label' this fraction of the time, which the "
                           "sampler's --guidance-scale needs (default: 0)")
-    run.add_argument("--eval-batch-size", type=int, default=1000, help="grids per batch when evaluating (default: 1000)")
+    run.add_argument("--eval-batch-size", type=int, default=1000,
+                     help="grids per batch when evaluating (default: 1000; config.json keeps it, since the sums "
+                          "differ in the last bits with it)")
     cli.add_config_flags(parser, PriorConfig, "model", skip=DERIVED_FROM_MAPS)
     cli.add_config_flags(parser, TrainConfig, "training", defaults=PRIOR_TRAIN_DEFAULTS)
     return parser
@@ -88,10 +91,11 @@ def main(argv=None):
     args = build_parser().parse_args(None if argv is None else [str(a) for a in argv])
     if args.resume:
         run_dir = Path(args.resume)
-        saved = read_json(run_dir / "config.json")
+        saved = read_run_config(run_dir)
         try:
             model_config, train_config = PriorConfig(**saved["model"]), TrainConfig(**saved["train"])
             tokenizer_dir, label_dropout = Path(saved["tokenizer"]["run"]), saved["label_dropout"]
+            eval_batch_size = saved.get("eval_batch_size", 1000)
         except (KeyError, TypeError) as error:
             raise ValueError(f"{run_dir / 'config.json'} is not a prior run config ({error})") from None
     else:
@@ -102,6 +106,7 @@ def main(argv=None):
         tokenizer_dir = Path(args.tokenizer) if args.tokenizer else newest_run(args.output_root, "tokenizer",
                                                                                must_have="maps/meta.json")
         label_dropout, train_config = args.label_dropout, cli.config_from_args(TrainConfig, args)
+        eval_batch_size = args.eval_batch_size
     accelerator = make_accelerator(train_config)
     train_maps, test_maps = read_maps_for(tokenizer_dir)
     meta = train_maps.meta
@@ -118,13 +123,16 @@ def main(argv=None):
         check_one_batch(len(train_maps.maps), train_config)
         run_dir = decided_by_main(accelerator, lambda: new_run_dir(args.output_root, "prior", args.run_name))
 
-    if accelerator.is_main_process and not args.resume:
-        write_json(run_dir / "config.json", {
-            "model": dataclasses.asdict(model_config), "train": dataclasses.asdict(train_config),
-            "label_dropout": label_dropout,
-            # The label encoding travels with the run: class i means class_names[i] after any reload.
-            "class_names": meta.get("class_names") if model_config.num_classes else None,
-            "tokenizer": {"run": str(tokenizer_dir.resolve()), "weights_sha256": meta["weights_sha256"]}})
+    if accelerator.is_main_process:
+        if args.resume:
+            remove_stale_temporaries(run_dir)  # what a killed writer left
+        else:
+            create_run_dir(run_dir, {
+                "model": dataclasses.asdict(model_config), "train": dataclasses.asdict(train_config),
+                "label_dropout": label_dropout, "eval_batch_size": eval_batch_size,
+                # The label encoding travels with the run: class i means class_names[i] after any reload.
+                "class_names": meta.get("class_names") if model_config.num_classes else None,
+                "tokenizer": {"run": str(tokenizer_dir.resolve()), "weights_sha256": meta["weights_sha256"]}})
     accelerator.wait_for_everyone()
 
     torch.manual_seed(train_config.seed)
@@ -134,7 +142,7 @@ def main(argv=None):
                       f"{len(train_maps.maps)} training grids -> {run_dir}")
     test_set = MapDataset(test_maps)
     conditional = model_config.num_classes > 0
-    evaluate = lambda m: {"bits_per_token": bits_per_token(m, test_set, args.eval_batch_size, accelerator.device,
+    evaluate = lambda m: {"bits_per_token": bits_per_token(m, test_set, eval_batch_size, accelerator.device,
                                                            conditional)}
     step = functools.partial(prior_step, label_dropout=label_dropout, num_classes=model_config.num_classes)
     started = time.perf_counter()
@@ -143,7 +151,7 @@ def main(argv=None):
     train_seconds = time.perf_counter() - started
     if accelerator.is_main_process:
         save_tensors(run_dir / "model.safetensors", model.state_dict())
-        test_bits = bits_per_token(model, test_set, args.eval_batch_size, accelerator.device, conditional)
+        test_bits = bits_per_token(model, test_set, eval_batch_size, accelerator.device, conditional)
         tokens_per_grid = math.prod(model_config.token_shape)
         rates = [m["items_per_s"] for m in metrics if "items_per_s" in m]
         write_json(run_dir / "results.json", {

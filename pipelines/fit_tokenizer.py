@@ -15,12 +15,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
-from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 from pipelines import cli
 from pipelines.data import DataConfig, load_images, write_index_maps
-from pipelines.runs import atomic_path, new_run_dir, read_json, save_tensors, write_json
+from pipelines.runs import (atomic_path, create_run_dir, new_run_dir, read_json, read_run_config,
+                           remove_stale_temporaries, save_tensors, write_json)
 from pipelines.train import TrainConfig, check_one_batch, decided_by_main, make_accelerator, train
 from tokenizer import Tokenizer
 from tokenizer.model import TokenizerConfig, VQVAE
@@ -29,6 +29,7 @@ from tokenizer.quantizers import usage_stats
 DERIVED_FROM_DATA = ("image_channels", "image_size")
 # Peak learning rate 3e-3 beat 2e-3 at the same 15 epochs on Fashion-MNIST: test MSE 0.00352 vs 0.00360.
 TOKENIZER_TRAIN_DEFAULTS = {"learning_rate": 3e-3}
+DUMP_BATCH_SIZE = 1000
 
 
 def build_parser():
@@ -38,7 +39,9 @@ def build_parser():
     run = cli.add_run_flags(parser, "tokenizer", "other model, data and training flags are ignored")
     run.add_argument("--dump-only", metavar="RUN_DIR", default=None,
                      help="skip training: write the index maps again from a finished run's weights")
-    run.add_argument("--dump-batch-size", type=int, default=1000, help="images per batch when dumping (default: 1000)")
+    run.add_argument("--dump-batch-size", type=int, default=None,
+                     help=f"images per batch when dumping (default: {DUMP_BATCH_SIZE}; --dump-only: the run's own). "
+                          "config.json keeps it: another batch size can flip the token of a near-tie")
     cli.add_config_flags(parser, DataConfig, "data")
     cli.add_config_flags(parser, TokenizerConfig, "model", skip=DERIVED_FROM_DATA)
     cli.add_config_flags(parser, TrainConfig, "training", defaults=TOKENIZER_TRAIN_DEFAULTS)
@@ -106,6 +109,8 @@ def dump(run_dir, data_config, batch_size, accelerator):
 
 
 def save_reconstructions(path, tokenizer, images, count=16):
+    from torchvision.utils import save_image  # torchvision takes seconds to import: not before it is needed
+
     originals = images[:count].to(tokenizer.device).float() / 255
     reconstructions = tokenizer.decode(tokenizer.encode(originals))
     with atomic_path(path) as tmp:
@@ -114,7 +119,7 @@ def save_reconstructions(path, tokenizer, images, count=16):
 
 def configs_from(args):
     if args.resume:
-        saved = read_json(Path(args.resume) / "config.json")
+        saved = read_run_config(args.resume)
         try:
             return (DataConfig(**saved["data"]), TokenizerConfig(**saved["model"]), TrainConfig(**saved["train"]))
         except (KeyError, TypeError) as error:
@@ -126,13 +131,21 @@ def main(argv=None):
     args = build_parser().parse_args(None if argv is None else [str(a) for a in argv])
     if args.dump_only:
         run_dir = Path(args.dump_only)
-        data_config = DataConfig(**read_json(run_dir / "config.json").get("data", {}))
+        saved = read_json(run_dir / "config.json")
+        data_config = DataConfig(**saved.get("data", {}))
         accelerator = make_accelerator(TrainConfig())
-        _, results = dump(run_dir, data_config, args.dump_batch_size, accelerator)
+        if accelerator.is_main_process:
+            remove_stale_temporaries(run_dir / "maps")
+        batch_size = (saved.get("dump_batch_size", DUMP_BATCH_SIZE) if args.dump_batch_size is None
+                      else args.dump_batch_size)
+        _, results = dump(run_dir, data_config, batch_size, accelerator)
         accelerator.print(f"index maps written to {run_dir / 'maps'}: {results}")
         return
 
     data_config, model_config, train_config = configs_from(args)
+    # Encoding in batches of another size can flip a near-tie's token: a resumed run dumps as it was started to.
+    dump_batch_size = (read_run_config(args.resume).get("dump_batch_size", DUMP_BATCH_SIZE) if args.resume
+                       else DUMP_BATCH_SIZE if args.dump_batch_size is None else args.dump_batch_size)
     accelerator = make_accelerator(train_config)
     train_set = load_images(data_config, "train")
     test_set = load_images(data_config, "test")
@@ -147,10 +160,13 @@ def main(argv=None):
     model = VQVAE(model_config)
     run_dir = Path(args.resume) if args.resume else decided_by_main(
         accelerator, lambda: new_run_dir(args.output_root, "tokenizer", args.run_name))
-    if accelerator.is_main_process and not args.resume:
-        write_json(run_dir / "config.json", {"model": dataclasses.asdict(model_config),
-                                             "train": dataclasses.asdict(train_config),
-                                             "data": dataclasses.asdict(data_config)})
+    if accelerator.is_main_process:
+        if args.resume:
+            remove_stale_temporaries(run_dir)  # what a killed writer left
+        else:
+            create_run_dir(run_dir, {"model": dataclasses.asdict(model_config),
+                                     "train": dataclasses.asdict(train_config),
+                                     "data": dataclasses.asdict(data_config), "dump_batch_size": dump_batch_size})
     accelerator.wait_for_everyone()
 
     accelerator.print(f"tokenizer: {model.num_parameters():,} parameters, grid {model_config.grid_size}x"
@@ -163,7 +179,7 @@ def main(argv=None):
         save_tensors(run_dir / "model.safetensors", model.state_dict())
     accelerator.wait_for_everyone()
 
-    tokenizer, results = dump(run_dir, data_config, args.dump_batch_size, accelerator)
+    tokenizer, results = dump(run_dir, data_config, dump_batch_size, accelerator)
     if accelerator.is_main_process:
         save_reconstructions(run_dir / "reconstructions.png", tokenizer, test_set.images)
         summary = {"train_seconds_this_session": train_seconds, "parameters": model.num_parameters(),

@@ -1,19 +1,22 @@
 """Run directories: atomic writes, weights as safetensors beside a JSON config, finding runs.
 
 A run lives in checkpoints/<stage>/<run-name>/. Every file is written to a temporary name in the same folder and
-renamed into place, so a killed process leaves either the old complete file or the new complete file.
+renamed into place, so a killed process leaves either the old complete file or the new complete file (and perhaps
+a temporary .NAME.XXXX.tmp, which no reader looks at and a resumed run deletes). The run directory itself appears
+the same way, already holding its config.json, so any run directory can be resumed.
 """
 
 import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 
 def _umask():
@@ -22,23 +25,45 @@ def _umask():
     return mask
 
 
+def _fsync_directory(directory):
+    """Make a rename in `directory` durable (the file's own fsync does not cover its directory entry)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temporary_name(path):
+    return {"prefix": f".{Path(path).name}.", "suffix": ".tmp", "dir": Path(path).parent}
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path`; on success it is fsynced and renamed onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(**_temporary_name(path))
     os.close(fd)
-    # mkstemp makes 0600 files; the finished file gets the mode an ordinary open() would give it.
-    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
+        # mkstemp makes 0600 files (and a writer may have replaced the file); the finished file gets the mode an
+        # ordinary open() would give it.
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_directory(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def remove_stale_temporaries(run_dir):
+    """Delete the temporary files that writers killed mid-write left in a run directory (and its sub-folders)."""
+    for path in Path(run_dir).rglob(".*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
 
 
 def write_text(path, text):
@@ -60,10 +85,21 @@ def read_json(path):
         raise ValueError(f"{path} is not valid JSON") from None
 
 
+def read_run_config(run_dir):
+    """The config.json of a run to resume."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ValueError(f"run directory {run_dir} does not exist, so there is nothing to resume "
+                         f"(a run killed while starting leaves none: start it again)")
+    return read_json(run_dir / "config.json")
+
+
 def save_tensors(path, tensors, metadata=None):
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    # Not save_file: it writes through a temporary file of its own (.tmpXXXXXX), which a kill would leave behind.
+    data = save(tensors, metadata=metadata)
     with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=metadata)
+        Path(tmp).write_bytes(data)
 
 
 def load_tensors(path):
@@ -91,6 +127,24 @@ def load_state_strict(model, state, path):
     except RuntimeError as error:
         first = str(error).strip().splitlines()
         raise ValueError(f"weights in {path} do not fit the model in its config.json ({first[-1].strip()})") from None
+
+
+def create_run_dir(run_dir, config):
+    """Make run_dir with config.json inside, atomically: a run killed while starting leaves no directory behind
+    (rerun the same command), and every run directory there is holds the config that --resume needs."""
+    run_dir = Path(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(**_temporary_name(run_dir)))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+        write_json(tmp / "config.json", config)
+        if run_dir.exists():
+            raise ValueError(f"run {run_dir} exists already: pass --resume to continue it, or another name")
+        os.rename(tmp, run_dir)
+        _fsync_directory(run_dir.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def new_run_dir(root, stage, name=None):

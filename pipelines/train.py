@@ -110,15 +110,17 @@ def _state_tensors(model, optimizer):
     return tensors, {"param_groups": opt_state["param_groups"], "optimizer_scalars": scalars}
 
 
-def save_training_state(path, model, optimizer, step, scaler=None):
+def save_training_state(path, model, optimizer, step, scaler=None, log_window=None):
+    """log_window: the figures of the steps since the last metrics line, so a resumed run logs the same averages."""
     tensors, meta = _state_tensors(model, optimizer)
     meta["step"] = step
+    meta["log_window"] = log_window or {}
     meta["scaler"] = scaler.state_dict() if scaler is not None else None
     save_tensors(path, tensors, metadata={"training": json.dumps(meta)})
 
 
 def load_training_state(path, model, optimizer, scaler=None):
-    """Restore what save_training_state wrote; returns the step to continue from."""
+    """Restore what save_training_state wrote; returns (the step to continue from, the log window)."""
     from safetensors import safe_open
 
     tensors = load_tensors(path)
@@ -140,7 +142,7 @@ def load_training_state(path, model, optimizer, scaler=None):
         torch.cuda.set_rng_state_all(cuda_states)
     if scaler is not None and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
-    return meta["step"]
+    return meta["step"], meta.get("log_window", {})
 
 
 def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, description="train",
@@ -162,9 +164,9 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True,
                         generator=torch.Generator().manual_seed(config.seed))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    step = 0
+    step, window = 0, {}
     if resume and state_path.exists():
-        step = load_training_state(state_path, model, optimizer, accelerator.scaler)
+        step, window = load_training_state(state_path, model, optimizer, accelerator.scaler)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
@@ -176,7 +178,8 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
 
     bar = tqdm(total=total_steps, initial=step, desc=description, dynamic_ncols=True,
                disable=not accelerator.is_main_process)
-    window, window_start, shown = {}, time.perf_counter(), {}
+    # The window's figures may start before a resume; items/s counts only the steps timed in this process.
+    window_start, timed_steps, shown = time.perf_counter(), 0, {}
     model.train()
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
@@ -192,6 +195,7 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            timed_steps += 1
             for key, value in logs.items():
                 window.setdefault(key, []).append(value)
             bar.update(1)
@@ -199,7 +203,7 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
                 elapsed = time.perf_counter() - window_start
                 record = {"step": step, "epoch": step / steps_per_epoch,
                           "lr": learning_rate_at(step - 1, total_steps, config),
-                          "items_per_s": len(window.get("loss", [])) * config.batch_size
+                          "items_per_s": timed_steps * config.batch_size
                           * accelerator.num_processes / max(elapsed, 1e-9)}
                 for key, values in window.items():
                     record[key] = sum(values) if key.endswith("restarts") else sum(values) / len(values)
@@ -208,7 +212,7 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
                 bar.set_postfix(shown)
                 if accelerator.is_main_process:
                     write_metrics(run_dir / "metrics.jsonl", metrics)
-                window, window_start = {}, time.perf_counter()
+                window, window_start, timed_steps = {}, time.perf_counter(), 0
             if evaluate is not None and step % steps_per_epoch == 0:
                 evaluation_start = time.perf_counter()
                 model.eval()
@@ -224,7 +228,7 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
             if step % config.checkpoint_every == 0 or step == total_steps:
                 if accelerator.is_main_process:
                     save_training_state(state_path, accelerator.unwrap_model(model), optimizer, step,
-                                        accelerator.scaler)
+                                        accelerator.scaler, log_window=window)
                 accelerator.wait_for_everyone()
             if step >= total_steps:
                 break
