@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tokenizer import Tokenizer
-from tokenizer.model import TokenizerConfig, VQVAE
+from tokenizer.model import QUANTIZERS, TokenizerConfig, VQVAE, build_quantizer
 from tokenizer.quantizers import (BinaryQuantizer, FiniteScalarQuantizer, ResidualQuantizer, SimVQ,
                                   rotation_trick)
 
@@ -221,3 +221,21 @@ def test_every_quantizer_works_through_all_three_commands(flags, fashion_dir, tm
                     "--warmup-steps", "2", "--epochs", "1", "--output-root", root, "--run-name", "p"])
     sample.main(["--prior", root / "prior" / "p", "--n", 2, "--out", tmp_path / "s"])
     assert len(list((tmp_path / "s" / "images").glob("*.png"))) == 2
+
+
+@pytest.mark.parametrize("kind", QUANTIZERS)
+def test_bf16_autocast_leaves_the_search_and_the_codebook_statistics_in_float32(kind):
+    torch.manual_seed(0)
+    config = TokenizerConfig(quantizer=kind, latent_dim=8, codebook_size=16, depth=2, fsq_levels="4,4")
+    reference, mixed = build_quantizer(config).train(), build_quantizer(config).train()
+    mixed.load_state_dict(reference.state_dict())
+    z = torch.randn(2, 8, 4, 4).bfloat16()  # what an encoder under bf16 autocast hands over
+    _, expected, expected_loss, _ = reference(z.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z_q, indices, loss, _ = mixed(z)
+    assert torch.equal(indices, expected) and z_q.dtype == torch.bfloat16
+    assert loss.dtype == torch.float32 and torch.equal(loss, expected_loss)
+    # The training step's EMA update and restarts saw the same float32 statistics, and kept float32 state.
+    expected_state = reference.state_dict()
+    for name, tensor in mixed.state_dict().items():
+        assert tensor.dtype == expected_state[name].dtype and torch.equal(tensor, expected_state[name]), name
