@@ -43,15 +43,20 @@ class ImageSet:
         return len(self.images)
 
 
-def load_images(config, split):
-    """The split ('train' or 'test') of the configured data set; a one-line ValueError when it can't be had."""
+def load_images(config, split, lazy=False):
+    """The split ('train' or 'test') of the configured data set; a one-line ValueError when it can't be had.
+
+    lazy: a folder's images are checked now but decoded only when sliced (FolderImages), so that a pass over
+    them in batches (the dump) holds one batch at a time; the other data sets are small and always in memory.
+    """
     name = config.dataset
     if name == "fashion-mnist":
         return _read_fashion_mnist(split)
     if name in ("mnist", "cifar10"):
         return _read_torchvision(name, split, config.data_dir)
     if name.startswith("folder:"):
-        return _read_folder(Path(name[len("folder:"):]), split, config.image_size or 28)
+        images = _read_folder(Path(name[len("folder:"):]), split, config.image_size or 28)
+        return images if lazy else ImageSet(images[:], images.labels, images.class_names)
     raise ValueError(f"unknown dataset {name!r}: use fashion-mnist, mnist, cifar10 or folder:PATH")
 
 
@@ -104,26 +109,58 @@ def _read_folder(root, split, image_size):
     class_names = sorted({p.parent.relative_to(root).as_posix() for p in paths})
     class_index = {name: i for i, name in enumerate(class_names)}
     paths = [p for i, p in enumerate(paths) if (i % 10 == 9) == (split == "test")]
-    images, labels, unreadable = [], [], []
-    mode = None
+    if not paths:
+        raise ValueError(f"no images in the {split} split of {root} (every tenth file is the test split)")
+    # Every file is checked (header and checksums, not decoded) before any work, and all bad ones named at once.
+    unreadable, mode = [], None
     for path in paths:
         try:
             with Image.open(path) as image:
-                image.load()
                 mode = mode or ("L" if image.mode in ("L", "1", "I;16", "I") else "RGB")
-                image = image.convert(mode).resize((image_size, image_size), Image.BILINEAR)
-                images.append(torch.from_numpy(np.asarray(image).copy()))
-        except (OSError, UnidentifiedImageError, ValueError):
+                image.verify()
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
             unreadable.append(str(path))
-            continue
-        labels.append(class_index[path.parent.relative_to(root).as_posix()])
     if unreadable:
         raise ValueError(f"{len(unreadable)} unreadable image file(s): {', '.join(unreadable)}")
-    if not images:
-        raise ValueError(f"no images in the {split} split of {root} (every tenth file is the test split)")
-    stacked = torch.stack(images)
-    stacked = stacked.unsqueeze(1) if stacked.ndim == 3 else stacked.permute(0, 3, 1, 2)
-    return ImageSet(stacked.contiguous(), torch.tensor(labels, dtype=torch.int64), class_names)
+    labels = torch.tensor([class_index[p.parent.relative_to(root).as_posix()] for p in paths], dtype=torch.int64)
+    return FolderImages(paths, labels, class_names, mode, image_size)
+
+
+class FolderImages:
+    """A folder split as (n, c, s, s) uint8 images decoded when sliced; also an ImageSet (images is itself)."""
+
+    def __init__(self, paths, labels, class_names, mode, image_size):
+        self.paths, self.labels, self.class_names = paths, labels, class_names
+        self.mode, self.image_size = mode, image_size
+        self.shape = (len(paths), 1 if mode == "L" else 3, image_size, image_size)
+
+    @property
+    def images(self):
+        return self
+
+    def __len__(self):
+        return len(self.paths)
+
+    def numel(self):
+        return int(np.prod(self.shape))
+
+    def __getitem__(self, index):
+        from PIL import Image, UnidentifiedImageError
+
+        if not isinstance(index, slice):
+            return self[index:index + 1][0] if index != -1 else self[index:][0]
+        decoded = []
+        for path in self.paths[index]:
+            try:
+                with Image.open(path) as image:
+                    image = image.convert(self.mode).resize((self.image_size, self.image_size), Image.BILINEAR)
+                    decoded.append(torch.from_numpy(np.asarray(image).copy()))
+            except (OSError, UnidentifiedImageError, ValueError) as error:
+                raise ValueError(f"unreadable image file {path} ({error})") from None
+        if not decoded:
+            return torch.zeros((0, *self.shape[1:]), dtype=torch.uint8)
+        stacked = torch.stack(decoded)
+        return (stacked.unsqueeze(1) if stacked.ndim == 3 else stacked.permute(0, 3, 1, 2)).contiguous()
 
 
 # Index maps ---------------------------------------------------------------------------------------------------

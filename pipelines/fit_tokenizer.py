@@ -18,7 +18,7 @@ from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from pipelines import cli
-from pipelines.data import DataConfig, load_images, write_index_maps
+from pipelines.data import DataConfig, load_images, smallest_uint_dtype, write_index_maps
 from pipelines.runs import (atomic_path, create_run_dir, new_run_dir, read_json, read_run_config,
                            remove_stale_temporaries, save_tensors, write_json)
 from pipelines.train import TrainConfig, check_one_batch, decided_by_main, make_accelerator, train
@@ -71,8 +71,9 @@ def encode_split(tokenizer, images, batch_size, reconstruct, desc):
         counts += torch.bincount(by_level.flatten(), minlength=depth * size).reshape(depth, size)
         if reconstruct:
             squared_error += F.mse_loss(tokenizer.decode(tokens), batch, reduction="sum").item()
-        maps.append(tokens.cpu().numpy())
-    maps = np.concatenate(maps) if maps else np.zeros((0, *tokenizer.token_shape), dtype=np.int64)
+        # Kept in the file's own dtype (2 bytes a token for up to 65536 codes), not as int64.
+        maps.append(tokens.cpu().numpy().astype(smallest_uint_dtype(size)))
+    maps = np.concatenate(maps) if maps else np.zeros((0, *tokenizer.token_shape), dtype=smallest_uint_dtype(size))
     return maps, counts, squared_error
 
 
@@ -80,7 +81,8 @@ def dump(run_dir, data_config, batch_size, accelerator):
     """Encode both splits with the saved weights and write RUN/maps/; returns the per-split figures."""
     tokenizer = Tokenizer.load(run_dir, device=accelerator.device)
     # Both splits are read and checked before a file is written: a bad test split leaves the old maps whole.
-    splits = {split: load_images(data_config, split) for split in ("train", "test")}
+    # A folder is decoded batch by batch (lazy), so a dump of any size holds one batch of images at a time.
+    splits = {split: load_images(data_config, split, lazy=True) for split in ("train", "test")}
     expected = (tokenizer.config.image_channels, tokenizer.config.image_size, tokenizer.config.image_size)
     for data in splits.values():
         if tuple(data.images.shape[1:]) != expected:

@@ -43,3 +43,18 @@ def test_a_folder_of_rgb_images_goes_through_all_three_commands(tmp_path):
     with Image.open(written[0]) as picture:
         assert (picture.mode, picture.size) == ("RGB", (32, 32))
     assert json.loads((out / "sample.json").read_text())["n"] == 3
+
+
+def test_a_lazy_folder_decodes_batches_equal_to_the_whole_split_in_memory(tmp_path):
+    from pipelines.data import DataConfig, load_images
+
+    images, labels = synthetic_images(40, size=20, channels=3, seed=4)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (tmp_path / f"kind{label}").mkdir(exist_ok=True)
+        Image.fromarray(image).save(tmp_path / f"kind{label}" / f"{i:03d}.png")
+    config = DataConfig(dataset=f"folder:{tmp_path}", image_size=16)
+    whole, lazy = load_images(config, "train"), load_images(config, "train", lazy=True)
+    assert lazy.images.shape == tuple(whole.images.shape) == (36, 3, 16, 16) and len(lazy) == 36
+    batches = torch.cat([lazy.images[start:start + 5] for start in range(0, len(lazy), 5)])
+    assert batches.dtype == torch.uint8 and torch.equal(batches, whole.images)
+    assert torch.equal(lazy.images[-1], whole.images[-1]) and torch.equal(lazy.labels, whole.labels)
