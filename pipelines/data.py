@@ -43,11 +43,26 @@ class ImageSet:
         return len(self.images)
 
 
+class ImageDataset(torch.utils.data.Dataset):
+    """(image (c, h, w) uint8, label) pairs of an ImageSet; a lazy folder's images are decoded as they are asked for,
+    so training on a folder of any size holds a batch of images at a time."""
+
+    def __init__(self, image_set):
+        self.images, self.labels = image_set.images, image_set.labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+
 def load_images(config, split, lazy=False):
     """The split ('train' or 'test') of the configured data set; a one-line ValueError when it can't be had.
 
-    lazy: a folder's images are checked now but decoded only when sliced (FolderImages), so that a pass over
-    them in batches (the dump) holds one batch at a time; the other data sets are small and always in memory.
+    lazy: a folder's images are checked now but decoded only when indexed (FolderImages), so that a pass over
+    them in batches (training, the dump) holds one batch at a time; the other data sets are small and always in
+    memory.
     """
     name = config.dataset
     if name == "fashion-mnist":

@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from pipelines import cli
-from pipelines.data import DataConfig, load_images, smallest_uint_dtype, write_index_maps
+from pipelines.data import DataConfig, ImageDataset, load_images, smallest_uint_dtype, write_index_maps
 from pipelines.runs import (atomic_path, create_run_dir, new_run_dir, read_json, read_run_config,
                            remove_stale_temporaries, save_tensors, write_json)
 from pipelines.train import TrainConfig, check_one_batch, decided_by_main, make_accelerator, train
@@ -149,8 +148,9 @@ def main(argv=None):
     dump_batch_size = (read_run_config(args.resume).get("dump_batch_size", DUMP_BATCH_SIZE) if args.resume
                        else DUMP_BATCH_SIZE if args.dump_batch_size is None else args.dump_batch_size)
     accelerator = make_accelerator(train_config)
-    train_set = load_images(data_config, "train")
-    test_set = load_images(data_config, "test")
+    # A folder is decoded as batches are drawn (lazy); the other data sets are small and held in memory.
+    train_set = load_images(data_config, "train", lazy=True)
+    test_set = load_images(data_config, "test", lazy=True)
     if model_config is None:
         channels, height, width = train_set.images.shape[1:]
         if height != width:
@@ -174,7 +174,7 @@ def main(argv=None):
     accelerator.print(f"tokenizer: {model.num_parameters():,} parameters, grid {model_config.grid_size}x"
                       f"{model_config.grid_size}, {model_config.codebook_size} codes -> {run_dir}")
     started = time.perf_counter()
-    model, metrics = train(model, TensorDataset(train_set.images, train_set.labels), tokenizer_step, train_config,
+    model, metrics = train(model, ImageDataset(train_set), tokenizer_step, train_config,
                            run_dir, accelerator, resume=bool(args.resume), description="fit tokenizer")
     train_seconds = time.perf_counter() - started
     if accelerator.is_main_process:
