@@ -5,7 +5,11 @@ Data sets: Fashion-MNIST from Debian's package (offline, the default), MNIST and
 JSON file of metadata beside them.
 """
 
+import array
+import contextlib
 import gzip
+import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -112,23 +116,62 @@ def _read_torchvision(name, split, data_dir):
     return ImageSet(images.contiguous(), labels, list(dataset.classes))
 
 
+def _image_files(root):
+    """The relative POSIX path of every image file under root, in the order of sorted(root.rglob("*")), one at a
+    time: no Path is kept per file (a sorted list of 100,000 Paths takes 40 MiB). A Path sorts by its parts, so a
+    depth-first walk that takes each folder's entries in name order gives that order; links to folders are not
+    followed (as rglob), links to files are."""
+    from pathlib import PurePosixPath
+
+    def walk(directory, prefix):
+        entries = []
+        try:
+            with os.scandir(directory) as listing:
+                for entry in listing:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            entries.append((entry.name, True))
+                        elif PurePosixPath(entry.name).suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
+                            entries.append((entry.name, False))
+                    except OSError:
+                        continue
+        except PermissionError:
+            return
+        for name, is_dir in sorted(entries):
+            if is_dir:
+                yield from walk(os.path.join(directory, name), f"{prefix}{name}/")
+            else:
+                yield f"{prefix}{name}"
+
+    return walk(root, "")
+
+
 def _read_folder(root, split, image_size):
     from PIL import Image, UnidentifiedImageError
 
     if not root.is_dir():
         raise ValueError(f"image folder {root} does not exist")
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not paths:
+    # The split's paths are kept as one string of bytes (a PathList), their folders as one integer per file.
+    paths, parents, parent_ids = PathList(), array.array("q"), {}
+    for i, relative in enumerate(_image_files(root)):
+        # Sub-folders are classes, as in torchvision's ImageFolder; a flat folder is one class (".").
+        parent = relative.rpartition("/")[0] or "."
+        parent_id = parent_ids.setdefault(parent, len(parent_ids))
+        if (i % 10 == 9) == (split == "test"):
+            paths.append(relative)
+            parents.append(parent_id)
+    if not parent_ids:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
-    # Sub-folders are classes, as in torchvision's ImageFolder; a flat folder is one class.
-    class_names = sorted({p.parent.relative_to(root).as_posix() for p in paths})
-    class_index = {name: i for i, name in enumerate(class_names)}
-    paths = [p for i, p in enumerate(paths) if (i % 10 == 9) == (split == "test")]
     if not paths:
         raise ValueError(f"no images in the {split} split of {root} (every tenth file is the test split)")
+    class_names = sorted(parent_ids)
+    class_index = {name: i for i, name in enumerate(class_names)}
+    class_of_parent = np.array([class_index[name] for name in parent_ids], dtype=np.int64)
+    labels = torch.from_numpy(class_of_parent[np.frombuffer(parents, dtype=np.int64)])
     # Every file is checked (header and checksums, not decoded) before any work, and all bad ones named at once.
     unreadable, mode = [], None
-    for path in paths:
+    for relative in paths:
+        path = root / relative
         try:
             with Image.open(path) as image:
                 mode = mode or ("L" if image.mode in ("L", "1", "I;16", "I") else "RGB")
@@ -137,15 +180,41 @@ def _read_folder(root, split, image_size):
             unreadable.append(str(path))
     if unreadable:
         raise ValueError(f"{len(unreadable)} unreadable image file(s): {', '.join(unreadable)}")
-    labels = torch.tensor([class_index[p.parent.relative_to(root).as_posix()] for p in paths], dtype=torch.int64)
-    return FolderImages(paths, labels, class_names, mode, image_size)
+    return FolderImages(root, paths, labels, class_names, mode, image_size)
+
+
+class PathList:
+    """A sequence of relative paths kept as one bytes string and an array of end offsets: about the paths' own
+    length per file, where a list of str takes some 70 bytes more and a list of Path some 400."""
+
+    def __init__(self):
+        self.blob, self.ends = bytearray(), array.array("q")
+
+    def append(self, path):
+        self.blob += os.fsencode(path)
+        self.ends.append(len(self.blob))
+
+    def __len__(self):
+        return len(self.ends)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = range(len(self))[index]
+        start = self.ends[index - 1] if index else 0
+        return os.fsdecode(bytes(self.blob[start:self.ends[index]]))
 
 
 class FolderImages:
-    """A folder split as (n, c, s, s) uint8 images decoded when sliced; also an ImageSet (images is itself)."""
+    """A folder split as (n, c, s, s) uint8 images decoded when sliced; also an ImageSet (images is itself).
 
-    def __init__(self, paths, labels, class_names, mode, image_size):
-        self.paths, self.labels, self.class_names = paths, labels, class_names
+    paths: the split's file paths relative to root (a PathList), in sorted order."""
+
+    def __init__(self, root, paths, labels, class_names, mode, image_size):
+        self.root, self.paths, self.labels, self.class_names = Path(root), paths, labels, class_names
         self.mode, self.image_size = mode, image_size
         self.shape = (len(paths), 1 if mode == "L" else 3, image_size, image_size)
 
@@ -163,9 +232,11 @@ class FolderImages:
         from PIL import Image, UnidentifiedImageError
 
         if not isinstance(index, slice):
-            return self[index:index + 1][0] if index != -1 else self[index:][0]
+            index = range(len(self))[index]  # an IndexError past the end, as a tensor gives
+            return self[index:index + 1][0]
         decoded = []
-        for path in self.paths[index]:
+        for relative in self.paths[index]:
+            path = self.root / relative
             try:
                 with Image.open(path) as image:
                     image = image.convert(self.mode).resize((self.image_size, self.image_size), Image.BILINEAR)
@@ -187,23 +258,91 @@ def smallest_uint_dtype(codebook_size):
     return np.uint64
 
 
-def write_index_maps(directory, split, maps, labels, metadata):
-    """Write one split: maps (n, h, w) or (n, h, w, depth) ints, labels (n,), and its entry in meta.json (last)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    dtype = smallest_uint_dtype(metadata["codebook_size"])
-    files = {}
-    for kind, array in (("maps", np.asarray(maps).astype(dtype)), ("labels", np.asarray(labels).astype(np.int64))):
-        path = directory / f"{split}_{kind}.npy"
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, array, allow_pickle=False)
-        files[kind] = {"file": path.name, "sha256": file_sha256(path)}
-    meta_path = directory / "meta.json"
+class IndexMapWriter:
+    """One split's maps and labels written batch by batch into .npy files, so a dump of N images never holds N maps.
+
+        with IndexMapWriter(directory, split, count, token_shape, codebook_size) as writer:
+            writer.write(maps, labels)   # as many times as it takes, in order
+        record_index_maps(directory, {split: writer.entry()}, metadata)
+
+    The files are those np.save would write, byte for byte (header from numpy's own writer, then the data), made
+    under temporary names and renamed into place on leaving the block (atomic_path); an exception or a count short
+    of `count` leaves the old files whole. Plain writes rather than np.lib.format.open_memmap: the pages written
+    through a mapping stay in the process's resident memory while it is open.
+    """
+
+    def __init__(self, directory, split, count, token_shape, codebook_size):
+        self.directory, self.split, self.count = Path(directory), split, int(count)
+        self.kinds = {"maps": (smallest_uint_dtype(codebook_size), tuple(int(d) for d in token_shape)),
+                      "labels": (np.dtype(np.int64), ())}
+        self.written, self.files, self._handles, self._digests = 0, {}, {}, {}
+
+    def __enter__(self):
+        self._stack = contextlib.ExitStack()
+        try:
+            for kind, (dtype, shape) in self.kinds.items():
+                tmp = self._stack.enter_context(atomic_path(self.directory / f"{self.split}_{kind}.npy"))
+                handle = self._handles[kind] = self._stack.enter_context(open(tmp, "wb"))
+                self._digests[kind] = hashlib.sha256()
+                header = io.BytesIO()
+                np.lib.format.write_array_header_1_0(header, {
+                    "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                    "shape": (self.count, *shape)})
+                self._write(kind, header.getvalue())
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def _write(self, kind, data):
+        self._handles[kind].write(data)
+        self._digests[kind].update(data)
+
+    def write(self, maps, labels):
+        """Append a batch: maps (b, *token_shape) of ints below the codebook size, labels (b,)."""
+        dtype, shape = self.kinds["maps"]
+        maps, labels = np.asarray(maps), np.asarray(labels)
+        if maps.shape[1:] != shape or len(labels) != len(maps) or self.written + len(maps) > self.count:
+            raise ValueError(f"a batch of maps {maps.shape} with {len(labels)} labels does not fit: "
+                             f"{self.count - self.written} more maps of shape {shape} expected")
+        self._write("maps", np.ascontiguousarray(maps.astype(dtype, copy=False)).tobytes())
+        self._write("labels", np.ascontiguousarray(labels.astype(np.int64, copy=False)).tobytes())
+        self.written += len(maps)
+
+    def __exit__(self, kind, error, traceback):
+        short = error is None and self.written != self.count
+        if short:
+            kind, error, traceback = ValueError, ValueError(
+                f"{self.written} index maps written to the {self.split} split, {self.count} promised"), None
+        # Closes the files, then renames them into place, or deletes them when the block raised (or fell short).
+        self._stack.__exit__(kind, error, traceback)
+        if short:
+            raise error
+        if error is None:
+            self.files = {kind: {"file": f"{self.split}_{kind}.npy", "sha256": digest.hexdigest()}
+                          for kind, digest in self._digests.items()}
+        return False
+
+    def entry(self, split_stats=None):
+        """This split's entry in meta.json: its files, their SHA-256, the count and any statistics."""
+        return {**self.files, "count": self.count, **(split_stats or {})}
+
+
+def record_index_maps(directory, entries, metadata):
+    """Write meta.json (last, after the files it describes): metadata and each split's entry {split: entry}."""
+    meta_path = Path(directory) / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     meta.update({k: v for k, v in metadata.items() if k != "split_stats"})
-    meta.setdefault("splits", {})[split] = {**files, "count": len(labels), **metadata.get("split_stats", {})}
+    meta.setdefault("splits", {}).update(entries)
     write_json(meta_path, meta)
+
+
+def write_index_maps(directory, split, maps, labels, metadata):
+    """Write one split: maps (n, h, w) or (n, h, w, depth) ints, labels (n,), and its entry in meta.json (last)."""
+    maps = np.asarray(maps)
+    with IndexMapWriter(directory, split, len(maps), maps.shape[1:], metadata["codebook_size"]) as writer:
+        writer.write(maps, labels)
+    record_index_maps(directory, {split: writer.entry(metadata.get("split_stats"))}, metadata)
 
 
 @dataclass

@@ -6,18 +6,18 @@
     torchrun --nproc_per_node 2 -m pipelines.fit_tokenizer  # two data-parallel processes
 """
 
+import contextlib
 import dataclasses
 import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pipelines import cli
-from pipelines.data import DataConfig, ImageDataset, load_images, smallest_uint_dtype, write_index_maps
+from pipelines.data import DataConfig, ImageDataset, IndexMapWriter, load_images, record_index_maps
 from pipelines.runs import (atomic_path, create_run_dir, new_run_dir, read_json, read_run_config,
                            remove_stale_temporaries, save_tensors, write_json)
 from pipelines.train import TrainConfig, check_one_batch, decided_by_main, make_accelerator, train
@@ -57,55 +57,69 @@ def tokenizer_step(model, batch):
                   "codes_used": stats["codes_used"], "restarts": stats["restarts"]}
 
 
-def encode_split(tokenizer, images, batch_size, reconstruct, desc):
-    """Token grids of a whole split, its usage histogram and (if asked) the summed squared reconstruction error."""
-    maps, squared_error = [], 0.0
+def encode_split(tokenizer, data, batch_size, reconstruct, desc, writer=None):
+    """Encode a split batch by batch: its usage histogram and (if asked) the summed squared reconstruction error.
+
+    data: an ImageSet (a lazy folder decodes each batch as it is sliced); writer: an IndexMapWriter that takes each
+    batch's maps and labels as they come, so neither the split's images nor its maps are ever held whole.
+    """
+    squared_error = 0.0
     depth, size = tokenizer.config.token_depth, tokenizer.codebook_size
     counts = torch.zeros(depth, size, dtype=torch.long)  # per level of a residual quantizer
     level_offsets = torch.arange(depth) * size
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, dynamic_ncols=True):
-        batch = images[start:start + batch_size].to(tokenizer.device).float() / 255
+    for start in tqdm(range(0, len(data), batch_size), desc=desc, leave=False, dynamic_ncols=True):
+        batch = data.images[start:start + batch_size].to(tokenizer.device).float() / 255
         tokens = tokenizer.encode(batch)
         by_level = tokens.cpu().reshape(-1, depth) + level_offsets
         counts += torch.bincount(by_level.flatten(), minlength=depth * size).reshape(depth, size)
         if reconstruct:
             squared_error += F.mse_loss(tokenizer.decode(tokens), batch, reduction="sum").item()
-        # Kept in the file's own dtype (2 bytes a token for up to 65536 codes), not as int64.
-        maps.append(tokens.cpu().numpy().astype(smallest_uint_dtype(size)))
-    maps = np.concatenate(maps) if maps else np.zeros((0, *tokenizer.token_shape), dtype=smallest_uint_dtype(size))
-    return maps, counts, squared_error
+        if writer is not None:
+            writer.write(tokens.cpu().numpy(), data.labels[start:start + batch_size].numpy())
+    return counts, squared_error
 
 
-def dump(run_dir, data_config, batch_size, accelerator):
-    """Encode both splits with the saved weights and write RUN/maps/; returns the per-split figures."""
+def dump(run_dir, data_config, batch_size, accelerator, splits=None):
+    """Encode both splits with the saved weights and write RUN/maps/; returns the per-split figures.
+
+    splits: {"train": ImageSet, "test": ImageSet} already loaded (lazily for a folder), or None to load them here.
+    """
     tokenizer = Tokenizer.load(run_dir, device=accelerator.device)
-    # Both splits are read and checked before a file is written: a bad test split leaves the old maps whole.
-    # A folder is decoded batch by batch (lazy), so a dump of any size holds one batch of images at a time.
-    splits = {split: load_images(data_config, split, lazy=True) for split in ("train", "test")}
+    # Both splits are read and checked (a folder's files up front, lazily) before a file is written. A folder is
+    # decoded batch by batch and the maps go to their files as they come, so a dump of any size holds one batch.
+    splits = splits or {split: load_images(data_config, split, lazy=True) for split in ("train", "test")}
     expected = (tokenizer.config.image_channels, tokenizer.config.image_size, tokenizer.config.image_size)
     for data in splits.values():
         if tuple(data.images.shape[1:]) != expected:
             raise ValueError(f"{data_config.dataset} images are {tuple(data.images.shape[1:])}, the tokenizer in "
                              f"{run_dir} takes {expected}")
-    results = {}
-    for split, data in splits.items():
-        started = time.perf_counter()
-        maps, counts, squared_error = encode_split(tokenizer, data.images, batch_size, split == "test",
-                                                   f"dump {split}")
-        seconds = time.perf_counter() - started
-        stats = usage_stats(counts)
-        stats["dump_images_per_s"] = len(maps) / max(seconds, 1e-9)
-        if split == "test":
-            stats["mse"] = squared_error / max(1, data.images.numel())
-            stats["psnr"] = 10 * math.log10(1 / max(stats["mse"], 1e-12))
-        if accelerator.is_main_process:
-            write_index_maps(run_dir / "maps", split, maps, data.labels.numpy(), {
-                "codebook_size": tokenizer.codebook_size, "grid_height": tokenizer.grid_shape[0],
-                "grid_width": tokenizer.grid_shape[1], "depth": tokenizer.config.token_depth,
-                "quantizer": tokenizer.config.quantizer, "dataset": data_config.dataset,
-                "class_names": data.class_names, "weights_sha256": tokenizer.weights_sha256,
-                "tokenizer_run": str(Path(run_dir).resolve()), "split_stats": stats})
-        results[split] = {k: v for k, v in stats.items() if k != "usage_histogram"}
+    maps_dir = Path(run_dir) / "maps"
+    results, writers, stats_of = {}, {}, {}
+    # Every file of both splits is renamed into place only once both are complete (a failure leaves the old maps
+    # whole), and meta.json, naming their SHA-256, is written after them.
+    with contextlib.ExitStack() as files:
+        for split, data in splits.items():
+            writer = None
+            if accelerator.is_main_process:
+                writer = files.enter_context(IndexMapWriter(maps_dir, split, len(data), tokenizer.token_shape,
+                                                            tokenizer.codebook_size))
+            started = time.perf_counter()
+            counts, squared_error = encode_split(tokenizer, data, batch_size, split == "test", f"dump {split}", writer)
+            seconds = time.perf_counter() - started
+            stats = usage_stats(counts)
+            stats["dump_images_per_s"] = len(data) / max(seconds, 1e-9)
+            if split == "test":
+                stats["mse"] = squared_error / max(1, data.images.numel())
+                stats["psnr"] = 10 * math.log10(1 / max(stats["mse"], 1e-12))
+            writers[split], stats_of[split] = writer, stats
+            results[split] = {k: v for k, v in stats.items() if k != "usage_histogram"}
+    if accelerator.is_main_process:
+        record_index_maps(maps_dir, {split: writer.entry(stats_of[split]) for split, writer in writers.items()}, {
+            "codebook_size": tokenizer.codebook_size, "grid_height": tokenizer.grid_shape[0],
+            "grid_width": tokenizer.grid_shape[1], "depth": tokenizer.config.token_depth,
+            "quantizer": tokenizer.config.quantizer, "dataset": data_config.dataset,
+            "class_names": splits["train"].class_names, "weights_sha256": tokenizer.weights_sha256,
+            "tokenizer_run": str(Path(run_dir).resolve())})
     return tokenizer, results
 
 
@@ -181,7 +195,9 @@ def main(argv=None):
         save_tensors(run_dir / "model.safetensors", model.state_dict())
     accelerator.wait_for_everyone()
 
-    tokenizer, results = dump(run_dir, data_config, dump_batch_size, accelerator)
+    # The splits already listed and checked are reused: a folder is not walked and verified twice.
+    tokenizer, results = dump(run_dir, data_config, dump_batch_size, accelerator,
+                              splits={"train": train_set, "test": test_set})
     if accelerator.is_main_process:
         save_reconstructions(run_dir / "reconstructions.png", tokenizer, test_set.images)
         summary = {"train_seconds_this_session": train_seconds, "parameters": model.num_parameters(),
