@@ -80,6 +80,17 @@ def test_ema_update_matches_a_hand_computed_example():
     assert stats["restarts"] == 0
 
 
+def test_ema_training_quantizes_with_the_codebook_before_the_step():
+    # As Sonnet's VectorQuantizerEMA: the batch gets the codes its search found, not the codes after the update.
+    quantizer = VectorQuantizer(1, 2, decay=0.5, epsilon=0.0, dead_code_threshold=0)
+    quantizer.codebook.copy_(torch.tensor([[0.0], [10.0]]))
+    quantizer.embed_sum.copy_(quantizer.codebook)
+    quantizer.cluster_size.fill_(1.0)
+    z_q, _, _, _ = quantizer(torch.tensor([0.0, 1.0, 2.0, 8.0]).reshape(1, 1, 2, 2))
+    assert z_q.flatten().tolist() == [0.0, 0.0, 0.0, 10.0]  # after the step the codes are 0.75 and 9
+    torch.testing.assert_close(quantizer.codebook, torch.tensor([[0.75], [9.0]]))
+
+
 def test_laplace_smoothing_keeps_an_unused_code_finite():
     quantizer = VectorQuantizer(1, 3, decay=0.0, epsilon=1e-5, dead_code_threshold=0)
     z = torch.zeros(1, 1, 1, 4)

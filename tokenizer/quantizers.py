@@ -181,8 +181,16 @@ class VectorQuantizer(nn.Module):
             self._kmeans_init(flat.detach())
         indices = self.nearest(flat.detach())
         counts = torch.bincount(indices, minlength=self.codebook_size).float()
-        restarts = self._update(flat.detach(), indices, counts) if self.training else 0
-        codes = self.codes()[indices]
+        if self.codebook_update == "ema":
+            # The batch is quantized with the codebook as it was before this batch's EMA step, as the reference
+            # implementations do (Sonnet's VectorQuantizerEMA, vector-quantize-pytorch): the codes a vector gets
+            # in training are then the ones the same weights give it at evaluation.
+            codes = self.codes()[indices]
+            restarts = self._update(flat.detach(), indices, counts) if self.training else 0
+        else:
+            # Codebook-loss codes are parameters: a restart may rewrite them in place, so they are read after it.
+            restarts = self._update(flat.detach(), indices, counts) if self.training else 0
+            codes = self.codes()[indices]
         loss = self.beta * F.mse_loss(flat, codes.detach())
         if self.codebook_update == "loss":
             loss = loss + F.mse_loss(codes, flat.detach())
