@@ -47,8 +47,9 @@ def fit(name, flags, args):
         fit_tokenizer.main([*resume, "--output-root", args.output_root, "--epochs", args.tokenizer_epochs, *flags])
     if not (prior_dir / "results.json").exists():
         resume = ["--resume", prior_dir] if prior_dir.exists() else ["--run-name", prior_dir.name]
+        # Unconditional, as when the table was measured (the prior's default became class-conditional since).
         fit_prior.main([*resume, "--output-root", args.output_root, "--tokenizer", tokenizer_dir,
-                        "--epochs", args.prior_epochs])
+                        "--epochs", args.prior_epochs, "--condition", "none"])
     return tokenizer_dir, prior_dir
 
 

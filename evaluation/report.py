@@ -25,6 +25,8 @@ FIGURES = [
      "against the test labels; close to the test accuracy when class detail survives"),
     ("fd_samples_vs_test", "Frechet distance, samples vs test",
      "lower is better; the reconstructions' distance is about the best samples can reach"),
+    ("fd_samples_over_reconstructions", "samples' distance / reconstructions' distance",
+     "how far the prior is from what its tokenizer can draw; 1 is a perfect prior"),
     ("classifier_accuracy_on_samples", "classifier accuracy on samples",
      "against the label asked for (class-conditional priors)"),
     ("prior_test_bits_per_token", "prior bits per token (test)", "from the prior run's results.json"),
@@ -92,7 +94,9 @@ def plot_mosaic(path, rows, labels, title):
     """rows: float image tensors (k, c, H, W) in [0, 1], one row each, labelled on the left."""
     width = max(len(row) for row in rows)
     side = rows[0].shape[-1]
-    figure = _new_figure(max(6.5, 0.45 * width * side / 28 + 1.5), 0.5 * len(rows) * side / 28 + 0.6)
+    # 3.5 screen pixels per image pixel at 100 dpi (a 28-pixel image is ~100 pixels wide): large enough to judge.
+    inches = (side + 2) * 3.5 / 100
+    figure = _new_figure(max(6.5, inches * width + 1.5), inches * len(rows) + 0.6)
     for axes, row, label in zip(np.atleast_1d(figure.subplots(len(rows), 1)), rows, labels):
         # Short rows (classes with fewer samples) are padded with white so every row starts at the left edge.
         row = torch.cat([row.float().clamp(0, 1).cpu(), torch.ones(width - len(row), *row.shape[1:])])

@@ -28,9 +28,10 @@ from evaluation.report import plot_curves, plot_mosaic, plot_usage, write_html
 from pipelines import cli
 from pipelines.data import DataConfig, load_images
 from pipelines.runs import check_can_write_in, newest_run, read_json, read_metrics, write_json
-from pipelines.sample import load_pair, sample_tokens, write_outputs
+from pipelines.sample import add_sampling_flags, load_pair, write_outputs
 from pipelines.train import TrainConfig, make_accelerator
 from prior.generate import check_args
+from prior.sampling import resolve_labels, sample_tokens, settings_for
 from tokenizer import Tokenizer
 
 TOKENIZER_PANELS = [("loss", "step", [("loss", "train")], True), ("MSE", "step", [("mse", "train")], True),
@@ -57,13 +58,13 @@ def build_parser():
     p("--out", default=None, help="output folder (default: a new OUTPUT_ROOT/evaluations/<time>)")
     p("--overwrite", action="store_true", help="replace --out if it exists already (default: refuse)")
     p("--n-samples", type=int, default=10000,
-      help="grids to sample from the prior; a class-conditional prior gets an equal share per class (default: 10000)")
+      help="grids to sample from the prior, drawn as `python -m pipelines.sample` draws them: a class-conditional "
+           "prior's classes in the mix of the training split unless --label says otherwise (default: 10000)")
     p("--batch-size", type=int, default=500,
       help="grids sampled at once, and images per batch through the tokenizer and classifier (default: 500)")
     p("--seed", type=int, default=0, help="sampling seed; the same seed on the same device gives the same report "
                                           "(default: 0)")
-    p("--temperature", type=float, default=1.0, help="sampling temperature (default: 1)")
-    p("--top-k", type=int, default=None, help="sample only among the k likeliest tokens (default: all)")
+    add_sampling_flags(parser)
     p("--threads", type=int, default=0,
       help="CPU threads for torch (default: 0, torch's own choice); on a CPU shared with other jobs, 1 avoids "
            "threads waiting on each other (10x faster classifier training measured on 2 busy cores)")
@@ -103,40 +104,29 @@ def _reconstruct(tokenizer, images, batch_size, progress):
     return torch.cat(reconstructions), squared_error
 
 
-def _class_shares(n, num_classes):
-    """n split as evenly as possible over the classes, the first classes taking the remainder."""
-    return [n // num_classes + (c < n % num_classes) for c in range(num_classes)]
+def _sample(model, tokenizer, n, batch_size, seed, device, progress, labels, settings):
+    """Images (n, c, H, W) float on the CPU, sampled with labels (n,) or None."""
+    def open_progress(total):
+        return tqdm(total=total, desc="sample", unit="pos", leave=False, dynamic_ncols=True, disable=not progress)
 
-
-def _sample(model, tokenizer, n, batch_size, seed, device, num_classes, progress, **settings):
-    """(images (n, c, H, W) float on the CPU, the labels asked for (n,) or None)."""
-    def open_progress(desc):
-        return lambda total: tqdm(total=total, desc=desc, unit="pos", leave=False, dynamic_ncols=True,
-                                  disable=not progress)
-
-    if num_classes:
-        # One call per class: a class's grids depend on (seed, class, its share, batch size) only.
-        shares = _class_shares(n, num_classes)
-        tokens = [sample_tokens(model, share, batch_size, seed * num_classes + c, device,
-                                open_progress(f"sample class {c}"), labels=c, **settings)
-                  for c, share in enumerate(shares) if share]
-        labels = torch.repeat_interleave(torch.arange(num_classes), torch.tensor(shares))
-    else:
-        tokens, labels = [sample_tokens(model, n, batch_size, seed, device, open_progress("sample"), **settings)], None
-    tokens = torch.cat(tokens)  # opaque to us: (n, h, w) or (n, h, w, depth), handed to the tokenizer as it is
-    images = torch.cat([tokenizer.decode(tokens[start:start + batch_size]).float().cpu()
-                        for start in range(0, len(tokens), batch_size)])
-    return images, labels
+    tokens = sample_tokens(model, n, batch_size, seed, device, open_progress, labels=labels, **settings)
+    # Tokens are opaque here: (n, h, w) or (n, h, w, depth), handed to the tokenizer as they are.
+    return torch.cat([tokenizer.decode(tokens[start:start + batch_size]).float().cpu()
+                      for start in range(0, len(tokens), batch_size)])
 
 
 def evaluate(prior_dir=None, tokenizer_dir=None, *, output_root="checkpoints", out=None, overwrite=False,
-             n_samples=10000, batch_size=500, seed=0, temperature=1.0, top_k=None, classifier_config=None,
-             classifier_train=None, device="cpu", progress=True):
+             n_samples=10000, batch_size=500, seed=0, label=None, temperature=None, top_k=None, top_p=None,
+             guidance_scale=None, classifier_config=None, classifier_train=None, device="cpu", progress=True,
+             prior_weights=None):
     """Evaluate a prior run and its tokenizer (or, with tokenizer_dir alone, the tokenizer); returns the report.
 
     With neither run given, the newest prior under output_root is evaluated. The reference classifier is read
     from (or trained once into) output_root/classifiers/<data set>. With out, the report folder (report.json,
-    report.html, pictures) is written there, refusing an existing folder unless overwrite.
+    report.html, pictures) is written there, refusing an existing folder unless overwrite. Samples are drawn as
+    `python -m pipelines.sample` draws them (prior.sampling): label None is the training mix of classes for a
+    conditional prior, and settings left None take SamplingConfig's defaults. prior_weights names the prior's
+    weights file to evaluate (default: its averaged weights when kept, as sample uses).
     """
     started_all = time.perf_counter()
     seconds = {}
@@ -150,14 +140,17 @@ def evaluate(prior_dir=None, tokenizer_dir=None, *, output_root="checkpoints", o
         prior_dir = newest_run(output_root, "prior")
 
     started = time.perf_counter()
-    model = prior_config = None
+    model = prior_config = asked = settings = None
     if prior_dir is not None:
         prior_dir = Path(prior_dir)
-        model, tokenizer, prior_config = load_pair(prior_dir, device)
+        model, tokenizer, prior_config = load_pair(prior_dir, device, prior_weights)
         if tokenizer_dir is not None and Path(tokenizer_dir).resolve() != tokenizer.run_dir.resolve():
             raise ValueError(f"prior {prior_dir} was trained for tokenizer {tokenizer.run_dir}, not {tokenizer_dir}")
         # Every sampling argument is checked now, before minutes of work: its error is the only output.
-        check_args(model, n_samples, temperature=temperature, top_k=top_k)
+        asked = resolve_labels(label, n_samples, prior_config)
+        settings = settings_for(asked, temperature=temperature, top_k=top_k, top_p=top_p,
+                                guidance_scale=guidance_scale)
+        check_args(model, n_samples, labels=asked, **settings)
     else:
         tokenizer = Tokenizer.load(tokenizer_dir, device=device)
     tokenizer_config_path = tokenizer.run_dir / "config.json"
@@ -208,16 +201,17 @@ def evaluate(prior_dir=None, tokenizer_dir=None, *, output_root="checkpoints", o
     seconds["reconstructions"] = time.perf_counter() - started
 
     samples, per_class = None, None
-    figures.update(fd_samples_vs_test=None, classifier_accuracy_on_samples=None)
+    figures.update(fd_samples_vs_test=None, fd_samples_over_reconstructions=None, classifier_accuracy_on_samples=None)
     if model is not None:
         started = time.perf_counter()
-        samples, asked = _sample(model, tokenizer, n_samples, batch_size, seed, device, num_classes, progress,
-                                 temperature=temperature, top_k=top_k)
+        samples = _sample(model, tokenizer, n_samples, batch_size, seed, device, progress, asked, settings)
         seconds["sample_and_decode"] = time.perf_counter() - started
         started = time.perf_counter()
         sample_features, sample_predicted = features_of(samples, "features samples")
         if len(samples) >= 2:
             figures["fd_samples_vs_test"] = frechet_distance(feature_statistics(sample_features), test_stats)
+            figures["fd_samples_over_reconstructions"] = (figures["fd_samples_vs_test"]
+                                                          / max(figures["fd_reconstructions_vs_test"], 1e-12))
         if asked is not None:
             hits = (sample_predicted == asked).float()
             figures["classifier_accuracy_on_samples"] = hits.mean().item()
@@ -235,24 +229,26 @@ def evaluate(prior_dir=None, tokenizer_dir=None, *, output_root="checkpoints", o
     report = {
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "runs": {"tokenizer": str(tokenizer.run_dir.resolve()), "tokenizer_weights_sha256": tokenizer.weights_sha256,
-                 "prior": None if prior_dir is None else str(prior_dir.resolve())},
+                 "prior": None if prior_dir is None else str(prior_dir.resolve()),
+                 "prior_weights": None if model is None else model.weights_file},
         "dataset": dataclasses.asdict(data_config),
         "classifier": reference.describe(),
         "settings": {"n_samples": n_samples if model is not None else 0, "batch_size": batch_size, "seed": seed,
-                     "temperature": temperature, "top_k": top_k, "device": str(device),
-                     "threads": torch.get_num_threads()},
+                     **(settings or {}), "label": label,
+                     "sampled_class_counts": None if asked is None else torch.bincount(
+                         asked, minlength=num_classes).tolist(),
+                     "device": str(device), "threads": torch.get_num_threads()},
         "counts": {"train": len(train_set), "test": len(test_set), "samples": 0 if samples is None else len(samples)},
         "figures": figures,
         "per_class_sample_accuracy": per_class,
         "seconds": seconds,
     }
     if out is not None:
-        write_report(out, overwrite, report, tokenizer.run_dir, prior_dir, test_set, reconstructions, samples,
-                     num_classes)
+        write_report(out, overwrite, report, tokenizer.run_dir, prior_dir, test_set, reconstructions, samples, asked)
     return report
 
 
-def write_report(out, overwrite, report, tokenizer_dir, prior_dir, test_set, reconstructions, samples, num_classes):
+def write_report(out, overwrite, report, tokenizer_dir, prior_dir, test_set, reconstructions, samples, asked):
     """The report folder: report.json, report.html and its pictures, renamed into place whole."""
     def write(folder):
         pictures = []
@@ -273,16 +269,14 @@ def write_report(out, overwrite, report, tokenizer_dir, prior_dir, test_set, rec
                     "test images and their reconstructions")
         pictures.append(("reconstructions.png", "Test images (top) and their reconstructions (bottom)"))
         if samples is not None:
-            if num_classes:
-                shares = _class_shares(len(samples), num_classes)
-                starts = [sum(shares[:c]) for c in range(num_classes)]
-                rows = [(samples[start:start + min(share, 10)], name)
-                        for start, share, name in zip(starts, shares, test_set.class_names) if share]
+            if asked is not None:
+                rows = [(samples[asked == c][:10], name) for c, name in enumerate(test_set.class_names)
+                        if (asked == c).any()]
             else:
                 per_row = min(10, max(1, math.ceil(math.sqrt(len(samples)))))
                 rows = [(samples[start:start + per_row], "") for start in range(0, min(len(samples), 80), per_row)]
             plot_mosaic(folder / "samples.png", [row for row, _ in rows], [label for _, label in rows],
-                        "samples from the prior" + (", one row per class asked for" if num_classes else ""))
+                        "samples from the prior" + (", one row per class asked for" if asked is not None else ""))
             pictures.append(("samples.png", "Samples, decoded by the tokenizer"))
         report["pictures"] = [name for name, _ in pictures]
         write_json(folder / "report.json", report)
@@ -303,11 +297,13 @@ def main(argv=None):
     device = make_accelerator(TrainConfig()).device
     out = Path(args.out) if args.out else Path(args.output_root) / "evaluations" / time.strftime("%Y%m%d-%H%M%S")
     report = evaluate(args.prior, args.tokenizer, output_root=args.output_root, out=out, overwrite=args.overwrite,
-                      n_samples=args.n_samples, batch_size=args.batch_size, seed=args.seed,
-                      temperature=args.temperature, top_k=args.top_k, classifier_config=classifier_config,
+                      n_samples=args.n_samples, batch_size=args.batch_size, seed=args.seed, label=args.label,
+                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                      guidance_scale=args.guidance_scale, classifier_config=classifier_config,
                       classifier_train=classifier_train, device=device)
     f = report["figures"]
-    samples = (f"samples {f['fd_samples_vs_test']:.3g}" if f["fd_samples_vs_test"] is not None else "no samples")
+    samples = (f"samples {f['fd_samples_vs_test']:.3g} ({f['fd_samples_over_reconstructions']:.2f}x the "
+               "reconstructions)" if f["fd_samples_vs_test"] is not None else "no samples")
     bits = f["prior_test_bits_per_token"]
     print(f"Frechet distance to test: train {f['fd_train_vs_test']:.3g} (floor), reconstructions "
           f"{f['fd_reconstructions_vs_test']:.3g}, {samples}; PSNR {f['reconstruction_psnr']:.2f} dB"

@@ -12,13 +12,14 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from pipelines import cli
 from pipelines.data import MapDataset, read_index_maps
-from pipelines.runs import (create_run_dir, file_sha256, new_run_dir, newest_run, read_run_config,
+from pipelines.runs import (AVERAGED_WEIGHTS, create_run_dir, file_sha256, new_run_dir, newest_run, read_run_config,
                            remove_stale_temporaries, save_tensors, write_json)
 from pipelines.train import TrainConfig, check_one_batch, decided_by_main, make_accelerator, train
 from prior.model import Prior, PriorConfig
@@ -27,6 +28,7 @@ DERIVED_FROM_MAPS = ("codebook_size", "grid_height", "grid_width", "num_classes"
 # The default gated prior trains ~475 grids/s on 2 CPU cores (BENCHMARKS.md): 4 epochs of Fashion-MNIST's
 # 60,000 maps fit in 10 minutes, 5 do not.
 PRIOR_TRAIN_DEFAULTS = {"epochs": 4, "learning_rate": 1e-3}
+DEFAULT_LABEL_DROPOUT = 0.1
 
 
 def build_parser():
@@ -36,11 +38,12 @@ def build_parser():
     run = cli.add_run_flags(parser, "prior")
     run.add_argument("--tokenizer", metavar="RUN_DIR", default=None,
                      help="tokenizer run whose maps to model (default: the newest under OUTPUT_ROOT/tokenizer)")
-    run.add_argument("--condition", choices=["none", "class"], default="none",
-                     help="none: one prior for all images; class: condition on the data set's labels (default: none)")
-    run.add_argument("--label-dropout", type=float, default=0.0,
-                     help="with --condition class, train on 'no label' this fraction of the time, which the "
-                          "sampler's --guidance-scale needs (default: 0)")
+    run.add_argument("--condition", choices=["auto", "none", "class"], default="auto",
+                     help="none: one prior for all images; class: condition on the data set's labels; auto: class "
+                          "when the maps carry two or more classes, else none (default: auto)")
+    run.add_argument("--label-dropout", type=float, default=None,
+                     help="with class conditioning, train on 'no label' this fraction of the time, which "
+                          f"classifier-free guidance needs (default: {DEFAULT_LABEL_DROPOUT} when conditional)")
     run.add_argument("--eval-batch-size", type=int, default=1000,
                      help="grids per batch when evaluating (default: 1000; config.json keeps it, since the sums "
                           "differ in the last bits with it)")
@@ -99,13 +102,13 @@ def main(argv=None):
         except (KeyError, TypeError) as error:
             raise ValueError(f"{run_dir / 'config.json'} is not a prior run config ({error})") from None
     else:
-        if not 0 <= args.label_dropout < 1:
+        if args.label_dropout is not None and not 0 <= args.label_dropout < 1:
             raise ValueError(f"--label-dropout must lie in [0, 1), not {args.label_dropout}")
-        if args.label_dropout and args.condition != "class":
-            raise ValueError("--label-dropout needs --condition class")
+        if args.label_dropout and args.condition == "none":
+            raise ValueError("--label-dropout needs class conditioning (--condition class or auto)")
         tokenizer_dir = Path(args.tokenizer) if args.tokenizer else newest_run(args.output_root, "tokenizer",
                                                                                must_have="maps/meta.json")
-        label_dropout, train_config = args.label_dropout, cli.config_from_args(TrainConfig, args)
+        train_config = cli.config_from_args(TrainConfig, args)
         eval_batch_size = args.eval_batch_size
     accelerator = make_accelerator(train_config)
     train_maps, test_maps = read_maps_for(tokenizer_dir)
@@ -114,9 +117,15 @@ def main(argv=None):
         raise ValueError(f"prior run {run_dir} was trained on maps of other tokenizer weights than those now in "
                          f"{tokenizer_dir} (SHA-256 differs): start a new prior run")
     if not args.resume:
-        num_classes = len(meta.get("class_names") or []) if args.condition == "class" else 0
+        num_classes = len(meta.get("class_names") or []) if args.condition != "none" else 0
         if args.condition == "class" and num_classes < 2:
             raise ValueError(f"--condition class needs labelled maps; {tokenizer_dir} has {num_classes} class(es)")
+        if num_classes < 2:
+            num_classes = 0  # auto on maps of one class: unconditional
+        if not num_classes and args.label_dropout:
+            raise ValueError(f"--label-dropout needs class conditioning; the maps of {tokenizer_dir} have no classes")
+        label_dropout = (DEFAULT_LABEL_DROPOUT if args.label_dropout is None else args.label_dropout) if num_classes \
+            else 0.0
         model_config = cli.config_from_args(PriorConfig, args, codebook_size=meta["codebook_size"],
                                             grid_height=meta["grid_height"], grid_width=meta["grid_width"],
                                             num_classes=num_classes, depth=meta.get("depth", 1))
@@ -132,6 +141,9 @@ def main(argv=None):
                 "label_dropout": label_dropout, "eval_batch_size": eval_batch_size,
                 # The label encoding travels with the run: class i means class_names[i] after any reload.
                 "class_names": meta.get("class_names") if model_config.num_classes else None,
+                # How often each class occurs in training: a sampler told no class draws them in this mix.
+                "class_counts": np.bincount(np.asarray(train_maps.labels), minlength=model_config.num_classes
+                                            ).tolist() if model_config.num_classes else None,
                 "tokenizer": {"run": str(tokenizer_dir.resolve()), "weights_sha256": meta["weights_sha256"]}})
     accelerator.wait_for_everyone()
 
@@ -146,16 +158,22 @@ def main(argv=None):
                                                            conditional)}
     step = functools.partial(prior_step, label_dropout=label_dropout, num_classes=model_config.num_classes)
     started = time.perf_counter()
-    model, metrics = train(model, MapDataset(train_maps), step, train_config, run_dir, accelerator,
-                           resume=bool(args.resume), description="fit prior", evaluate=evaluate)
+    model, metrics, averaged = train(model, MapDataset(train_maps), step, train_config, run_dir, accelerator,
+                                     resume=bool(args.resume), description="fit prior", evaluate=evaluate)
     train_seconds = time.perf_counter() - started
     if accelerator.is_main_process:
         save_tensors(run_dir / "model.safetensors", model.state_dict())
-        test_bits = bits_per_token(model, test_set, eval_batch_size, accelerator.device, conditional)
+        raw_bits = bits_per_token(model, test_set, eval_batch_size, accelerator.device, conditional)
+        test_bits = raw_bits
+        if averaged is not None:  # the weights sampled from (prior.load prefers them)
+            save_tensors(run_dir / AVERAGED_WEIGHTS, averaged)
+            model.load_state_dict(averaged)
+            test_bits = bits_per_token(model, test_set, eval_batch_size, accelerator.device, conditional)
         tokens_per_grid = math.prod(model_config.token_shape)
         rates = [m["items_per_s"] for m in metrics if "items_per_s" in m]
         write_json(run_dir / "results.json", {
             "test_bits_per_token": test_bits, "test_bits_per_image": test_bits * tokens_per_grid,
+            "test_bits_per_token_raw_weights": raw_bits,
             "parameters": model.num_parameters(), "train_seconds_this_session": train_seconds,
             "train_grids_per_s": sum(rates) / len(rates) if rates else None})
         accelerator.print(f"test {test_bits:.4f} bits per token, {test_bits * tokens_per_grid:.2f} bits per image "

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from evaluation.pictures import enlarged
 from pipelines import cli
 from pipelines.data import DataConfig, ImageDataset, IndexMapWriter, load_images, record_index_maps
 from pipelines.runs import (atomic_path, create_run_dir, new_run_dir, read_json, read_run_config,
@@ -43,7 +44,8 @@ def build_parser():
                           "config.json keeps it: another batch size can flip the token of a near-tie")
     cli.add_config_flags(parser, DataConfig, "data")
     cli.add_config_flags(parser, TokenizerConfig, "model", skip=DERIVED_FROM_DATA)
-    cli.add_config_flags(parser, TrainConfig, "training", defaults=TOKENIZER_TRAIN_DEFAULTS)
+    # The EMA codebook already averages what the tokens depend on; a weight average is the prior's.
+    cli.add_config_flags(parser, TrainConfig, "training", skip=("ema_decay",), defaults=TOKENIZER_TRAIN_DEFAULTS)
     return parser
 
 
@@ -129,7 +131,8 @@ def save_reconstructions(path, tokenizer, images, count=16):
     originals = images[:count].to(tokenizer.device).float() / 255
     reconstructions = tokenizer.decode(tokenizer.encode(originals))
     with atomic_path(path) as tmp:
-        save_image(torch.cat([originals, reconstructions]).cpu(), tmp, nrow=len(originals), padding=1, format="PNG")
+        save_image(enlarged(torch.cat([originals, reconstructions]).cpu()), tmp, nrow=len(originals), padding=1,
+                   format="PNG")
 
 
 def configs_from(args):
@@ -188,7 +191,7 @@ def main(argv=None):
     accelerator.print(f"tokenizer: {model.num_parameters():,} parameters, grid {model_config.grid_size}x"
                       f"{model_config.grid_size}, {model_config.codebook_size} codes -> {run_dir}")
     started = time.perf_counter()
-    model, metrics = train(model, ImageDataset(train_set), tokenizer_step, train_config,
+    model, metrics, _ = train(model, ImageDataset(train_set), tokenizer_step, train_config,
                            run_dir, accelerator, resume=bool(args.resume), description="fit tokenizer")
     train_seconds = time.perf_counter() - started
     if accelerator.is_main_process:

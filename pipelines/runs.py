@@ -18,6 +18,9 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+# A run that keeps an exponential moving average of its weights writes it here, beside model.safetensors.
+AVERAGED_WEIGHTS = "model_ema.safetensors"
+
 
 def _umask():
     mask = os.umask(0)
@@ -113,12 +116,12 @@ def load_tensors(path):
         raise ValueError(f"weights file {path} is not a readable safetensors file ({error})") from None
 
 
-def read_model_files(run_dir):
-    """(config dict, state dict) of a run directory: config.json and model.safetensors."""
+def read_model_files(run_dir, weights="model.safetensors"):
+    """(config dict, state dict) of a run directory: config.json and its weights file."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ValueError(f"run directory {run_dir} does not exist")
-    return read_json(run_dir / "config.json"), load_tensors(run_dir / "model.safetensors")
+    return read_json(run_dir / "config.json"), load_tensors(run_dir / weights)
 
 
 def load_state_strict(model, state, path):

@@ -2,6 +2,7 @@
 
     python -m pipelines.sample --n 64                       # newest prior run -> checkpoints/samples/<time>/
     python -m pipelines.sample --n 16 --label 7 --guidance-scale 3
+    python -m pipelines.sample --n 16 --label none          # a conditional prior's "no label" (unconditional) draw
     python -m pipelines.sample --n 8 --complete shoe.png --keep-rows 3
 
 As a library: images, tokens = sample_images("checkpoints/prior/RUN", 16, temperature=0.9)
@@ -20,7 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 import prior
-from prior.generate import check_args
+from prior.sampling import NO_LABEL, SamplingConfig, resolve_labels, sample_tokens, settings_for
+from evaluation.pictures import enlarged
 from pipelines import cli
 from pipelines.data import write_index_maps
 from pipelines.runs import check_can_write_in, newest_run, write_json
@@ -40,14 +42,7 @@ def build_parser():
     p("--n", type=int, default=64, help="number of samples (default: 64)")
     p("--batch-size", type=int, default=64, help="grids sampled at once (default: 64)")
     p("--seed", type=int, default=0, help="the same seed on the same device gives the same images (default: 0)")
-    p("--temperature", type=float, default=1.0, help="divide the logits by this; < 1 is more conservative (default: 1)")
-    p("--top-k", type=int, default=None, help="sample only among the k likeliest tokens (default: all)")
-    p("--top-p", type=float, default=None, help="nucleus sampling: the likeliest tokens holding this mass (default: off)")
-    p("--label", default=None,
-      help="class to sample, by index or by name, for a class-conditional prior (default: no label)")
-    p("--guidance-scale", type=float, default=1.0,
-      help="classifier-free guidance s: uncond + s * (cond - uncond); needs --label and a prior trained with "
-           "--label-dropout (default: 1, plain conditional)")
+    add_sampling_flags(parser)
     p("--complete", metavar="IMAGE", default=None,
       help="an image to complete: keep its first --keep-rows token rows and sample the rest")
     p("--keep-rows", type=int, default=None, help="token rows of --complete to keep (default: half the grid)")
@@ -58,9 +53,28 @@ def build_parser():
     return parser
 
 
-def load_pair(prior_dir, device):
-    """The prior and the tokenizer it was trained for; a changed tokenizer is a one-line error."""
-    model, config = prior.load(prior_dir, device)
+def add_sampling_flags(parser):
+    """The flags of how tokens are drawn, shared with pipelines.evaluate; their defaults are SamplingConfig's."""
+    defaults = SamplingConfig()
+    p = parser.add_argument
+    p("--temperature", type=float, default=None,
+      help=f"divide the logits by this; < 1 is more conservative (default: {defaults.temperature})")
+    p("--top-k", type=int, default=None,
+      help=f"sample only among the k likeliest tokens (default: {defaults.top_k or 'all'})")
+    p("--top-p", type=float, default=None,
+      help=f"nucleus sampling: the likeliest tokens holding this mass (default: {defaults.top_p or 'off'})")
+    p("--label", default=None,
+      help=f"class to sample, by index or by name, for a class-conditional prior; {NO_LABEL!r} samples it with "
+           "no label (default: classes in the mix of the training split, e.g. a class-balanced mosaic)")
+    p("--guidance-scale", type=float, default=None,
+      help="classifier-free guidance s: uncond + s * (cond - uncond), for a class-conditional prior trained "
+           f"with label dropout (default: {defaults.guidance_scale} where there are labels, else 1)")
+
+
+def load_pair(prior_dir, device, weights=None):
+    """The prior (its averaged weights if kept, or the weights file named) and the tokenizer it was trained for;
+    a changed tokenizer is a one-line error."""
+    model, config = prior.load(prior_dir, device, weights)
     try:
         tokenizer_dir, expected = Path(config["tokenizer"]["run"]), config["tokenizer"]["weights_sha256"]
     except KeyError:
@@ -74,24 +88,6 @@ def load_pair(prior_dir, device):
     if (tokenizer.codebook_size, tokenizer.token_shape) != (model.config.codebook_size, model.config.token_shape):
         raise ValueError(f"prior {prior_dir} and tokenizer {tokenizer_dir} disagree on codebook or grid size")
     return model, tokenizer, config
-
-
-def resolve_label(label, config):
-    """An index or a class name -> class index (validated against the prior's stored label encoding)."""
-    if label is None:
-        return None
-    names = config.get("class_names") or []
-    if not names:
-        raise ValueError("--label needs a class-conditional prior (trained with --condition class)")
-    if label in names:
-        return names.index(label)
-    try:
-        index = int(label)
-    except ValueError:
-        raise ValueError(f"unknown label {label!r}: the prior knows {', '.join(names)}") from None
-    if not 0 <= index < len(names):
-        raise ValueError(f"label {index} outside 0..{len(names) - 1} (the prior's classes)")
-    return index
 
 
 def read_image(path, tokenizer):
@@ -110,42 +106,16 @@ def read_image(path, tokenizer):
     return (tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)).unsqueeze(0)
 
 
-def sample_tokens(model, n, batch_size, seed, device, open_progress=None, **kwargs):
-    """n grids in batches; the generator is seeded once, so the result depends on (seed, n, batch size).
-
-    open_progress(total_positions) -> a bar with update(k) and close(); it is opened only once every argument
-    has passed, so a bad argument's error is the only thing printed.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch size must be positive, not {batch_size}")
-    labels, prefix = kwargs.pop("labels", None), kwargs.pop("prefix", None)
-    # As checked: labels (n,) or None, prefix (n, ...) or None, each sliced with its batch below.
-    labels, prefix = check_args(model, n, labels=labels, prefix=prefix, **kwargs)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    positions = (model.config.grid_height - kwargs.get("keep_rows", 0)) * model.config.grid_width
-    bar = open_progress(math.ceil(n / batch_size) * positions) if open_progress is not None else None
-    grids = []
-    try:
-        for start in range(0, n, batch_size):
-            size = min(batch_size, n - start)
-            grids.append(prior.generate(
-                model, size, generator=generator, labels=None if labels is None else labels[start:start + size],
-                prefix=None if prefix is None else prefix[start:start + size],
-                progress=(lambda done, total: bar.update(1)) if bar is not None else None, **kwargs))
-    finally:
-        if bar is not None:
-            bar.close()
-    return torch.cat(grids)
-
-
-def sample_images(prior_dir, n, *, batch_size=64, seed=0, device="cpu", label=None, **kwargs):
-    """From a prior run to images: (images (n, c, H, W) in [0, 1], tokens (n, h, w)).
-
-    kwargs go to prior.generate: temperature, top_k, top_p, guidance_scale, sampler, prefix, keep_rows.
+def sample_images(prior_dir, n, *, batch_size=64, seed=0, device="cpu", label=None, temperature=None, top_k=None,
+                  top_p=None, guidance_scale=None, **kwargs):
+    """From a prior run to images: (images (n, c, H, W) in [0, 1], tokens (n, h, w)), drawn as the command draws
+    them: label None is the training split's class mix for a conditional prior, "none" its no-label draw;
+    settings left None take SamplingConfig's defaults. kwargs go to prior.generate: sampler, prefix, keep_rows.
     """
     model, tokenizer, config = load_pair(prior_dir, device)
-    label_index = resolve_label(label, config)
-    tokens = sample_tokens(model, n, batch_size, seed, device, labels=label_index, **kwargs)
+    labels = resolve_labels(label, n, config)
+    settings = settings_for(labels, temperature=temperature, top_k=top_k, top_p=top_p, guidance_scale=guidance_scale)
+    tokens = sample_tokens(model, n, batch_size, seed, device, labels=labels, **settings, **kwargs)
     return tokenizer.decode(tokens), tokens
 
 
@@ -182,10 +152,11 @@ def main(argv=None):
     check_can_write_in(out.parent)
     started = time.perf_counter()
     model, tokenizer, config = load_pair(prior_dir, device)
-    label = resolve_label(args.label, config)
+    labels = resolve_labels(args.label, args.n, config)
     h, w = model.config.grid_height, model.config.grid_width
-    settings = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-                "guidance_scale": args.guidance_scale, "sampler": args.sampler, "labels": label}
+    settings = settings_for(labels, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                            guidance_scale=args.guidance_scale)
+    settings.update(sampler=args.sampler, labels=labels)
     original = None
     if args.complete:
         original = read_image(args.complete, tokenizer).to(device)
@@ -212,24 +183,25 @@ def main(argv=None):
     def write(folder):
         from torchvision.utils import make_grid, save_image  # seconds to import: not before there is work
 
-        mosaic = images if original is None else torch.cat([original.float().cpu() / 255, images])
+        mosaic = enlarged(images if original is None else torch.cat([original.float().cpu() / 255, images]))
         save_image(make_grid(mosaic, nrow=math.ceil(math.sqrt(len(mosaic))), padding=2, pad_value=1.0),
                    folder / "grid.png", format="PNG")
         (folder / "images").mkdir()
         for i, image in enumerate(images):
             save_image(image, folder / "images" / f"{i:05d}.png", format="PNG")
-        labels = np.full(len(tokens), -1 if label is None else label, dtype=np.int64)
-        write_index_maps(folder / "tokens", "samples", tokens.cpu().numpy(), labels, {
+        asked = np.full(len(tokens), -1, dtype=np.int64) if labels is None else labels.numpy()  # -1: no label
+        write_index_maps(folder / "tokens", "samples", tokens.cpu().numpy(), asked, {
             "codebook_size": tokenizer.codebook_size, "grid_height": h, "grid_width": w,
             "depth": tokenizer.config.token_depth, "quantizer": tokenizer.config.quantizer, "dataset": "samples", "class_names": config.get("class_names"),
             "weights_sha256": tokenizer.weights_sha256, "tokenizer_run": str(tokenizer.run_dir.resolve())})
         write_json(folder / "sample.json", {
             "prior_run": str(prior_dir.resolve()), "tokenizer_run": str(tokenizer.run_dir.resolve()),
             "n": args.n, "batch_size": args.batch_size, "seed": args.seed, "device": str(device),
-            "mixed_precision": args.mixed_precision, "label": label,
-            "label_name": None if label is None else config["class_names"][label],
-            "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-            "guidance_scale": args.guidance_scale, "sampler": args.sampler, "complete": args.complete,
+            "mixed_precision": args.mixed_precision, "label": args.label,
+            "label_name": None if labels is None or args.label is None else config["class_names"][int(labels[0])],
+            "class_counts": None if labels is None else np.bincount(labels.numpy(), minlength=len(config["class_names"])).tolist(),
+            **{name: settings[name] for name in ("temperature", "top_k", "top_p", "guidance_scale")},
+            "sampler": args.sampler, "complete": args.complete,
             "keep_rows": settings.get("keep_rows", 0),
             "seconds": {"load": load_seconds, "sample": sample_seconds, "decode": decode_seconds},
             "grids_per_s": args.n / max(sample_seconds, 1e-9)})

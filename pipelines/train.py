@@ -5,6 +5,7 @@ the step, and the training state (weights, buffers, optimizer, random state) is 
 atomically. A resumed run therefore takes the same steps on the same batches as an uninterrupted one.
 """
 
+import copy
 import json
 import math
 import time
@@ -36,6 +37,9 @@ class TrainConfig:
         "help": "no, fp16 or bf16 (through accelerate)", "choices": ["no", "fp16", "bf16"]})
     log_every: int = field(default=50, metadata={"help": "steps between metrics lines"})
     checkpoint_every: int = field(default=500, metadata={"help": "steps between resumable checkpoints"})
+    ema_decay: float = field(default=0.0, metadata={
+        "help": "also keep an exponential moving average of the weights with this decay per step, saved beside "
+                "the raw weights and used for evaluation and sampling (0: none)"})
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "log_every", "checkpoint_every"):
@@ -43,6 +47,35 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ValueError(f"--learning-rate must be positive, not {self.learning_rate}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"--ema-decay must lie in [0, 1), not {self.ema_decay}")
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (floating-point parameters and buffers; other buffers
+    are copied). The decay warms up as min(decay, (1 + t) / (10 + t)) after t updates, as TensorFlow's
+    ExponentialMovingAverage with num_updates does, so the random initial weights are forgotten within the first
+    few dozen steps rather than the first 1 / (1 - decay)."""
+
+    def __init__(self, model, decay):
+        self.decay, self.updates = decay, 0
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model):
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for key, value in model.state_dict().items():
+            if value.is_floating_point():
+                self.state[key].lerp_(value.detach(), 1 - decay)
+            else:
+                self.state[key].copy_(value)
+        self.updates += 1
+
+    def model_like(self, model):
+        """A copy of model holding the averaged weights (for evaluation; model itself is untouched)."""
+        averaged = copy.deepcopy(model)
+        averaged.load_state_dict(self.state)
+        return averaged
 
 
 class EpochPermutation(Sampler):
@@ -110,16 +143,20 @@ def _state_tensors(model, optimizer):
     return tensors, {"param_groups": opt_state["param_groups"], "optimizer_scalars": scalars}
 
 
-def save_training_state(path, model, optimizer, step, scaler=None, log_window=None):
-    """log_window: the figures of the steps since the last metrics line, so a resumed run logs the same averages."""
+def save_training_state(path, model, optimizer, step, scaler=None, log_window=None, average=None):
+    """log_window: the figures of the steps since the last metrics line, so a resumed run logs the same averages.
+    average: the WeightAverage, if one is kept."""
     tensors, meta = _state_tensors(model, optimizer)
+    if average is not None:
+        tensors.update({f"average.{k}": v for k, v in average.state.items()})
+        meta["average_updates"] = average.updates
     meta["step"] = step
     meta["log_window"] = log_window or {}
     meta["scaler"] = scaler.state_dict() if scaler is not None else None
     save_tensors(path, tensors, metadata={"training": json.dumps(meta)})
 
 
-def load_training_state(path, model, optimizer, scaler=None):
+def load_training_state(path, model, optimizer, scaler=None, average=None):
     """Restore what save_training_state wrote; returns (the step to continue from, the log window)."""
     from safetensors import safe_open
 
@@ -127,6 +164,13 @@ def load_training_state(path, model, optimizer, scaler=None):
     with safe_open(path, framework="pt") as f:
         meta = json.loads(f.metadata()["training"])
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    if average is not None:
+        saved = {k[len("average."):]: v for k, v in tensors.items() if k.startswith("average.")}
+        if saved:
+            average.state = saved
+            average.updates = meta["average_updates"]
+        else:  # a run that kept no average before: it starts from the weights it resumes with
+            average.__init__(model, average.decay)
     state = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
@@ -147,10 +191,12 @@ def load_training_state(path, model, optimizer, scaler=None):
 
 def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, description="train",
           evaluate=None):
-    """Fit model on dataset; step_fn(model, batch) -> (loss, {name: float}). Returns the unwrapped model.
+    """Fit model on dataset; step_fn(model, batch) -> (loss, {name: float}). Returns (the unwrapped model, the
+    metrics records, the averaged weights as a state dict or None when config.ema_decay is 0).
 
     evaluate(model) -> {name: float}, if given, runs at the end of every epoch (in eval mode, without
-    gradients); its figures go on the progress bar and into the metrics as "test_<name>".
+    gradients), on the averaged weights when they are kept; its figures go on the progress bar and into the
+    metrics as "test_<name>".
 
     Metrics are averaged over each log window (keys ending in 'restarts' are summed) and written to
     run_dir/metrics.jsonl; the training state goes to run_dir/training_state.safetensors every
@@ -165,8 +211,9 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
                         generator=torch.Generator().manual_seed(config.seed))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     step, window = 0, {}
+    average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
     if resume and state_path.exists():
-        step, window = load_training_state(state_path, model, optimizer, accelerator.scaler)
+        step, window = load_training_state(state_path, model, optimizer, accelerator.scaler, average)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
@@ -194,6 +241,8 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
                 accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if average is not None:
+                average.update(accelerator.unwrap_model(model))
             step += 1
             timed_steps += 1
             for key, value in logs.items():
@@ -216,8 +265,11 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
             if evaluate is not None and step % steps_per_epoch == 0:
                 evaluation_start = time.perf_counter()
                 model.eval()
+                evaluated = accelerator.unwrap_model(model)
+                if average is not None:
+                    evaluated = average.model_like(evaluated)
                 with torch.no_grad():
-                    results = {f"test_{k}": v for k, v in evaluate(accelerator.unwrap_model(model)).items()}
+                    results = {f"test_{k}": v for k, v in evaluate(evaluated).items()}
                 model.train()
                 metrics.append({"step": step, "epoch": step / steps_per_epoch, **results})
                 shown.update({k: f"{v:.4g}" for k, v in results.items()})
@@ -228,11 +280,11 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
             if step % config.checkpoint_every == 0 or step == total_steps:
                 if accelerator.is_main_process:
                     save_training_state(state_path, accelerator.unwrap_model(model), optimizer, step,
-                                        accelerator.scaler, log_window=window)
+                                        accelerator.scaler, log_window=window, average=average)
                 accelerator.wait_for_everyone()
             if step >= total_steps:
                 break
     bar.close()
     model = accelerator.unwrap_model(model)
     model.eval()
-    return model, metrics
+    return model, metrics, None if average is None else average.state

@@ -24,10 +24,10 @@ def main():
     train = command.train
 
     def train_and_keep_weights(*args, **kwargs):
-        model, metrics = train(*args, **kwargs)
+        model, metrics, averaged = train(*args, **kwargs)
         state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
         save_file(state, str(Path(os.environ["PROBE_DIR"]) / f"rank{os.environ.get('RANK', '0')}.safetensors"))
-        return model, metrics
+        return model, metrics, averaged
 
     command.train = train_and_keep_weights
     cli.run(lambda: command.main(argv))

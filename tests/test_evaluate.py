@@ -191,7 +191,8 @@ def test_residual_tokens_with_a_depth_axis_go_through(fashion_dir, tmp_path, cap
     root = tmp_path / "runs"
     fit_tokenizer.main([*TINY_TOKENIZER, "--epochs", "1", "--quantizer", "residual", "--depth", "2",
                         "--output-root", root, "--run-name", "rq"])
-    fit_prior.main([*TINY_PRIOR, "--tokenizer", root / "tokenizer" / "rq", "--output-root", root, "--run-name", "p"])
+    fit_prior.main([*TINY_PRIOR, "--tokenizer", root / "tokenizer" / "rq", "--output-root", root, "--run-name", "p",
+                    "--condition", "none"])
     out = tmp_path / "report"
     status, _, errors = run_cli(["--output-root", root, "--n-samples", 6, "--batch-size", 4, "--out", out,
                                  *TINY_CLASSIFIER_FLAGS], capsys)

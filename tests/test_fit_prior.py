@@ -3,10 +3,13 @@ import signal
 
 import numpy as np
 import pytest
+import torch
 
+import prior
 from conftest import assert_same_weights, kill_after_first_checkpoint, run_module
 from pipelines import fit_prior
-from pipelines.runs import file_sha256
+from pipelines.data import read_index_maps
+from pipelines.runs import file_sha256, load_tensors
 
 TINY_PRIOR = ["--embed-dim", "8", "--hidden-channels", "8", "--num-layers", "3", "--batch-size", "32",
               "--warmup-steps", "2", "--log-every", "2"]
@@ -36,18 +39,47 @@ def test_newest_tokenizer_run_is_the_default_and_class_conditioning_records_labe
     assert config["tokenizer"]["run"] == str(tokenizer_run.resolve())
     assert config["model"]["num_classes"] == 10 and len(config["class_names"]) == 10
     assert config["class_names"][0] == "T-shirt/top" and config["label_dropout"] == 0.2
+    labels = read_index_maps(tokenizer_run / "maps", "train").labels
+    assert config["class_counts"] == np.bincount(labels, minlength=10).tolist() and sum(config["class_counts"]) == 256
+
+
+def test_labelled_maps_give_a_conditional_prior_with_label_dropout_by_default(tokenizer_run, tmp_path):
+    root = tmp_path / "runs"
+    fit_prior.main([*TINY_PRIOR, "--epochs", "1", "--output-root", root, "--run-name", "auto"])
+    fit_prior.main([*TINY_PRIOR, "--epochs", "1", "--output-root", root, "--run-name", "plain", "--condition", "none"])
+    auto, plain = (json.loads((root / "prior" / name / "config.json").read_text()) for name in ("auto", "plain"))
+    assert auto["model"]["num_classes"] == 10 and auto["label_dropout"] == fit_prior.DEFAULT_LABEL_DROPOUT > 0
+    assert plain["model"]["num_classes"] == 0 and plain["label_dropout"] == 0 and plain["class_counts"] is None
+
+
+def test_the_weight_average_is_saved_beside_the_raw_weights_and_is_what_loads(tokenizer_run, tmp_path):
+    fit_prior.main([*TINY_PRIOR, "--epochs", "2", "--tokenizer", tokenizer_run, "--output-root", tmp_path / "runs",
+                    "--run-name", "ema", "--ema-decay", "0.9"])
+    run_dir = tmp_path / "runs" / "prior" / "ema"
+    raw, averaged = load_tensors(run_dir / "model.safetensors"), load_tensors(run_dir / "model_ema.safetensors")
+    assert raw.keys() == averaged.keys()
+    assert not all(torch.equal(raw[k], averaged[k]) for k in raw), "the average is the raw weights"
+    model, _ = prior.load(run_dir)
+    assert model.weights_file == "model_ema.safetensors"
+    assert all(torch.equal(v, averaged[k]) for k, v in model.state_dict().items())
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["test_bits_per_token"] != results["test_bits_per_token_raw_weights"]
+    raw_model, _ = prior.load(run_dir, weights="model.safetensors")
+    assert all(torch.equal(v, raw[k]) for k, v in raw_model.state_dict().items())
 
 
 def test_killed_prior_run_resumes_to_the_same_weights(tokenizer_run, tmp_path):
     flags = [*TINY_PRIOR, "--epochs", "12", "--checkpoint-every", "5", "--tokenizer", tokenizer_run,
-             "--output-root", tmp_path / "runs", "--condition", "class", "--label-dropout", "0.3"]
+             "--output-root", tmp_path / "runs", "--condition", "class", "--label-dropout", "0.3",
+             "--ema-decay", "0.95"]
     run_dir = tmp_path / "runs" / "prior" / "killed"
     assert kill_after_first_checkpoint("pipelines.fit_prior", [*flags, "--run-name", "killed"], run_dir) \
         == -signal.SIGKILL
     assert not (run_dir / "model.safetensors").exists(), "the run finished before it could be killed"
     fit_prior.main(["--resume", run_dir])
     fit_prior.main([*flags, "--run-name", "whole"])
-    assert_same_weights(run_dir / "model.safetensors", tmp_path / "runs" / "prior" / "whole" / "model.safetensors")
+    for weights in ("model.safetensors", "model_ema.safetensors"):
+        assert_same_weights(run_dir / weights, tmp_path / "runs" / "prior" / "whole" / weights)
 
 
 def _corrupt(tokenizer_run, case):

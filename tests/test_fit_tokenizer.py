@@ -23,6 +23,7 @@ def test_a_run_writes_every_promised_file(tokenizer_run):
     assert {"loss", "mse", "perplexity", "codes_used", "restarts"} <= set(metrics[-1])
     with Image.open(tokenizer_run / "reconstructions.png") as png:
         png.load()  # a complete PNG
+        assert png.size == (16 * (3 * 28 + 1) + 1, 2 * (3 * 28 + 1) + 1)  # 16 pairs, each image drawn at 3x
     assert not list(tokenizer_run.rglob("*.tmp")), "a temporary file was left behind"
 
 

@@ -224,18 +224,3 @@ def test_bad_arguments_raise_one_line_value_errors(kwargs, message):
     with pytest.raises(ValueError, match=message) as info:
         generate(model, n, **kwargs)
     assert "\n" not in str(info.value)
-
-
-def test_sample_tokens_hands_each_batch_its_own_labels_and_prefix():
-    from pipelines.sample import sample_tokens
-
-    model = small(num_classes=3, h=4, w=4)
-    labels = torch.tensor([0, 0, 2, 2, 1])
-    prefix = torch.randint(0, 16, (5, 4, 4), generator=seeded(5))
-    mixed = sample_tokens(model, 5, 2, 7, "cpu", labels=labels, prefix=prefix, keep_rows=1)
-    assert torch.equal(mixed[:, :1], prefix[:, :1]), "a batch kept another batch's rows"
-    # Batch by batch with the same generator: grids 2 and 3 are the second batch, asked for class 2.
-    generator = torch.Generator().manual_seed(7)
-    expected = [generate(model, rows.stop - rows.start, labels=labels[rows], prefix=prefix[rows], keep_rows=1,
-                         generator=generator) for rows in (slice(0, 2), slice(2, 4), slice(4, 5))]
-    assert torch.equal(mixed, torch.cat(expected))

@@ -52,6 +52,21 @@ def test_sample_writes_complete_images_tokens_and_settings(prior_run, tokenizer_
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")], "staging folder left behind"
 
 
+def test_without_a_label_the_classes_follow_the_training_split_and_none_means_no_label(prior_run, tokenizer_run,
+                                                                                          tmp_path, capsys):
+    train_labels = read_index_maps(tokenizer_run / "maps", "train").labels
+    counts = np.bincount(train_labels, minlength=10)
+    assert run_cli(["--prior", prior_run, "--n", 20, "--out", tmp_path / "mix"], capsys)[0] == 0
+    asked = read_index_maps(tmp_path / "mix" / "tokens", "samples").labels
+    # Each class's share of 20 is within one grid of its share of the training split, in class order.
+    assert len(asked) == 20 and (np.abs(np.bincount(asked, minlength=10) - 20 * counts / counts.sum()) < 1).all()
+    assert np.array_equal(asked, np.sort(asked))
+    assert json.loads((tmp_path / "mix" / "sample.json").read_text())["class_counts"] == np.bincount(
+        asked, minlength=10).tolist()
+    assert run_cli(["--prior", prior_run, "--n", 4, "--label", "none", "--out", tmp_path / "none"], capsys)[0] == 0
+    assert read_index_maps(tmp_path / "none" / "tokens", "samples").labels.tolist() == [-1] * 4
+
+
 def test_same_seed_same_grids_and_samplers_agree(prior_run, tmp_path, capsys):
     common = ["--prior", prior_run, "--n", 4, "--batch-size", 3, "--label", "2", "--guidance-scale", "2",
               "--top-k", "10"]
@@ -71,8 +86,8 @@ def test_completion_keeps_the_given_rows(prior_run, tokenizer_run, tmp_path, cap
     expected = Tokenizer.load(tokenizer_run).encode(torch.from_numpy(image)[None, None]).numpy()
     tokens = tokens_of(out)
     assert (tokens[:, :3] == expected[:, :3]).all()
-    with Image.open(out / "grid.png") as grid:  # the original plus three completions, side by side
-        assert grid.size[0] == 2 + 2 * (28 + 2)
+    with Image.open(out / "grid.png") as grid:  # the original plus three completions, two a row, drawn at 3x
+        assert grid.size[0] == 2 + 2 * (3 * 28 + 2)
 
 
 def test_existing_output_is_kept_unless_overwrite(prior_run, tmp_path, capsys):
@@ -98,7 +113,7 @@ def _wrong_size_image(tmp_path):
     ("top-p", ["--top-p", "1.5"], "top_p"),
     ("label-index", ["--label", "42"], "label 42 outside 0..9"),
     ("label-name", ["--label", "Spaceship"], "unknown label 'Spaceship'"),
-    ("guidance-without-label", ["--guidance-scale", "3"], "needs labels"),
+    ("guidance-without-label", ["--label", "none", "--guidance-scale", "3"], "needs labels"),
     ("keep-rows-alone", ["--keep-rows", "2"], "--keep-rows needs --complete"),
     ("keep-rows-too-many", ["--complete", "IMAGE", "--keep-rows", "9"], "keep_rows must be an integer in 0..7"),
     ("wrong-size-image", "WRONG_SIZE", "the tokenizer takes 28x28"),

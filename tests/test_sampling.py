@@ -1,0 +1,74 @@
+"""prior.sampling: what a sampling call draws when told nothing (the training mix of classes, the chosen settings),
+and batches that each get their own labels and prefix."""
+
+import pytest
+import torch
+
+from prior import generate
+from prior.sampling import NO_LABEL, SamplingConfig, class_mix, resolve_labels, sample_tokens, settings_for
+from test_generate import seeded, small
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+NAMES = ["a", "b", "c"]
+
+
+def test_the_class_mix_follows_the_counts_class_by_class():
+    assert class_mix(10, [1, 1, 2]).tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 2, 2]  # 2.5, 2.5, 5: the tie to class 0
+    mix = class_mix(64, [6000] * 10)  # Fashion-MNIST: 6 or 7 of each class, the extra ones to the first four
+    assert torch.bincount(mix).tolist() == [7, 7, 7, 7, 6, 6, 6, 6, 6, 6]
+    assert torch.equal(mix, mix.sort().values)
+    skewed = torch.bincount(class_mix(1000, [900, 0, 100]), minlength=3).tolist()
+    assert skewed == [900, 0, 100]
+    with pytest.raises(ValueError, match="class counts"):
+        class_mix(4, [0, 0])
+
+
+def test_labels_resolve_to_the_mix_no_label_or_one_class():
+    config = {"class_names": NAMES, "class_counts": [2, 1, 1]}
+    assert resolve_labels(None, 4, config).tolist() == [0, 0, 1, 2]
+    assert resolve_labels(None, 3, {"class_names": NAMES}).tolist() == [0, 1, 2]  # runs without counts: equal
+    assert resolve_labels(None, 4, {"class_names": None}) is None  # unconditional
+    assert resolve_labels(NO_LABEL, 4, config) is None
+    assert resolve_labels("c", 2, config).tolist() == [2, 2]
+    assert resolve_labels("1", 2, config).tolist() == [1, 1]
+    for label, message in (("d", "unknown label 'd'"), ("7", "label 7 outside 0..2")):
+        with pytest.raises(ValueError, match=message):
+            resolve_labels(label, 2, config)
+    with pytest.raises(ValueError, match="needs a class-conditional prior"):
+        resolve_labels("a", 2, {"class_names": None})
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        resolve_labels(None, 0, config)
+
+
+def test_settings_take_the_defaults_and_guide_only_where_there_are_labels():
+    defaults = SamplingConfig(temperature=0.9, top_k=None, top_p=None, guidance_scale=2.0)
+    labels = torch.tensor([0, 1])
+    assert settings_for(labels, defaults) == {"temperature": 0.9, "top_k": None, "top_p": None, "guidance_scale": 2.0}
+    assert settings_for(None, defaults)["guidance_scale"] == 1.0
+    assert settings_for(None, defaults, guidance_scale=3.0)["guidance_scale"] == 3.0  # generate() refuses it
+    assert settings_for(labels, defaults, temperature=1.2, top_k=5) == {
+        "temperature": 1.2, "top_k": 5, "top_p": None, "guidance_scale": 2.0}
+
+
+@pytest.mark.parametrize("arch", ["gated", "pixelcnn"])
+def test_guidance_at_scale_one_is_plain_conditional_sampling(arch):
+    # A scale a hair above 1 takes the guided path (a doubled batch with "no label" rows) and must give the grids
+    # of the plain conditional sampler: uncond + 1 * (cond - uncond) = cond.
+    model = small(arch, num_classes=3)
+    labels = torch.tensor([0, 1, 2, 1, 0, 2])
+    plain = generate(model, 6, labels=labels, generator=seeded())
+    assert torch.equal(plain, generate(model, 6, labels=labels, guidance_scale=1 + 1e-12, generator=seeded()))
+    assert not torch.equal(plain, generate(model, 6, labels=labels, guidance_scale=1.5, generator=seeded()))
+
+
+def test_sample_tokens_hands_each_batch_its_own_labels_and_prefix():
+    model = small(num_classes=3, h=4, w=4)
+    labels = torch.tensor([0, 0, 2, 2, 1])
+    prefix = torch.randint(0, 16, (5, 4, 4), generator=seeded(5))
+    mixed = sample_tokens(model, 5, 2, 7, "cpu", labels=labels, prefix=prefix, keep_rows=1)
+    assert torch.equal(mixed[:, :1], prefix[:, :1]), "a batch kept another batch's rows"
+    # Batch by batch with the same generator: grids 2 and 3 are the second batch, asked for class 2.
+    generator = torch.Generator().manual_seed(7)
+    expected = [generate(model, rows.stop - rows.start, labels=labels[rows], prefix=prefix[rows], keep_rows=1,
+                         generator=generator) for rows in (slice(0, 2), slice(2, 4), slice(4, 5))]
+    assert torch.equal(mixed, torch.cat(expected))
