@@ -192,14 +192,16 @@ def main(argv=None):
         asked = np.full(len(tokens), -1, dtype=np.int64) if labels is None else labels.numpy()  # -1: no label
         write_index_maps(folder / "tokens", "samples", tokens.cpu().numpy(), asked, {
             "codebook_size": tokenizer.codebook_size, "grid_height": h, "grid_width": w,
-            "depth": tokenizer.config.token_depth, "quantizer": tokenizer.config.quantizer, "dataset": "samples", "class_names": config.get("class_names"),
+            "depth": tokenizer.config.token_depth, "quantizer": tokenizer.config.quantizer, "dataset": "samples",
+            "class_names": config.get("class_names"),
             "weights_sha256": tokenizer.weights_sha256, "tokenizer_run": str(tokenizer.run_dir.resolve())})
         write_json(folder / "sample.json", {
             "prior_run": str(prior_dir.resolve()), "tokenizer_run": str(tokenizer.run_dir.resolve()),
             "n": args.n, "batch_size": args.batch_size, "seed": args.seed, "device": str(device),
             "mixed_precision": args.mixed_precision, "label": args.label,
             "label_name": None if labels is None or args.label is None else config["class_names"][int(labels[0])],
-            "class_counts": None if labels is None else np.bincount(labels.numpy(), minlength=len(config["class_names"])).tolist(),
+            "class_counts": None if labels is None
+            else np.bincount(labels.numpy(), minlength=len(config["class_names"])).tolist(),
             **{name: settings[name] for name in ("temperature", "top_k", "top_p", "guidance_scale")},
             "sampler": args.sampler, "complete": args.complete,
             "keep_rows": settings.get("keep_rows", 0),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
@@ -34,7 +35,9 @@ class TrainConfig:
     grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0: no clipping)"})
     seed: int = field(default=0, metadata={"help": "seed for weights, data order and restarts"})
     mixed_precision: str = field(default="no", metadata={
-        "help": "no, fp16 or bf16 (through accelerate)", "choices": ["no", "fp16", "bf16"]})
+        "help": "no, fp16 or bf16 (through accelerate); auto: bf16 where the hardware computes in it (a GPU that "
+                "supports it, a CPU with AVX512-BF16 or AMX), else no. The run's config.json keeps the choice made",
+        "choices": ["no", "fp16", "bf16", "auto"]})
     log_every: int = field(default=50, metadata={"help": "steps between metrics lines"})
     checkpoint_every: int = field(default=500, metadata={"help": "steps between resumable checkpoints"})
     ema_decay: float = field(default=0.0, metadata={
@@ -49,6 +52,16 @@ class TrainConfig:
             raise ValueError(f"--learning-rate must be positive, not {self.learning_rate}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema-decay must lie in [0, 1), not {self.ema_decay}")
+        if self.mixed_precision == "auto":
+            self.mixed_precision = "bf16" if computes_in_bf16() else "no"
+
+
+def computes_in_bf16():
+    """Whether bf16 runs natively here; emulated bf16 on an older CPU would be slower than float32."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return any(getattr(torch.cpu, probe, lambda: False)()
+               for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 class WeightAverage:
@@ -99,6 +112,10 @@ def make_accelerator(config):
     # Without a GPU, accelerate only forms a process group (gloo) under torchrun when told it runs on the CPU.
     # The gated prior's last block has a horizontal output (h_out) that nothing reads, so its weights never get a
     # gradient; DDP must be told, or it stops at the second step waiting for them.
+    # accelerate keeps one mixed-precision setting per process and refuses another: a second run in the same
+    # process (a test, a notebook, a library caller) clears it first. The process group (PartialState) is kept.
+    if AcceleratorState._shared_state.get("_mixed_precision", config.mixed_precision) != config.mixed_precision:
+        AcceleratorState._reset_state()
     return Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available(),
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 

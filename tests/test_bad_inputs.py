@@ -214,7 +214,8 @@ def _tokenizer_changed_under_prior(w, d):
 
 def _pickled_prior(w, d):
     prior_dir = Path(shutil.copytree(w.prior, d / "prior"))
-    write_pickle(prior_dir / "model.safetensors", d)
+    for weights in prior_dir.glob("model*.safetensors"):  # the raw weights and their average, which sampling reads
+        write_pickle(weights, d)
     return sample_args(w, d, prior_dir=prior_dir)
 
 
@@ -351,15 +352,15 @@ def test_command_refuses_bad_input(case, command_outcomes):
 
 # The library cases -----------------------------------------------------------------------------------------------
 
-def copy_of(run, pickled=None, truncated=False, latent_dim=None):
-    """setup(world, folder) -> a copy of the named shared run, its weights file `pickled` replaced by a pickle,
-    its model.safetensors truncated, or its config's latent_dim changed."""
+def copy_of(run, pickled=None, truncated=None, latent_dim=None):
+    """setup(world, folder) -> a copy of the named shared run, its file `pickled` replaced by a pickle, its file
+    `truncated` cut short, or its config's latent_dim changed."""
     def setup(w, d):
         copy = Path(shutil.copytree(getattr(w, run), d / "run"))
         if pickled:
             write_pickle(copy / pickled, d)
         if truncated:
-            truncate(copy / "model.safetensors")
+            truncate(copy / truncated)
         if latent_dim:
             edit_json(copy / "config.json", lambda c: c["model"].update(latent_dim=latent_dim))
         return copy
@@ -387,7 +388,8 @@ def _nowhere(w, d):
 LIBRARY_CASES = [
     # (id, setup(world, case folder) -> x, call(x), a regular expression the one-line message matches)
     ("tokenizer-load-missing-run", _nowhere, Tokenizer.load, "does not exist"),
-    ("tokenizer-load-truncated", copy_of("tokenizer", truncated=True), Tokenizer.load, "not a readable safetensors"),
+    ("tokenizer-load-truncated", copy_of("tokenizer", truncated="model.safetensors"), Tokenizer.load,
+     "not a readable safetensors"),
     ("tokenizer-load-pickle", copy_of("tokenizer", pickled="model.safetensors"), Tokenizer.load,
      "not a readable safetensors"),
     ("tokenizer-load-prior-run", _shared_prior, Tokenizer.load, "is not a tokenizer config"),
@@ -401,8 +403,9 @@ LIBRARY_CASES = [
     ("decode-negative-token", _loaded_tokenizer, lambda t: t.decode(torch.full((1, 7, 7), -1)), r"0\.\.31"),
     ("decode-float-tokens", _loaded_tokenizer, lambda t: t.decode(torch.zeros(1, 7, 7)), "integer"),
     ("decode-wrong-grid", _loaded_tokenizer, lambda t: t.decode(torch.zeros(1, 8, 8, dtype=torch.long)), "shape"),
-    ("prior-load-pickle", copy_of("prior", pickled="model.safetensors"), prior.load, "not a readable safetensors"),
-    ("prior-load-truncated", copy_of("prior", truncated=True), prior.load, "not a readable safetensors"),
+    ("prior-load-pickle", copy_of("prior", pickled="model_ema.safetensors"), prior.load, "not a readable safetensors"),
+    ("prior-load-truncated", copy_of("prior", truncated="model_ema.safetensors"), prior.load,
+     "not a readable safetensors"),
     ("prior-load-tokenizer-run", lambda w, d: w.tokenizer, prior.load, "is not a prior config"),
     ("load-tensors-pickle", copy_of("prior", pickled="training_state.safetensors"),
      lambda run: load_tensors(run / "training_state.safetensors"), "not a readable safetensors"),

@@ -94,7 +94,7 @@ def test_cached_equals_naive_level_by_level(arch):
 
 def test_prior_needs_channels_for_every_level():
     with pytest.raises(ValueError, match="multiple of 3"):
-        PriorConfig(hidden_channels=16, depth=3)
+        PriorConfig(arch="gated", hidden_channels=16, depth=3)
     with pytest.raises(ValueError, match="multiple of 6"):
         PriorConfig(arch="pixelcnn", hidden_channels=12 + 3, depth=3)
 
