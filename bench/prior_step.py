@@ -25,7 +25,6 @@ CONFIGURATIONS = [
     ("gated-compiled", GATED, None, True),
     ("pixelcnn-112x8", PIXELCNN, None, False),
     ("pixelcnn-112x8-bf16", PIXELCNN, torch.bfloat16, False),
-    ("pixelcnn-112x8-bf16-compiled", PIXELCNN, torch.bfloat16, True),
 ]
 
 

@@ -43,7 +43,8 @@ PRIORS = [
     ("uncond", [*GATED, "--condition", "none", "--ema-decay", "0", "--mixed-precision", "no",
                 "--epochs", "4", "--learning-rate", "1e-3"], [("plain", {})]),
     ("cond", [*GATED, *CONDITIONAL, "--mixed-precision", "no", "--epochs", "4", "--learning-rate", "1e-3"],
-     [(f"guidance {s:g}", {"guidance_scale": s}) for s in (1.0, 1.5, 2.0, 3.0)]
+     [(f"guidance {s:g}", {"guidance_scale": s}) for s in (1.0, 1.25, 1.5, 1.75, 2.0, 3.0)]
+     + [(f"guidance 1.5, temperature {t:g}", {"guidance_scale": 1.5, "temperature": t}) for t in (0.9, 0.95)]
      + [("no label", {"label": "none"}),
         ("raw weights, guidance 2", {"guidance_scale": 2.0, "prior_weights": "model.safetensors"})]),
     ("pixelcnn-7ep", [*PIXELCNN, *CONDITIONAL, *FAST, "--epochs", "7", "--learning-rate", "4e-3"],
