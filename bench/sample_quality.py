@@ -53,6 +53,9 @@ PRIORS = [
        {"guidance_scale": BEST_GUIDANCE, "prior_weights": "model.safetensors"})]),
     ("pixelcnn-7ep-lr6e-3", [*PIXELCNN, *CONDITIONAL, *FAST, "--epochs", "7", "--learning-rate", "6e-3"],
      [("guidance 1.5", {"guidance_scale": 1.5}), ("guidance 1.5, seed 1", {"guidance_scale": 1.5, "seed": 1})]),
+    ("pixelcnn-7ep-dropout0.2", [*PIXELCNN, "--condition", "class", "--label-dropout", "0.2", "--ema-decay", "0.999",
+                                 *FAST, "--epochs", "7", "--learning-rate", "4e-3"],
+     [("guidance 1.5", {"guidance_scale": 1.5}), ("guidance 1.5, seed 1", {"guidance_scale": 1.5, "seed": 1})]),
     ("gated-6ep", [*GATED, *CONDITIONAL, *FAST, "--epochs", "6", "--learning-rate", "4e-3"],
      [(f"guidance {s:g}", {"guidance_scale": s}) for s in (1.25, 1.5, 1.75, 2.0)]
      + [("guidance 1.5, seed 1", {"guidance_scale": 1.5, "seed": 1})]),
