@@ -21,12 +21,12 @@ import torch
 from tqdm.auto import tqdm
 
 import prior
-from prior.sampling import NO_LABEL, SamplingConfig, resolve_labels, sample_tokens, settings_for
 from evaluation.pictures import enlarged
 from pipelines import cli
 from pipelines.data import write_index_maps
 from pipelines.runs import check_can_write_in, newest_run, write_json
 from pipelines.train import TrainConfig, make_accelerator
+from prior.sampling import NO_LABEL, SamplingConfig, resolve_labels, sample_tokens, settings_for
 from tokenizer import Tokenizer
 
 
