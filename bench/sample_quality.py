@@ -37,6 +37,8 @@ PROBES = [(f"probe-lr{lr}", [*GATED, *CONDITIONAL, *FAST, "--epochs", "1", "--le
           for lr in ("1e-3", "2e-3", "4e-3", "8e-3")]
 PRIORS = [
     *PROBES,
+    ("probe-lr4e-3-fp32", [*GATED, *CONDITIONAL, "--mixed-precision", "no", "--epochs", "1", "--learning-rate", "4e-3"],
+     []),
     ("probe-pixelcnn", [*CONDITIONAL, *FAST, "--epochs", "1", "--learning-rate", "1e-3", *PIXELCNN], []),
     ("probe-pixelcnn-lr4e-3", [*CONDITIONAL, *FAST, "--epochs", "1", "--learning-rate", "4e-3", *PIXELCNN], []),
     # The defaults before this table: gated, float32, 4 epochs at 1e-3, unconditional, no average.
