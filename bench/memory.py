@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipelines.data import DataConfig, load_images
+from store.images import DataConfig, load_images
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_TOKENIZER = ["--hidden-channels", "32", "--residual-channels", "16", "--latent-dim", "32",

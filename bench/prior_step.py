@@ -3,7 +3,7 @@
     python -m bench.prior_step [--steps 30] [--batch-size 128] [--only gated,gated-bf16]
 
 Random 7x7 grids of 512 codes with labels (the Fashion-MNIST default), forward + backward + AdamW, as
-pipelines.train runs them; a few warm-up steps are not timed. The figures say which step is cheapest per
+training.train runs them; a few warm-up steps are not timed. The figures say which step is cheapest per
 grid; the quality each configuration reaches per minute is bench.sample_quality's job.
 """
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from pipelines import fit_prior, fit_tokenizer
-from pipelines.runs import write_json
+from store.runs import write_json
 
 PRIOR_AS_MEASURED = ["--arch", "gated", "--hidden-channels", "64", "--num-layers", "5", "--condition", "none",
                      "--learning-rate", "1e-3", "--mixed-precision", "no", "--ema-decay", "0"]
@@ -111,7 +111,7 @@ def main():
         tokenizer_dir, prior_dir = fit(name, flags, args)
         evaluation = None
         if not args.skip_evaluation:
-            from pipelines.evaluate import evaluate
+            from evaluation import evaluate
 
             out = Path(args.output_root) / "bench-quantizers" / f"evaluation-{name}"
             # A finished evaluation of the same size is reused, so that a killed benchmark resumes where it was.

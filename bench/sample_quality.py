@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from pipelines.evaluate import evaluate
-from pipelines.runs import write_json
+from evaluation import evaluate
+from store.runs import write_json
 
 # (name, fit_prior flags, [(sampling name, evaluate() keyword arguments)]). "raw" evaluates the raw weights of a
 # run that also kept an average; every other row samples what `python -m pipelines.sample` would. A prior with no

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from evaluation.classifier import Classifier, ClassifierConfig
-from pipelines.data import load_images
-from pipelines.runs import file_sha256, load_state_strict, read_json, read_model_files, save_tensors, write_json
+from store.images import load_images
+from store.runs import config_from_dict, file_sha256, load_run_model, read_json, save_tensors, write_json
 
 DERIVED_FROM_DATA = ("image_channels", "image_size", "num_classes")
 
@@ -143,19 +143,15 @@ def load_or_train_classifier(data_config, root="checkpoints", *, train_set=None,
     channels, height, width = test_set.images.shape[1:]
     shape = {"image_channels": int(channels), "image_size": int(height), "num_classes": len(test_set.class_names)}
     if (directory / "config.json").exists() and (directory / "model.safetensors").exists():
-        saved, state = read_model_files(directory)
-        try:
-            config = ClassifierConfig(**saved["model"])
-            trained_for = saved["data"]["dataset"]
-        except (KeyError, TypeError) as error:
-            raise ValueError(f"{directory / 'config.json'} is not a classifier config ({error})") from None
+        saved = read_json(directory / "config.json")
+        config = config_from_dict(ClassifierConfig, saved.get("model"), directory / "config.json", "classifier")
+        trained_for = (saved.get("data") or {}).get("dataset")
         found = {k: getattr(config, k) for k in shape}
         if trained_for != data_config.dataset or found != shape:
             raise ValueError(f"the classifier in {directory} was trained for {trained_for} {found}, not "
                              f"{data_config.dataset} {shape}: remove it to train a new one")
-        model = Classifier(config)
-        load_state_strict(model, state, directory / "model.safetensors")
-        return ReferenceClassifier(model.to(device).eval(), directory, False, read_json(directory / "results.json"),
+        _, model = load_run_model(directory, lambda _: Classifier(config))
+        return ReferenceClassifier(model.to(device), directory, False, read_json(directory / "results.json"),
                                    file_sha256(directory / "model.safetensors"))
 
     if height != width:

@@ -5,6 +5,8 @@ import dataclasses
 import sys
 import typing
 
+from prior.sampling import NO_LABEL, SamplingConfig
+
 
 def add_config_flags(parser, config_cls, title, skip=(), defaults=None):
     """One --kebab-case flag per dataclass field, with the field's metadata help and its default.
@@ -41,6 +43,24 @@ def add_run_flags(parser, stage, resume_note="other flags are ignored"):
                      help=f"continue a killed run from its last checkpoint, with the config it was started with "
                           f"({resume_note})")
     return run
+
+
+def add_sampling_flags(parser):
+    """The flags of how tokens are drawn, shared with pipelines.evaluate; their defaults are SamplingConfig's."""
+    defaults = SamplingConfig()
+    p = parser.add_argument
+    p("--temperature", type=float, default=None,
+      help=f"divide the logits by this; < 1 is more conservative (default: {defaults.temperature})")
+    p("--top-k", type=int, default=None,
+      help=f"sample only among the k likeliest tokens (default: {defaults.top_k or 'all'})")
+    p("--top-p", type=float, default=None,
+      help=f"nucleus sampling: the likeliest tokens holding this mass (default: {defaults.top_p or 'off'})")
+    p("--label", default=None,
+      help=f"class to sample, by index or by name, for a class-conditional prior; {NO_LABEL!r} samples it with "
+           "no label (default: classes in the mix of the training split, e.g. a class-balanced mosaic)")
+    p("--guidance-scale", type=float, default=None,
+      help="classifier-free guidance s: uncond + s * (cond - uncond), for a class-conditional prior trained "
+           f"with label dropout (default: {defaults.guidance_scale} where there are labels, else 1)")
 
 
 def config_from_args(config_cls, args, **overrides):

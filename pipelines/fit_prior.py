@@ -1,12 +1,11 @@
 """Stage two: train the PixelCNN prior on the index maps that a tokenizer run dumped.
 
-    python -m pipelines.fit_prior                                  # newest tokenizer run, gated PixelCNN
-    python -m pipelines.fit_prior --arch pixelcnn --tokenizer checkpoints/tokenizer/RUN
+    python -m pipelines.fit_prior                                  # newest tokenizer run, default prior
+    python -m pipelines.fit_prior --arch gated --tokenizer checkpoints/tokenizer/RUN
     python -m pipelines.fit_prior --condition class --label-dropout 0.1
     python -m pipelines.fit_prior --resume checkpoints/prior/RUN
 """
 
-import dataclasses
 import functools
 import math
 import time
@@ -14,15 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from pipelines import cli
-from pipelines.data import MapDataset, read_index_maps
-from pipelines.runs import (AVERAGED_WEIGHTS, create_run_dir, file_sha256, new_run_dir, newest_run, read_run_config,
-                           remove_stale_temporaries, save_tensors, write_json)
-from pipelines.train import TrainConfig, check_one_batch, decided_by_main, make_accelerator, train
-from prior.model import Prior, PriorConfig
+from prior import Prior, PriorConfig, PriorRun
+from prior.fit import bits_per_token, prior_step, read_maps_for
+from prior.run import AVERAGED_WEIGHTS, TOKENIZER_COPY, TokenizerReference
+from store.index_maps import MapDataset
+from store.runs import (create_run_dir, new_run_dir, newest_run, read_run_config, remove_stale_temporaries,
+                        save_tensors, write_json)
+from training import (TrainConfig, check_one_batch, decided_by_main, make_accelerator, mean_items_per_s, train)
 
 DERIVED_FROM_MAPS = ("codebook_size", "grid_height", "grid_width", "num_classes", "depth")
 # From BENCHMARKS.md ("Sample quality: the levers"): the learning rate of 1e-3 used before was 4x too low (1-epoch
@@ -53,55 +52,18 @@ def build_parser():
     return parser
 
 
-def prior_step(model, batch, label_dropout, num_classes):
-    tokens, labels = batch
-    if num_classes:
-        # "No label" is class index num_classes; dropping labels trains the unconditional half of guidance.
-        dropped = torch.rand(labels.shape, device=labels.device) < label_dropout
-        labels = torch.where(dropped, torch.full_like(labels, num_classes), labels)
-    else:
-        labels = None
-    logits = model(tokens, labels)
-    nats = F.cross_entropy(logits.float(), tokens)
-    return nats, {"loss": nats.item(), "bits_per_token": nats.item() / math.log(2)}
-
-
-@torch.no_grad()
-def bits_per_token(model, dataset, batch_size, device, conditional):
-    """Mean negative log-likelihood of the split, in bits per token (labels given when conditional)."""
-    total_nats, total_tokens = 0.0, 0
-    for tokens, labels in DataLoader(dataset, batch_size=batch_size):
-        tokens = tokens.to(device)
-        logits = model(tokens, labels.to(device) if conditional else None)
-        total_nats += F.cross_entropy(logits.float(), tokens, reduction="sum").item()
-        total_tokens += tokens.numel()
-    return total_nats / max(1, total_tokens) / math.log(2)
-
-
-def read_maps_for(tokenizer_dir):
-    """The tokenizer run's (train, test) maps, refused in one line when not made by that run's weights."""
-    weights = Path(tokenizer_dir) / "model.safetensors"
-    if not weights.exists():
-        raise ValueError(f"tokenizer run {tokenizer_dir} has no model.safetensors")
-    weights_sha256 = file_sha256(weights)
-    splits = [read_index_maps(Path(tokenizer_dir) / "maps", split) for split in ("train", "test")]
-    if any(maps.meta["weights_sha256"] != weights_sha256 for maps in splits):
-        raise ValueError(f"the index maps in {tokenizer_dir}/maps were made by other weights than "
-                         f"{weights} (SHA-256 differs): run fit_tokenizer --dump-only {tokenizer_dir}")
-    return splits
+# What a prior run carries of its tokenizer run (1 MB): enough to decode its samples and report on its tokenizer
+# wherever the prior run is copied, without the maps.
+CARRIED_TOKENIZER_FILES = ("config.json", "model.safetensors", "results.json", "metrics.jsonl", "maps/meta.json")
 
 
 def main(argv=None):
     args = build_parser().parse_args(None if argv is None else [str(a) for a in argv])
     if args.resume:
         run_dir = Path(args.resume)
-        saved = read_run_config(run_dir)
-        try:
-            model_config, train_config = PriorConfig(**saved["model"]), TrainConfig(**saved["train"])
-            tokenizer_dir, label_dropout = Path(saved["tokenizer"]["run"]), saved["label_dropout"]
-            eval_batch_size = saved.get("eval_batch_size", 1000)
-        except (KeyError, TypeError) as error:
-            raise ValueError(f"{run_dir / 'config.json'} is not a prior run config ({error})") from None
+        read_run_config(run_dir)  # a missing run directory is refused with advice
+        run = PriorRun.load(run_dir)
+        tokenizer_dir = Path(run.tokenizer.run)
     else:
         if args.label_dropout is not None and not 0 <= args.label_dropout < 1:
             raise ValueError(f"--label-dropout must lie in [0, 1), not {args.label_dropout}")
@@ -109,12 +71,11 @@ def main(argv=None):
             raise ValueError("--label-dropout needs class conditioning (--condition class or auto)")
         tokenizer_dir = Path(args.tokenizer) if args.tokenizer else newest_run(args.output_root, "tokenizer",
                                                                                must_have="maps/meta.json")
-        train_config = cli.config_from_args(TrainConfig, args)
-        eval_batch_size = args.eval_batch_size
+    train_config = run.train if args.resume else cli.config_from_args(TrainConfig, args)
     accelerator = make_accelerator(train_config)
     train_maps, test_maps = read_maps_for(tokenizer_dir)
     meta = train_maps.meta
-    if args.resume and meta["weights_sha256"] != saved["tokenizer"].get("weights_sha256"):
+    if args.resume and meta["weights_sha256"] != run.tokenizer.weights_sha256:
         raise ValueError(f"prior run {run_dir} was trained on maps of other tokenizer weights than those now in "
                          f"{tokenizer_dir} (SHA-256 differs): start a new prior run")
     if not args.resume:
@@ -130,6 +91,13 @@ def main(argv=None):
         model_config = cli.config_from_args(PriorConfig, args, codebook_size=meta["codebook_size"],
                                             grid_height=meta["grid_height"], grid_width=meta["grid_width"],
                                             num_classes=num_classes, depth=meta.get("depth", 1))
+        run = PriorRun(
+            model=model_config, train=train_config,
+            tokenizer=TokenizerReference(run=str(tokenizer_dir.resolve()), weights_sha256=meta["weights_sha256"]),
+            label_dropout=label_dropout, eval_batch_size=args.eval_batch_size,
+            class_names=meta.get("class_names") if num_classes else None,
+            class_counts=np.bincount(np.asarray(train_maps.labels), minlength=num_classes).tolist()
+            if num_classes else None)
         check_one_batch(len(train_maps.maps), train_config)
         run_dir = decided_by_main(accelerator, lambda: new_run_dir(args.output_root, "prior", args.run_name))
 
@@ -137,17 +105,11 @@ def main(argv=None):
         if args.resume:
             remove_stale_temporaries(run_dir)  # what a killed writer left
         else:
-            create_run_dir(run_dir, {
-                "model": dataclasses.asdict(model_config), "train": dataclasses.asdict(train_config),
-                "label_dropout": label_dropout, "eval_batch_size": eval_batch_size,
-                # The label encoding travels with the run: class i means class_names[i] after any reload.
-                "class_names": meta.get("class_names") if model_config.num_classes else None,
-                # How often each class occurs in training: a sampler told no class draws them in this mix.
-                "class_counts": np.bincount(np.asarray(train_maps.labels), minlength=model_config.num_classes
-                                            ).tolist() if model_config.num_classes else None,
-                "tokenizer": {"run": str(tokenizer_dir.resolve()), "weights_sha256": meta["weights_sha256"]}})
+            create_run_dir(run_dir, run.to_dict(), copies={f"{TOKENIZER_COPY}/{name}": tokenizer_dir / name
+                                                           for name in CARRIED_TOKENIZER_FILES})
     accelerator.wait_for_everyone()
 
+    model_config, eval_batch_size = run.model, run.eval_batch_size
     torch.manual_seed(train_config.seed)
     model = Prior(model_config)
     accelerator.print(f"prior: {model_config.arch}, {model.num_parameters():,} parameters, grid "
@@ -157,7 +119,7 @@ def main(argv=None):
     conditional = model_config.num_classes > 0
     evaluate = lambda m: {"bits_per_token": bits_per_token(m, test_set, eval_batch_size, accelerator.device,
                                                            conditional)}
-    step = functools.partial(prior_step, label_dropout=label_dropout, num_classes=model_config.num_classes)
+    step = functools.partial(prior_step, label_dropout=run.label_dropout, num_classes=model_config.num_classes)
     started = time.perf_counter()
     model, metrics, averaged = train(model, MapDataset(train_maps), step, train_config, run_dir, accelerator,
                                      resume=bool(args.resume), description="fit prior", evaluate=evaluate)
@@ -171,12 +133,11 @@ def main(argv=None):
             model.load_state_dict(averaged)
             test_bits = bits_per_token(model, test_set, eval_batch_size, accelerator.device, conditional)
         tokens_per_grid = math.prod(model_config.token_shape)
-        rates = [m["items_per_s"] for m in metrics if "items_per_s" in m]
         write_json(run_dir / "results.json", {
             "test_bits_per_token": test_bits, "test_bits_per_image": test_bits * tokens_per_grid,
             "test_bits_per_token_raw_weights": raw_bits,
             "parameters": model.num_parameters(), "train_seconds_this_session": train_seconds,
-            "train_grids_per_s": sum(rates) / len(rates) if rates else None})
+            "train_grids_per_s": mean_items_per_s(metrics)})
         accelerator.print(f"test {test_bits:.4f} bits per token, {test_bits * tokens_per_grid:.2f} bits per image "
                           f"-> {run_dir}")
 

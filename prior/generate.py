@@ -181,7 +181,7 @@ def _is_real(x):
 
 
 def check_args(model, n, labels=None, temperature=1.0, top_k=None, top_p=None, guidance_scale=1.0, prefix=None,
-               keep_rows=0, sampler="cached", progress=None, generator=None):
+               keep_rows=0, sampler="cached", progress=None, generator=None, batch_size=None):
     """Raise one ValueError for the first bad argument; return labels (n,) or None and prefix (n, *token_shape)
     or None."""
     config = model.config
@@ -190,6 +190,8 @@ def check_args(model, n, labels=None, temperature=1.0, top_k=None, top_p=None, g
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
     if not _is_int(n) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
+    if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
+        raise ValueError(f"batch size must be positive, not {batch_size!r}")
     if not _is_real(temperature) or not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if top_k is not None and (not _is_int(top_k) or not 1 <= top_k <= k):
@@ -242,8 +244,9 @@ def check_args(model, n, labels=None, temperature=1.0, top_k=None, top_p=None, g
 
 @torch.no_grad()
 def generate(model, n, *, labels=None, temperature=1.0, top_k=None, top_p=None, guidance_scale=1.0,
-             prefix=None, keep_rows=0, sampler="cached", generator=None, progress=None):
-    """Sample n token grids (n, grid_height, grid_width[, depth]) from a Prior, on the model's device.
+             prefix=None, keep_rows=0, sampler="cached", generator=None, batch_size=None, progress=None):
+    """Sample n token grids (n, grid_height, grid_width[, depth]) from a Prior, on the model's device: the one
+    generation entry point (every sampler, setting and batch size goes through here, and is checked once).
 
     labels: an int or (n,) class ids in 0..num_classes - 1 for a conditional prior; None samples it with
         "no label". guidance_scale s: logits = uncond + s * (cond - uncond), the classifier-free guidance of
@@ -253,13 +256,32 @@ def generate(model, n, *, labels=None, temperature=1.0, top_k=None, top_p=None, 
     prefix (n, *token_shape) or token_shape and keep_rows R: the first R rows are copied from prefix and only
         the rest is sampled; prefix rows from R on are not read.
     sampler: 'cached' (fast) or 'naive' (the reference); both give the same grids for the same generator.
-    generator: a torch.Generator for the one uniform per (sample, position, level) drawn up front.
-    progress: called as progress(done_positions, total_positions) after each sampled position.
+    generator: a torch.Generator for the one uniform per (sample, position, level) drawn up front, batch by batch,
+        so the grids depend on (generator state, n, batch_size).
+    batch_size: grids sampled at once (None: all n).
+    progress: called as progress(done_positions, total_positions) after each sampled position, over all batches.
     """
     labels, prefix = check_args(model, n, labels, temperature, top_k, top_p, guidance_scale, prefix, keep_rows,
-                                 sampler, progress, generator)
+                                 sampler, progress, generator, batch_size)
+    batch_size = batch_size or n
+    positions = (model.config.grid_height - keep_rows) * model.config.grid_width
+    total = math.ceil(n / batch_size) * positions
+    grids = []
+    for first, start in enumerate(range(0, n, batch_size)):
+        size = min(batch_size, n - start)
+        report = None if progress is None else (lambda done, offset=first * positions: progress(offset + done, total))
+        grids.append(_generate_batch(
+            model, size, None if labels is None else labels[start:start + size],
+            None if prefix is None else prefix[start:start + size], keep_rows, temperature, top_k, top_p,
+            guidance_scale, sampler, generator, report))
+    return torch.cat(grids)
+
+
+def _generate_batch(model, n, labels, prefix, keep_rows, temperature, top_k, top_p, guidance_scale, sampler,
+                    generator, progress):
+    """One batch of generate(), its arguments already checked; progress(done positions of this batch)."""
     config = model.config
-    h, w, depth, k = config.grid_height, config.grid_width, config.depth, config.codebook_size
+    h, w, depth = config.grid_height, config.grid_width, config.depth
     device = model.embed.weight.device
     # Drawn before anything else so that both samplers, and every keep_rows, use the same numbers.
     uniforms = torch.rand(n, h, w, depth, generator=generator, dtype=torch.float64,
@@ -288,7 +310,7 @@ def generate(model, n, *, labels=None, temperature=1.0, top_k=None, top_p=None, 
                 tokens[:, i, j, level] = _pick(logits, uniforms[:, i, j, level], temperature, top_k, top_p)
                 state.write(i, j, tokens[:, i, j].repeat(2, 1) if guided else tokens[:, i, j], level == depth - 1)
             if progress is not None:
-                progress(done + 1, total)
+                progress(done + 1)
     finally:
         model.train(was_training)
     return tokens if depth > 1 else tokens.squeeze(-1)

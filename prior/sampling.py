@@ -1,17 +1,14 @@
-"""Sampling many grids as a user asks for them: in batches, with the settings the measurements chose, and, for a
-class-conditional prior told no class, with classes in the mix of the training split.
+"""What a user's sampling request means for a prior run: the settings the measurements chose, and, for a
+class-conditional prior told no class, classes in the mix of the training split.
 
-`python -m pipelines.sample` and `python -m pipelines.evaluate` both draw through this module, so an evaluation
-scores exactly what `sample` with no flags gives. The defaults come from the sweep in BENCHMARKS.md ("Sample
-quality: the levers").
+`python -m pipelines.sample` and `python -m pipelines.evaluate` both resolve their requests here (through
+generation.ImageGenerator), so an evaluation scores exactly what `sample` with no flags gives. The defaults come
+from the sweep in BENCHMARKS.md ("Sample quality: the levers").
 """
 
-import math
 from dataclasses import dataclass
 
 import torch
-
-from prior.generate import check_args, generate
 
 # What --label takes to sample a conditional prior with "no label" (the unconditional half of guidance).
 NO_LABEL = "none"
@@ -43,20 +40,21 @@ def class_mix(n, class_counts):
     return torch.repeat_interleave(torch.arange(len(counts)), shares)
 
 
-def resolve_labels(label, n, run_config):
-    """What a user's label means for a prior run: None (no label), or class ids (n,).
+def resolve_labels(label, n, class_names, class_counts=None):
+    """What a user's label means for a prior run (its class_names and class_counts, None when unconditional):
+    None (no label), or class ids (n,).
 
-    label None: a conditional prior draws classes in the training mix (class_counts in its config.json; equal
-    shares for runs that did not record them), an unconditional one samples plainly; NO_LABEL: "no label";
-    an int or a class name: that class for all n.
+    label None: a conditional prior draws classes in the training mix (class_counts; equal shares for runs that
+    did not record them), an unconditional one samples plainly; NO_LABEL: "no label"; an int or a class name: that
+    class for all n.
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
-    names = run_config.get("class_names") or []
+    names = class_names or []
     if label is None:
         if not names:
             return None
-        return class_mix(n, run_config.get("class_counts") or [1] * len(names))
+        return class_mix(n, class_counts or [1] * len(names))
     if label == NO_LABEL:
         return None
     if not names:
@@ -82,31 +80,3 @@ def settings_for(labels, defaults=None, **chosen):
     if labels is None and chosen.get("guidance_scale") is None:
         settings["guidance_scale"] = 1.0
     return settings
-
-
-def sample_tokens(model, n, batch_size, seed, device, open_progress=None, **kwargs):
-    """n grids in batches; the generator is seeded once, so the result depends on (seed, n, batch size).
-
-    open_progress(total_positions) -> a bar with update(k) and close(); it is opened only once every argument
-    has passed, so a bad argument's error is the only thing printed.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch size must be positive, not {batch_size}")
-    labels, prefix = kwargs.pop("labels", None), kwargs.pop("prefix", None)
-    # As checked: labels (n,) or None, prefix (n, ...) or None, each sliced with its batch below.
-    labels, prefix = check_args(model, n, labels=labels, prefix=prefix, **kwargs)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    positions = (model.config.grid_height - kwargs.get("keep_rows", 0)) * model.config.grid_width
-    bar = open_progress(math.ceil(n / batch_size) * positions) if open_progress is not None else None
-    grids = []
-    try:
-        for start in range(0, n, batch_size):
-            size = min(batch_size, n - start)
-            grids.append(generate(
-                model, size, generator=generator, labels=None if labels is None else labels[start:start + size],
-                prefix=None if prefix is None else prefix[start:start + size],
-                progress=(lambda done, total: bar.update(1)) if bar is not None else None, **kwargs))
-    finally:
-        if bar is not None:
-            bar.close()
-    return torch.cat(grids)

@@ -62,7 +62,6 @@ def one_thread():
 def fashion_dir(tmp_path, monkeypatch):
     directory = make_fashion_dir(tmp_path / "fashion")
     monkeypatch.setenv("FASHION_MNIST_DIR", str(directory))
-    monkeypatch.setattr("pipelines.data.FASHION_MNIST_DIR", directory)
     return directory
 
 
@@ -70,6 +69,12 @@ def fashion_dir(tmp_path, monkeypatch):
 TINY_TOKENIZER = ["--hidden-channels", "16", "--residual-channels", "8", "--latent-dim", "8",
                   "--codebook-size", "32", "--num-residual-blocks", "1", "--batch-size", "32",
                   "--warmup-steps", "2", "--log-every", "2"]
+
+
+# Flags for a prior that trains in a second on the tiny tokenizer's maps: one epoch unless a test asks for more
+# (a later --epochs wins).
+TINY_PRIOR = ["--embed-dim", "8", "--hidden-channels", "8", "--num-layers", "3", "--batch-size", "32",
+              "--warmup-steps", "2", "--log-every", "2", "--epochs", "1"]
 
 
 def run_module(module, *args, env=None, timeout=300):

@@ -22,16 +22,14 @@ import torch
 from PIL import Image
 
 import prior
-from conftest import TINY_TOKENIZER, make_fashion_dir, run_module
+from conftest import TINY_PRIOR, TINY_TOKENIZER, make_fashion_dir, run_module
 from pipelines import fit_prior, fit_tokenizer
-from pipelines.data import read_index_maps
-from pipelines.runs import load_tensors, save_tensors
-from pipelines.sample import sample_images
+from store.index_maps import read_index_maps
+from store.runs import load_tensors, save_tensors
+from generation import ImageGenerator
 from tokenizer import Tokenizer
 from tokenizer.model import TokenizerConfig, VQVAE
 
-TINY_PRIOR = ["--embed-dim", "8", "--hidden-channels", "8", "--num-layers", "3", "--batch-size", "32",
-              "--warmup-steps", "2", "--log-every", "4", "--epochs", "1"]
 MARKER = "pickle-was-executed"  # what a pickle's __reduce__ would create, in its case folder
 
 
@@ -53,7 +51,6 @@ def world(tmp_path_factory):
     runs = root / "runs"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FASHION_MNIST_DIR", str(fashion))
-        patch.setattr("pipelines.data.FASHION_MNIST_DIR", fashion)
         fit_tokenizer.main([*TINY_TOKENIZER, "--epochs", "1", "--output-root", runs, "--run-name", "tok"])
         tokenizer = runs / "tokenizer" / "tok"
         fit_prior.main([*TINY_PRIOR, "--tokenizer", tokenizer, "--output-root", runs, "--run-name", "prior",
@@ -134,6 +131,10 @@ def a_file(d):
     return d / "occupied"
 
 
+def sample_images(prior_dir, n, **settings):
+    return ImageGenerator.load(prior_dir).sample(n, **settings)
+
+
 def replace_tokenizer(tokenizer, other):
     """The tokenizer run retrained: another run's weights and the maps those weights made."""
     shutil.copy(other / "model.safetensors", tokenizer / "model.safetensors")
@@ -209,6 +210,8 @@ def _resume_after_tokenizer_retrained(w, d):
 def _tokenizer_changed_under_prior(w, d):
     tokenizer, prior_dir = copy_pair(w, d)
     replace_tokenizer(tokenizer, w.other_tokenizer)
+    # The copy the prior run carries, which is what it samples with.
+    shutil.copy(w.other_tokenizer / "model.safetensors", prior_dir / "tokenizer" / "model.safetensors")
     return sample_args(w, d, prior_dir=prior_dir)
 
 
@@ -368,7 +371,16 @@ def copy_of(run, pickled=None, truncated=None, latent_dim=None):
 
 
 def _retrained_pair(w, d):
+    """A prior run whose carried tokenizer copy holds other weights than those of its maps."""
     tokenizer, prior_dir = copy_pair(w, d)
+    shutil.copy(w.other_tokenizer / "model.safetensors", prior_dir / "tokenizer" / "model.safetensors")
+    return prior_dir
+
+
+def _retrained_pair_of_an_older_run(w, d):
+    """A prior run of before runs carried their tokenizer: the tokenizer run at its recorded path was retrained."""
+    tokenizer, prior_dir = copy_pair(w, d)
+    shutil.rmtree(prior_dir / "tokenizer")
     replace_tokenizer(tokenizer, w.other_tokenizer)
     return prior_dir
 
@@ -419,7 +431,9 @@ LIBRARY_CASES = [
     ("sample-batch-size-zero", _shared_prior, lambda p: sample_images(p, 2, batch_size=0),
      "batch size must be positive"),
     ("sample-tokenizer-changed", _retrained_pair, lambda p: sample_images(p, 2), "changed since the prior"),
-    ("prior-sample-top-k-zero", _shared_prior, lambda p: prior.sample(prior.load(p)[0], 2, top_k=0), "top_k"),
+    ("sample-older-run-tokenizer-changed", _retrained_pair_of_an_older_run, lambda p: sample_images(p, 2),
+     "changed since the prior"),
+    ("prior-sample-top-k-zero", _shared_prior, lambda p: prior.generate(prior.load(p)[0], 2, top_k=0), "top_k"),
 ]
 
 

@@ -3,14 +3,13 @@ import json
 import pytest
 import torch
 
-from conftest import run_in_process, run_module
+from conftest import TINY_PRIOR, run_in_process, run_module
 from evaluation.classifier import ClassifierConfig
 from evaluation.frechet import feature_statistics, frechet_distance
 from evaluation.reference import ClassifierTrainConfig, load_or_train_classifier, predict
 from evaluation.report import FIGURES
 from pipelines import evaluate, fit_prior
-from pipelines.data import DataConfig, load_images
-from test_sample import TINY_PRIOR
+from store.images import DataConfig, load_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -65,7 +64,7 @@ def test_two_samples_of_one_gaussian_are_close_and_a_shifted_one_is_far():
 
 
 def test_the_reference_classifier_is_trained_once_and_reused(fashion_dir, tmp_path):
-    data = DataConfig()
+    data = DataConfig(fashion_mnist_dir=str(fashion_dir))
     first = load_or_train_classifier(data, tmp_path, model_config=TINY_CLASSIFIER, train_config=TINY_TRAINING,
                                      progress=False)
     directory = tmp_path / "classifiers" / "fashion-mnist"
@@ -97,7 +96,7 @@ def test_the_reference_classifier_is_trained_once_and_reused(fashion_dir, tmp_pa
 
 
 def test_noise_is_far_from_the_test_set_in_the_classifiers_features(fashion_dir, tmp_path):
-    data = DataConfig()
+    data = DataConfig(fashion_mnist_dir=str(fashion_dir))
     reference = load_or_train_classifier(data, tmp_path, model_config=TINY_CLASSIFIER, train_config=TINY_TRAINING,
                                          progress=False)
     train, test = load_images(data, "train"), load_images(data, "test")
@@ -112,7 +111,7 @@ def run_cli(args, capsys):
     return run_in_process(evaluate.main, args, capsys)
 
 
-def test_evaluate_writes_a_report_of_a_prior_and_of_a_tokenizer_alone(tokenizer_run, tmp_path, capsys):
+def test_evaluate_writes_a_report_of_a_prior_and_of_a_tokenizer_alone(tokenizer_run, fashion_dir, tmp_path, capsys):
     root = tmp_path / "runs"
     fit_prior.main([*TINY_PRIOR, "--tokenizer", tokenizer_run, "--output-root", root, "--run-name", "p",
                     "--condition", "class"])
@@ -135,7 +134,8 @@ def test_evaluate_writes_a_report_of_a_prior_and_of_a_tokenizer_alone(tokenizer_
     assert report["runs"]["tokenizer"] == str(tokenizer_run.resolve())
     assert report["counts"] == {"train": 256, "test": 64, "samples": 23}
     # 23 samples over 10 classes: 3 of the first three, 2 of the others, each checked against its own label.
-    assert list(report["per_class_sample_accuracy"]) == load_images(DataConfig(), "test").class_names
+    classes = load_images(DataConfig(fashion_mnist_dir=str(fashion_dir)), "test").class_names
+    assert list(report["per_class_sample_accuracy"]) == classes
     assert report["classifier"]["trained_now"] and report["classifier"]["config"]["width"] == 8
     assert report["settings"]["n_samples"] == 23 and report["seconds"]["total"] > 0
     assert report["pictures"] == PICTURES

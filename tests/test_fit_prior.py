@@ -6,13 +6,11 @@ import pytest
 import torch
 
 import prior
-from conftest import assert_same_weights, kill_after_first_checkpoint, run_module
+from conftest import TINY_PRIOR, assert_same_weights, kill_after_first_checkpoint, run_module
 from pipelines import fit_prior
-from pipelines.data import read_index_maps
-from pipelines.runs import file_sha256, load_tensors
+from store.index_maps import read_index_maps
+from store.runs import file_sha256, load_tensors
 
-TINY_PRIOR = ["--embed-dim", "8", "--hidden-channels", "8", "--num-layers", "3", "--batch-size", "32",
-              "--warmup-steps", "2", "--log-every", "2"]
 
 
 def test_fit_prior_writes_a_run_that_names_its_tokenizer(tokenizer_run, tmp_path):
@@ -60,7 +58,7 @@ def test_the_weight_average_is_saved_beside_the_raw_weights_and_is_what_loads(to
     assert raw.keys() == averaged.keys()
     assert not all(torch.equal(raw[k], averaged[k]) for k in raw), "the average is the raw weights"
     model, _ = prior.load(run_dir)
-    assert model.weights_file == "model_ema.safetensors"
+    assert prior.run.weights_file(run_dir) == "model_ema.safetensors"
     assert all(torch.equal(v, averaged[k]) for k, v in model.state_dict().items())
     results = json.loads((run_dir / "results.json").read_text())
     assert results["test_bits_per_token"] != results["test_bits_per_token_raw_weights"]

@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import REPO, TINY_TOKENIZER, assert_same_weights, kill_after_first_checkpoint, run_module, synthetic_images
 from pipelines import fit_tokenizer
-from pipelines.data import read_index_maps
+from store.index_maps import read_index_maps
 from tokenizer import Tokenizer
 
 

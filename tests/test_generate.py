@@ -151,9 +151,21 @@ def test_restores_training_mode_and_uses_the_model_device():
     assert out.min() >= 0 and out.max() < 16
 
 
-def test_sample_is_generate():
-    model = small()
-    assert torch.equal(prior.sample(model, 3, generator=seeded()), generate(model, 3, generator=seeded()))
+def test_batches_each_get_their_own_labels_and_prefix_and_one_progress_count():
+    model = small(num_classes=3, h=4, w=4)
+    labels = torch.tensor([0, 0, 2, 2, 1])
+    prefix = torch.randint(0, 16, (5, 4, 4), generator=seeded(5))
+    calls = []
+    mixed = generate(model, 5, labels=labels, prefix=prefix, keep_rows=1, batch_size=2, generator=seeded(7),
+                     progress=lambda done, total: calls.append((done, total)))
+    assert torch.equal(mixed[:, :1], prefix[:, :1]), "a batch kept another batch's rows"
+    # Batch by batch with the same generator: grids 2 and 3 are the second batch, asked for class 2.
+    generator = seeded(7)
+    expected = [generate(model, rows.stop - rows.start, labels=labels[rows], prefix=prefix[rows], keep_rows=1,
+                         generator=generator) for rows in (slice(0, 2), slice(2, 4), slice(4, 5))]
+    assert torch.equal(mixed, torch.cat(expected))
+    assert calls == [(done, 36) for done in range(1, 37)]  # 3 batches x 12 sampled positions, counted once
+    assert not hasattr(prior, "sample")  # one generation entry point, under one name
 
 
 def test_cached_does_about_one_pass_of_work():

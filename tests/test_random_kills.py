@@ -21,9 +21,9 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY_TOKENIZER, assert_same_weights
-from pipelines.data import read_index_maps
-from pipelines.runs import file_sha256
+from conftest import REPO, TINY_PRIOR, TINY_TOKENIZER, assert_same_weights
+from store.index_maps import read_index_maps
+from store.runs import file_sha256
 
 MIN_LIVE_KILLS = 5  # per command: kills that land while the process runs and its run directory is unfinished
 MAX_CHAINS = 3  # a chain that finishes before enough kills hit (the timing is noisy) is followed by a fresh one
@@ -32,8 +32,6 @@ TRAIN_ITEMS, BATCH = 256, 32  # the fashion_dir fixture's training split, TINY_*
 # One thread: the same arithmetic in every process (the kills compare weights bit for bit), and two shared cores
 # are not fought over by OpenMP. Unbuffered: a killed process's log shows how far it got.
 ENV = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-TINY_PRIOR = ["--embed-dim", "8", "--hidden-channels", "8", "--num-layers", "3", "--batch-size", str(BATCH),
-              "--warmup-steps", "2", "--log-every", "2"]
 
 
 def is_temporary(path):
@@ -234,14 +232,14 @@ def test_prior_survives_random_kills(one_thread, tokenizer_run, tmp_path):
 def test_a_run_killed_while_its_directory_is_made_leaves_none(tmp_path):
     """The directory appears whole, config.json inside, so the same command can simply be started again."""
     run_dir = tmp_path / "runs" / "tokenizer" / "early"
-    code = ("import os, signal, sys; from pipelines import runs; "
+    code = ("import os, signal, sys; from store import runs; "
             "runs.write_text = lambda path, text: os.kill(os.getpid(), signal.SIGKILL); "
             "runs.create_run_dir(sys.argv[1], {'model': {}})")
     process = subprocess.run([sys.executable, "-c", code, str(run_dir)], cwd=REPO, capture_output=True, text=True)
     assert process.returncode == -signal.SIGKILL, process.stderr
     assert not run_dir.exists()
     assert all(is_temporary(path) for path in run_dir.parent.iterdir())
-    from pipelines.runs import create_run_dir
+    from store.runs import create_run_dir
 
     create_run_dir(run_dir, {"model": {}})
     assert json.loads((run_dir / "config.json").read_text()) == {"model": {}}

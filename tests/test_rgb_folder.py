@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import TINY_TOKENIZER, synthetic_images
 from pipelines import fit_prior, fit_tokenizer, sample
-from pipelines.data import read_index_maps
+from store.index_maps import read_index_maps
 from tokenizer import Tokenizer
 
 
@@ -46,7 +46,7 @@ def test_a_folder_of_rgb_images_goes_through_all_three_commands(tmp_path):
 
 
 def test_a_lazy_folder_decodes_batches_equal_to_the_whole_split_in_memory(tmp_path):
-    from pipelines.data import DataConfig, load_images
+    from store.images import DataConfig, load_images
 
     images, labels = synthetic_images(40, size=20, channels=3, seed=4)
     for i, (image, label) in enumerate(zip(images, labels)):

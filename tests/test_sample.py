@@ -5,13 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_in_process, run_module, synthetic_images
+from conftest import TINY_PRIOR, run_in_process, run_module, synthetic_images
+from generation import ImageGenerator
 from pipelines import fit_prior, sample
-from pipelines.data import read_index_maps
+from store.index_maps import read_index_maps
 from tokenizer import Tokenizer
 
-TINY_PRIOR = ["--embed-dim", "8", "--hidden-channels", "8", "--num-layers", "3", "--batch-size", "32",
-              "--warmup-steps", "2", "--log-every", "4", "--epochs", "1"]
 
 
 @pytest.fixture
@@ -133,8 +132,8 @@ def test_bad_arguments_give_one_line_and_write_nothing(prior_run, tmp_path, caps
     assert not out.exists()
 
 
-def test_a_changed_tokenizer_is_refused_from_the_command_line(prior_run, tokenizer_run, tmp_path):
-    weights = tokenizer_run / "model.safetensors"
+def test_a_changed_tokenizer_is_refused_from_the_command_line(prior_run, tmp_path):
+    weights = prior_run / "tokenizer" / "model.safetensors"  # the copy the prior run carries and samples with
     state = __import__("safetensors.torch", fromlist=["load_file"]).load_file(weights)
     state = {k: v + 1 if v.is_floating_point() else v for k, v in state.items()}
     __import__("safetensors.torch", fromlist=["save_file"]).save_file(state, weights)
@@ -153,8 +152,8 @@ def test_the_newest_prior_run_is_the_default(prior_run, tmp_path, capsys):
 
 
 def test_library_goes_from_a_prior_run_to_images(prior_run):
-    images, tokens = sample.sample_images(prior_run, 3, label="Bag", temperature=0.8, top_p=0.9)
+    images, tokens = ImageGenerator.load(prior_run).sample(3, label="Bag", temperature=0.8, top_p=0.9)
     assert images.shape == (3, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
     assert tokens.shape == (3, 7, 7) and tokens.dtype == torch.int64
     with pytest.raises(ValueError, match="n must be a positive integer"):
-        sample.sample_images(prior_run, 0)
+        ImageGenerator.load(prior_run).sample(0)

@@ -1,11 +1,10 @@
-"""prior.sampling: what a sampling call draws when told nothing (the training mix of classes, the chosen settings),
-and batches that each get their own labels and prefix."""
+"""prior.sampling: what a sampling call draws when told nothing (the training mix of classes, the chosen settings)."""
 
 import pytest
 import torch
 
 from prior import generate
-from prior.sampling import NO_LABEL, SamplingConfig, class_mix, resolve_labels, sample_tokens, settings_for
+from prior.sampling import NO_LABEL, SamplingConfig, class_mix, resolve_labels, settings_for
 from test_generate import seeded, small
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,19 +24,19 @@ def test_the_class_mix_follows_the_counts_class_by_class():
 
 def test_labels_resolve_to_the_mix_no_label_or_one_class():
     config = {"class_names": NAMES, "class_counts": [2, 1, 1]}
-    assert resolve_labels(None, 4, config).tolist() == [0, 0, 1, 2]
-    assert resolve_labels(None, 3, {"class_names": NAMES}).tolist() == [0, 1, 2]  # runs without counts: equal
-    assert resolve_labels(None, 4, {"class_names": None}) is None  # unconditional
-    assert resolve_labels(NO_LABEL, 4, config) is None
-    assert resolve_labels("c", 2, config).tolist() == [2, 2]
-    assert resolve_labels("1", 2, config).tolist() == [1, 1]
+    assert resolve_labels(None, 4, **config).tolist() == [0, 0, 1, 2]
+    assert resolve_labels(None, 3, NAMES).tolist() == [0, 1, 2]  # runs without counts: equal
+    assert resolve_labels(None, 4, None) is None  # unconditional
+    assert resolve_labels(NO_LABEL, 4, **config) is None
+    assert resolve_labels("c", 2, **config).tolist() == [2, 2]
+    assert resolve_labels("1", 2, **config).tolist() == [1, 1]
     for label, message in (("d", "unknown label 'd'"), ("7", "label 7 outside 0..2")):
         with pytest.raises(ValueError, match=message):
-            resolve_labels(label, 2, config)
+            resolve_labels(label, 2, **config)
     with pytest.raises(ValueError, match="needs a class-conditional prior"):
-        resolve_labels("a", 2, {"class_names": None})
+        resolve_labels("a", 2, None)
     with pytest.raises(ValueError, match="n must be a positive integer"):
-        resolve_labels(None, 0, config)
+        resolve_labels(None, 0, **config)
 
 
 def test_settings_take_the_defaults_and_guide_only_where_there_are_labels():
@@ -59,16 +58,3 @@ def test_guidance_at_scale_one_is_plain_conditional_sampling(arch):
     plain = generate(model, 6, labels=labels, generator=seeded())
     assert torch.equal(plain, generate(model, 6, labels=labels, guidance_scale=1 + 1e-12, generator=seeded()))
     assert not torch.equal(plain, generate(model, 6, labels=labels, guidance_scale=1.5, generator=seeded()))
-
-
-def test_sample_tokens_hands_each_batch_its_own_labels_and_prefix():
-    model = small(num_classes=3, h=4, w=4)
-    labels = torch.tensor([0, 0, 2, 2, 1])
-    prefix = torch.randint(0, 16, (5, 4, 4), generator=seeded(5))
-    mixed = sample_tokens(model, 5, 2, 7, "cpu", labels=labels, prefix=prefix, keep_rows=1)
-    assert torch.equal(mixed[:, :1], prefix[:, :1]), "a batch kept another batch's rows"
-    # Batch by batch with the same generator: grids 2 and 3 are the second batch, asked for class 2.
-    generator = torch.Generator().manual_seed(7)
-    expected = [generate(model, rows.stop - rows.start, labels=labels[rows], prefix=prefix[rows], keep_rows=1,
-                         generator=generator) for rows in (slice(0, 2), slice(2, 4), slice(4, 5))]
-    assert torch.equal(mixed, torch.cat(expected))

@@ -14,9 +14,9 @@ from PIL import Image
 
 from conftest import synthetic_images
 from pipelines import fit_prior, fit_tokenizer
-from pipelines.data import (IMAGE_SUFFIXES, DataConfig, FolderImages, IndexMapWriter, MapDataset, _image_files, load_images,
-                            read_index_maps, write_index_maps)
-from pipelines.runs import file_sha256, save_tensors, write_json
+from store.images import IMAGE_SUFFIXES, DataConfig, FolderImages, _image_files, load_images
+from store.index_maps import IndexMapWriter, MapDataset, read_index_maps, write_index_maps
+from store.runs import file_sha256, save_tensors, write_json
 from tokenizer import Tokenizer
 from tokenizer.model import TokenizerConfig, VQVAE
 

@@ -6,10 +6,8 @@ import sys
 
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY_TOKENIZER
+from conftest import REPO, TINY_PRIOR, TINY_TOKENIZER
 
-TINY_PRIOR = ["--embed-dim", "8", "--hidden-channels", "8", "--num-layers", "3", "--batch-size", "32",
-              "--warmup-steps", "2", "--log-every", "2"]
 
 
 def torchrun(module, *args, env, probe_dir):

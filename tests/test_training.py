@@ -1,12 +1,12 @@
-"""pipelines.train: the learning-rate schedule, the epoch permutation and the weight average, as pure functions."""
+"""training: the learning-rate schedule, the epoch permutation and the weight average, as pure functions."""
 
 import math
 
 import pytest
 import torch
 
-from pipelines import train
-from pipelines.train import EpochPermutation, TrainConfig, WeightAverage, learning_rate_at
+import training.loop as train
+from training import EpochPermutation, TrainConfig, WeightAverage, learning_rate_at
 
 
 def test_learning_rate_warms_up_linearly_then_follows_the_cosine_to_its_floor():

@@ -1,16 +1,11 @@
-"""Image data sets as uint8 tensors (n, c, h, w) with int64 labels, and the index-map files of stage one.
+"""Image data sets on disk as uint8 tensors (n, c, h, w) with int64 labels.
 
 Data sets: Fashion-MNIST from Debian's package (offline, the default), MNIST and CIFAR-10 through torchvision
-(downloaded), and any folder of images. Index maps are numpy .npy files (memory-mappable, never pickled) with a
-JSON file of metadata beside them.
+(downloaded), and any folder of images; also one image file read for a given tokenizer (completion).
 """
 
 import array
-import contextlib
 import gzip
-import hashlib
-import io
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.runs import atomic_path, file_sha256, write_json
-
-FASHION_MNIST_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+# Where Debian's dataset-fashion-mnist package puts its files.
+DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -35,6 +29,8 @@ class DataConfig:
     data_dir: str = field(default="data", metadata={"help": "where mnist and cifar10 are downloaded to"})
     image_size: int = field(default=0, metadata={
         "help": "resize folder images to this size (0: the data set's own size; 28 for folders)"})
+    fashion_mnist_dir: str = field(default=DEBIAN_FASHION_MNIST_DIR, metadata={
+        "help": "the folder of the Fashion-MNIST .gz files (train-images-idx3-ubyte.gz ...)"})
 
 
 @dataclass
@@ -70,7 +66,7 @@ def load_images(config, split, lazy=False):
     """
     name = config.dataset
     if name == "fashion-mnist":
-        return _read_fashion_mnist(split)
+        return _read_fashion_mnist(Path(config.fashion_mnist_dir), split)
     if name in ("mnist", "cifar10"):
         return _read_torchvision(name, split, config.data_dir)
     if name.startswith("folder:"):
@@ -87,18 +83,18 @@ def _read_idx(path):
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def _read_fashion_mnist(split):
+def _read_fashion_mnist(directory, split):
     prefix = "train" if split == "train" else "t10k"
-    images_path = FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz"
-    labels_path = FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz"
+    images_path = directory / f"{prefix}-images-idx3-ubyte.gz"
+    labels_path = directory / f"{prefix}-labels-idx1-ubyte.gz"
     if not images_path.exists() or not labels_path.exists():
-        raise ValueError(f"Fashion-MNIST not found in {FASHION_MNIST_DIR}: "
+        raise ValueError(f"Fashion-MNIST not found in {directory}: "
                          "install it with 'apt-get install -y dataset-fashion-mnist'")
     try:
         images = torch.from_numpy(_read_idx(images_path).copy()).unsqueeze(1)
         labels = torch.from_numpy(_read_idx(labels_path).astype(np.int64))
     except (OSError, EOFError, ValueError) as error:
-        raise ValueError(f"Fashion-MNIST files in {FASHION_MNIST_DIR} are unreadable ({error})") from None
+        raise ValueError(f"Fashion-MNIST files in {directory} are unreadable ({error})") from None
     return ImageSet(images, labels, list(FASHION_MNIST_CLASSES))
 
 
@@ -249,159 +245,16 @@ class FolderImages:
         return (stacked.unsqueeze(1) if stacked.ndim == 3 else stacked.permute(0, 3, 1, 2)).contiguous()
 
 
-# Index maps ---------------------------------------------------------------------------------------------------
+def read_image(path, channels, size):
+    """One image file as uint8 (1, channels, size, size); a file of another size is refused, not resized."""
+    from PIL import Image, UnidentifiedImageError
 
-def smallest_uint_dtype(codebook_size):
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if codebook_size - 1 <= np.iinfo(dtype).max:
-            return dtype
-    return np.uint64
-
-
-class IndexMapWriter:
-    """One split's maps and labels written batch by batch into .npy files, so a dump of N images never holds N maps.
-
-        with IndexMapWriter(directory, split, count, token_shape, codebook_size) as writer:
-            writer.write(maps, labels)   # as many times as it takes, in order
-        record_index_maps(directory, {split: writer.entry()}, metadata)
-
-    The files are those np.save would write, byte for byte (header from numpy's own writer, then the data), made
-    under temporary names and renamed into place on leaving the block (atomic_path); an exception or a count short
-    of `count` leaves the old files whole. Plain writes rather than np.lib.format.open_memmap: the pages written
-    through a mapping stay in the process's resident memory while it is open.
-    """
-
-    def __init__(self, directory, split, count, token_shape, codebook_size):
-        self.directory, self.split, self.count = Path(directory), split, int(count)
-        self.kinds = {"maps": (smallest_uint_dtype(codebook_size), tuple(int(d) for d in token_shape)),
-                      "labels": (np.dtype(np.int64), ())}
-        self.written, self.files, self._handles, self._digests = 0, {}, {}, {}
-
-    def __enter__(self):
-        self._stack = contextlib.ExitStack()
-        try:
-            for kind, (dtype, shape) in self.kinds.items():
-                tmp = self._stack.enter_context(atomic_path(self.directory / f"{self.split}_{kind}.npy"))
-                handle = self._handles[kind] = self._stack.enter_context(open(tmp, "wb"))
-                self._digests[kind] = hashlib.sha256()
-                header = io.BytesIO()
-                np.lib.format.write_array_header_1_0(header, {
-                    "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-                    "shape": (self.count, *shape)})
-                self._write(kind, header.getvalue())
-        except BaseException:
-            self._stack.close()
-            raise
-        return self
-
-    def _write(self, kind, data):
-        self._handles[kind].write(data)
-        self._digests[kind].update(data)
-
-    def write(self, maps, labels):
-        """Append a batch: maps (b, *token_shape) of ints below the codebook size, labels (b,)."""
-        dtype, shape = self.kinds["maps"]
-        maps, labels = np.asarray(maps), np.asarray(labels)
-        if maps.shape[1:] != shape or len(labels) != len(maps) or self.written + len(maps) > self.count:
-            raise ValueError(f"a batch of maps {maps.shape} with {len(labels)} labels does not fit: "
-                             f"{self.count - self.written} more maps of shape {shape} expected")
-        self._write("maps", np.ascontiguousarray(maps.astype(dtype, copy=False)).tobytes())
-        self._write("labels", np.ascontiguousarray(labels.astype(np.int64, copy=False)).tobytes())
-        self.written += len(maps)
-
-    def __exit__(self, kind, error, traceback):
-        short = error is None and self.written != self.count
-        if short:
-            kind, error, traceback = ValueError, ValueError(
-                f"{self.written} index maps written to the {self.split} split, {self.count} promised"), None
-        # Closes the files, then renames them into place, or deletes them when the block raised (or fell short).
-        self._stack.__exit__(kind, error, traceback)
-        if short:
-            raise error
-        if error is None:
-            self.files = {kind: {"file": f"{self.split}_{kind}.npy", "sha256": digest.hexdigest()}
-                          for kind, digest in self._digests.items()}
-        return False
-
-    def entry(self, split_stats=None):
-        """This split's entry in meta.json: its files, their SHA-256, the count and any statistics."""
-        return {**self.files, "count": self.count, **(split_stats or {})}
-
-
-def record_index_maps(directory, entries, metadata):
-    """Write meta.json (last, after the files it describes): metadata and each split's entry {split: entry}."""
-    meta_path = Path(directory) / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    meta.update({k: v for k, v in metadata.items() if k != "split_stats"})
-    meta.setdefault("splits", {}).update(entries)
-    write_json(meta_path, meta)
-
-
-def write_index_maps(directory, split, maps, labels, metadata):
-    """Write one split: maps (n, h, w) or (n, h, w, depth) ints, labels (n,), and its entry in meta.json (last)."""
-    maps = np.asarray(maps)
-    with IndexMapWriter(directory, split, len(maps), maps.shape[1:], metadata["codebook_size"]) as writer:
-        writer.write(maps, labels)
-    record_index_maps(directory, {split: writer.entry(metadata.get("split_stats"))}, metadata)
-
-
-@dataclass
-class IndexMaps:
-    maps: np.ndarray  # (n, h, w) or (n, h, w, depth) unsigned ints, memory-mapped
-    labels: np.ndarray  # (n,) int64
-    meta: dict
-
-
-def read_index_maps(directory, split, check_hashes=True):
-    """Load one split memory-mapped; every inconsistency is a one-line ValueError."""
-    directory = Path(directory)
-    meta_path = directory / "meta.json"
-    if not meta_path.exists():
-        raise ValueError(f"no index maps in {directory} (meta.json missing): run fit_tokenizer or its --dump-only")
     try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ValueError(f"{meta_path} is not valid JSON") from None
-    required = ("codebook_size", "grid_height", "grid_width", "weights_sha256", "splits")
-    missing = [k for k in required if k not in meta]
-    if missing:
-        raise ValueError(f"{meta_path} lacks metadata: {', '.join(missing)}")
-    if split not in meta["splits"]:
-        raise ValueError(f"{meta_path} has no {split!r} split")
-    entry = meta["splits"][split]
-    arrays = {}
-    for kind in ("maps", "labels"):
-        path = directory / entry[kind]["file"]
-        if not path.exists():
-            raise ValueError(f"index-map file {path} is missing")
-        if check_hashes and file_sha256(path) != entry[kind]["sha256"]:
-            raise ValueError(f"index-map file {path} does not match its recorded SHA-256 (corrupt or replaced)")
-        try:
-            arrays[kind] = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as error:
-            raise ValueError(f"index-map file {path} is unreadable: {error}") from None
-    maps, labels = arrays["maps"], arrays["labels"]
-    depth = meta.get("depth", 1)
-    expected = (meta["grid_height"], meta["grid_width"]) + ((depth,) if depth > 1 else ())
-    if maps.shape[1:] != expected or len(labels) != len(maps):
-        raise ValueError(f"index maps in {directory} have shape {maps.shape}, "
-                         f"expected (n, {', '.join(map(str, expected))}) with {len(labels)} labels")
-    if maps.dtype.kind != "u":
-        raise ValueError(f"index maps in {directory} have dtype {maps.dtype}, expected an unsigned integer type")
-    if len(maps) and int(maps.max()) >= meta["codebook_size"]:
-        raise ValueError(f"index maps in {directory} hold token {int(maps.max())}, "
-                         f"past the codebook size {meta['codebook_size']}")
-    return IndexMaps(maps, labels, meta)
-
-
-class MapDataset(torch.utils.data.Dataset):
-    """(tokens (h, w[, depth]) int64, label) pairs read from memory-mapped index maps: memory stays flat in N."""
-
-    def __init__(self, index_maps):
-        self.maps, self.labels = index_maps.maps, index_maps.labels
-
-    def __len__(self):
-        return len(self.maps)
-
-    def __getitem__(self, i):
-        return torch.from_numpy(self.maps[i].astype(np.int64)), int(self.labels[i])
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("L" if channels == 1 else "RGB")).copy()
+    except (OSError, UnidentifiedImageError) as error:
+        raise ValueError(f"cannot read image {path} ({error})") from None
+    if array.shape[:2] != (size, size):
+        raise ValueError(f"image {path} is {array.shape[1]}x{array.shape[0]}, the tokenizer takes {size}x{size}")
+    tensor = torch.from_numpy(array)
+    return (tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)).unsqueeze(0)

@@ -3,7 +3,7 @@ import pickle
 import pytest
 import torch
 
-from pipelines.runs import save_tensors, write_json
+from store.runs import save_tensors, write_json
 from tokenizer import Tokenizer
 from tokenizer.model import TokenizerConfig, VQVAE
 import dataclasses

@@ -1,4 +1,4 @@
-"""Run directories: atomic writes, weights as safetensors beside a JSON config, finding runs.
+"""Run directories: atomic writes, staged folders, weights as safetensors beside a JSON config, finding runs.
 
 A run lives in checkpoints/<stage>/<run-name>/. Every file is written to a temporary name in the same folder and
 renamed into place, so a killed process leaves either the old complete file or the new complete file (and perhaps
@@ -7,12 +7,14 @@ the same way, already holding its config.json, so any run directory can be resum
 """
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
+import typing
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -124,6 +126,34 @@ def read_model_files(run_dir, weights="model.safetensors"):
     return read_json(run_dir / "config.json"), load_tensors(run_dir / weights)
 
 
+def load_run_model(run_dir, build, weights="model.safetensors"):
+    """(config.json as a dict, the model in eval mode) of a run directory: build(config dict) -> an nn.Module, into
+    which the weights file is loaded strictly."""
+    config, state = read_model_files(run_dir, weights)
+    model = build(config)
+    load_state_strict(model, state, Path(run_dir) / weights)
+    return config, model.eval()
+
+
+def config_from_dict(cls, values, source, kind):
+    """cls(**values), with fields that are dataclasses built from their nested dicts the same way; a missing or
+    unknown key is one ValueError naming source (e.g. "RUN/config.json is not a prior run config (...)")."""
+    try:
+        if not isinstance(values, dict):
+            raise TypeError(f"expected a JSON object, found {type(values).__name__}")
+        hints = typing.get_type_hints(cls)
+        built = {}
+        for name, value in values.items():
+            # A field typed as a dataclass, or as one or None (X | None), is built from its nested dict.
+            nested = [t for t in (hints.get(name), *typing.get_args(hints.get(name))) if dataclasses.is_dataclass(t)]
+            if nested and isinstance(value, dict):
+                value = config_from_dict(nested[0], value, source, kind)
+            built[name] = value
+        return cls(**built)
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{source} is not a {kind} config ({error})") from None
+
+
 def load_state_strict(model, state, path):
     try:
         model.load_state_dict(state)
@@ -132,22 +162,45 @@ def load_state_strict(model, state, path):
         raise ValueError(f"weights in {path} do not fit the model in its config.json ({first[-1].strip()})") from None
 
 
-def create_run_dir(run_dir, config):
-    """Make run_dir with config.json inside, atomically: a run killed while starting leaves no directory behind
-    (rerun the same command), and every run directory there is holds the config that --resume needs."""
-    run_dir = Path(run_dir)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(**_temporary_name(run_dir)))
+@contextlib.contextmanager
+def staged_folder(path, overwrite=False, exists="pass --overwrite or another --out"):
+    """Yield an empty temporary folder beside path; when the block succeeds it takes an ordinary folder's mode and
+    is renamed onto path, so path is never seen half-written. An existing path is refused (with the advice
+    `exists`) before and after the block, unless overwrite, when it is replaced."""
+    path = Path(path)
+
+    def refuse_existing():
+        if path.exists() and not overwrite:
+            raise ValueError(f"{path} exists already: {exists}")
+
+    refuse_existing()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(**_temporary_name(path)))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
-        write_json(tmp / "config.json", config)
-        if run_dir.exists():
-            raise ValueError(f"run {run_dir} exists already: pass --resume to continue it, or another name")
-        os.rename(tmp, run_dir)
-        _fsync_directory(run_dir.parent)
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+        yield staging
+        refuse_existing()
+        if path.exists():
+            shutil.rmtree(path)
+        os.rename(staging, path)
+        _fsync_directory(path.parent)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def create_run_dir(run_dir, config, copies=None):
+    """Make run_dir with config.json inside, atomically: a run killed while starting leaves no directory behind
+    (rerun the same command), and every run directory there is holds the config that --resume needs.
+
+    copies: {path inside the run: a file to copy there}, for files the run carries from elsewhere (a file that does
+    not exist is left out)."""
+    with staged_folder(run_dir, exists="pass --resume to continue it, or another name") as staging:
+        for inside, source in (copies or {}).items():
+            if Path(source).is_file():
+                (staging / inside).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, staging / inside)
+        write_json(staging / "config.json", config)
 
 
 def new_run_dir(root, stage, name=None):

@@ -19,7 +19,7 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_lis
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from pipelines.runs import load_tensors, read_metrics, save_tensors, write_metrics
+from store.runs import load_tensors, read_metrics, save_tensors, write_metrics
 
 STATE_FILE = "training_state.safetensors"
 
@@ -305,3 +305,9 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
     model = accelerator.unwrap_model(model)
     model.eval()
     return model, metrics, None if average is None else average.state
+
+
+def mean_items_per_s(metrics):
+    """The mean training rate over a run's metrics lines (None before the first)."""
+    rates = [m["items_per_s"] for m in metrics if "items_per_s" in m]
+    return sum(rates) / len(rates) if rates else None

@@ -1,0 +1,244 @@
+"""evaluate(): a tokenizer, a prior and its samples, offline, in the features of a classifier trained on the data set.
+
+Figures: Frechet distances (train vs test, the floor; reconstructions vs test; samples vs test), reconstruction
+MSE and PSNR, the classifier's accuracy on test images, on reconstructions and (class-conditional priors) on
+samples against the class asked for, and the prior's test bits per token. With an output folder, it holds
+report.json, report.html and the pictures it shows, built in a temporary folder and renamed into place.
+
+    from evaluation import evaluate
+    report = evaluate(prior_dir="checkpoints/prior/RUN", n_samples=2000)  # the dict of report.json
+"""
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from evaluation.frechet import feature_statistics, frechet_distance
+from evaluation.reference import load_or_train_classifier, predict
+from evaluation.report import plot_curves, plot_mosaic, plot_usage, write_html
+from generation import ImageGenerator, ProgressBar
+from store.images import load_images
+from store.runs import check_can_write_in, file_sha256, newest_run, read_json, read_metrics, staged_folder, write_json
+from tokenizer import Tokenizer, psnr
+
+TOKENIZER_PANELS = [("loss", "step", [("loss", "train")], True), ("MSE", "step", [("mse", "train")], True),
+                    ("perplexity", "step", [("perplexity", "train")], False),
+                    ("codes used", "step", [("codes_used", "train")], False)]
+PRIOR_PANELS = [("loss (nats per token)", "step", [("loss", "train")], False),
+                ("bits per token", "epoch", [("bits_per_token", "train"), ("test_bits_per_token", "test")], False)]
+
+
+def _figures_of_results(path, keys):
+    """The named figures of a run's results.json, None for those it lacks (or when it is missing)."""
+    results = read_json(path) if Path(path).exists() else {}
+    return {name: results.get(key) for name, key in keys.items()}
+
+
+def _usage_histograms(tokenizer_dir):
+    """The test split's usage histogram as a list of levels (one level unless residual), or None if not dumped."""
+    meta_path = Path(tokenizer_dir) / "maps" / "meta.json"
+    if not meta_path.exists():
+        return None
+    histogram = read_json(meta_path).get("splits", {}).get("test", {}).get("usage_histogram")
+    if not histogram:
+        return None
+    return histogram if isinstance(histogram[0], list) else [histogram]
+
+
+def _reconstruct(tokenizer, images, batch_size, progress):
+    """Reconstructions (n, c, H, W) float of uint8 images, and the summed squared error in [0, 1] units."""
+    reconstructions, squared_error = [], 0.0
+    for start in tqdm(range(0, len(images), batch_size), desc="reconstruct test", leave=False, dynamic_ncols=True,
+                      disable=not progress):
+        _, decoded, batch_error = tokenizer.reconstruct(images[start:start + batch_size].to(tokenizer.device))
+        squared_error += batch_error
+        reconstructions.append(decoded.cpu())
+    return torch.cat(reconstructions), squared_error
+
+
+def _check_same_tokenizer(prior_dir, generator, tokenizer_dir):
+    """A tokenizer run named beside a prior must be the one the prior was trained for: that path, or its weights."""
+    trained_for = Path(generator.run.tokenizer.run)
+    weights = Path(tokenizer_dir) / "model.safetensors"
+    if Path(tokenizer_dir).resolve() != trained_for.resolve() and not (
+            weights.exists() and file_sha256(weights) == generator.run.tokenizer.weights_sha256):
+        raise ValueError(f"prior {prior_dir} was trained for tokenizer {trained_for}, not {tokenizer_dir}")
+
+
+def evaluate(prior_dir=None, tokenizer_dir=None, *, output_root="checkpoints", out=None, overwrite=False,
+             n_samples=10000, batch_size=500, seed=0, label=None, temperature=None, top_k=None, top_p=None,
+             guidance_scale=None, classifier_config=None, classifier_train=None, device="cpu", progress=True,
+             prior_weights=None):
+    """Evaluate a prior run and its tokenizer (or, with tokenizer_dir alone, the tokenizer); returns the report.
+
+    With neither run given, the newest prior under output_root is evaluated. The reference classifier is read
+    from (or trained once into) output_root/classifiers/<data set>. With out, the report folder (report.json,
+    report.html, pictures) is written there, refusing an existing folder unless overwrite. Samples are drawn as
+    `python -m pipelines.sample` draws them (ImageGenerator.sample_tokens): label None is the training mix of
+    classes for a conditional prior, and settings left None take SamplingConfig's defaults. prior_weights names
+    the prior's weights file to evaluate (default: its averaged weights when kept, as sample uses).
+    """
+    started_all = time.perf_counter()
+    seconds = {}
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, not {batch_size}")
+    if out is not None and Path(out).exists() and not overwrite:
+        raise ValueError(f"{out} exists already: pass --overwrite or another --out")
+    if out is not None:
+        check_can_write_in(Path(out).parent)
+    if prior_dir is None and tokenizer_dir is None:
+        prior_dir = newest_run(output_root, "prior")
+
+    started = time.perf_counter()
+    generator = asked = settings = None
+    if prior_dir is not None:
+        prior_dir = Path(prior_dir)
+        generator = ImageGenerator.load(prior_dir, device, prior_weights)
+        tokenizer = generator.tokenizer
+        if tokenizer_dir is not None:
+            _check_same_tokenizer(prior_dir, generator, tokenizer_dir)
+        # The label is resolved now, before minutes of work; the other sampling arguments are checked where the
+        # samples are drawn, which comes before the classifier and the features.
+        asked, settings = generator.request(n_samples, label, temperature=temperature, top_k=top_k, top_p=top_p,
+                                            guidance_scale=guidance_scale)
+    else:
+        tokenizer = Tokenizer.load(tokenizer_dir, device=device)
+    data_config = tokenizer.run.data
+    seconds["load_runs"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    train_set, test_set = load_images(data_config, "train"), load_images(data_config, "test")
+    tokenizer.check_images(test_set.images.shape[1:], data_config.dataset)
+    num_classes = generator.model.config.num_classes if generator is not None else 0
+    if num_classes and list(generator.run.class_names or []) != list(test_set.class_names):
+        raise ValueError(f"the classes of prior {prior_dir} are not those of {data_config.dataset}: "
+                         "its samples' classes cannot be checked")
+    seconds["load_data"] = time.perf_counter() - started
+
+    samples = None
+    if generator is not None:
+        started = time.perf_counter()
+        bar = ProgressBar(desc="sample", unit="pos", leave=False, dynamic_ncols=True, disable=not progress)
+        try:
+            tokens, _, _ = generator.sample_tokens(n_samples, label, seed=seed, batch_size=batch_size, progress=bar,
+                                                   temperature=temperature, top_k=top_k, top_p=top_p,
+                                                   guidance_scale=guidance_scale)
+        finally:
+            bar.close()
+        # Tokens are opaque here: (n, h, w) or (n, h, w, depth), handed to the tokenizer as they are.
+        samples = generator.decode(tokens, batch_size)
+        seconds["sample_and_decode"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    reference = load_or_train_classifier(data_config, output_root, train_set=train_set, test_set=test_set,
+                                         model_config=classifier_config, train_config=classifier_train,
+                                         device=device, progress=progress)
+    classifier = reference.model
+    seconds["classifier"] = time.perf_counter() - started
+
+    def features_of(images, desc):
+        return predict(classifier, images, batch_size, desc if progress else None)
+
+    started = time.perf_counter()
+    train_features, _ = features_of(train_set.images, "features train")
+    test_features, test_predicted = features_of(test_set.images, "features test")
+    test_stats = feature_statistics(test_features)
+    figures = {"classifier_test_accuracy": (test_predicted == test_set.labels).float().mean().item(),
+               "fd_train_vs_test": frechet_distance(feature_statistics(train_features), test_stats)}
+    seconds["features_real"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    reconstructions, squared_error = _reconstruct(tokenizer, test_set.images, batch_size, progress)
+    mse = squared_error / test_set.images.numel()
+    recon_features, recon_predicted = features_of(reconstructions, "features reconstructions")
+    figures.update({"fd_reconstructions_vs_test": frechet_distance(feature_statistics(recon_features), test_stats),
+                    "reconstruction_mse": mse, "reconstruction_psnr": psnr(mse),
+                    "classifier_accuracy_on_reconstructions":
+                        (recon_predicted == test_set.labels).float().mean().item()})
+    seconds["reconstructions"] = time.perf_counter() - started
+
+    per_class = None
+    figures.update(fd_samples_vs_test=None, fd_samples_over_reconstructions=None, classifier_accuracy_on_samples=None)
+    if samples is not None:
+        started = time.perf_counter()
+        sample_features, sample_predicted = features_of(samples, "features samples")
+        if len(samples) >= 2:
+            figures["fd_samples_vs_test"] = frechet_distance(feature_statistics(sample_features), test_stats)
+            figures["fd_samples_over_reconstructions"] = (figures["fd_samples_vs_test"]
+                                                          / max(figures["fd_reconstructions_vs_test"], 1e-12))
+        if asked is not None:
+            hits = (sample_predicted == asked).float()
+            figures["classifier_accuracy_on_samples"] = hits.mean().item()
+            per_class = {name: hits[asked == c].mean().item() if (asked == c).any() else None
+                         for c, name in enumerate(test_set.class_names)}
+        seconds["features_samples"] = time.perf_counter() - started
+
+    figures.update(_figures_of_results(prior_dir / "results.json", {
+        "prior_test_bits_per_token": "test_bits_per_token", "prior_test_bits_per_image": "test_bits_per_image"})
+                   if prior_dir is not None else {"prior_test_bits_per_token": None, "prior_test_bits_per_image": None})
+    figures.update(_figures_of_results(tokenizer.run_dir / "results.json", {
+        "codebook_perplexity_test": "test_perplexity", "codes_used_test": "test_codes_used"}))
+    seconds["total"] = time.perf_counter() - started_all
+
+    report = {
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        # The tokenizer run the prior was trained for (its weights may be read from the copy the prior carries).
+        "runs": {"tokenizer": str(tokenizer.run_dir.resolve()) if generator is None else generator.run.tokenizer.run,
+                 "tokenizer_loaded_from": str(tokenizer.run_dir.resolve()),
+                 "tokenizer_weights_sha256": tokenizer.weights_sha256,
+                 "prior": None if prior_dir is None else str(prior_dir.resolve()),
+                 "prior_weights": None if generator is None else generator.weights},
+        "dataset": dataclasses.asdict(data_config),
+        "classifier": reference.describe(),
+        "settings": {"n_samples": n_samples if generator is not None else 0, "batch_size": batch_size, "seed": seed,
+                     **(settings or {}), "label": label,
+                     "sampled_class_counts": None if asked is None else torch.bincount(
+                         asked, minlength=num_classes).tolist(),
+                     "device": str(device), "threads": torch.get_num_threads()},
+        "counts": {"train": len(train_set), "test": len(test_set), "samples": 0 if samples is None else len(samples)},
+        "figures": figures,
+        "per_class_sample_accuracy": per_class,
+        "seconds": seconds,
+    }
+    if out is not None:
+        write_report(out, overwrite, report, tokenizer.run_dir, prior_dir, test_set, reconstructions, samples, asked)
+    return report
+
+
+def write_report(out, overwrite, report, tokenizer_dir, prior_dir, test_set, reconstructions, samples, asked):
+    """The report folder: report.json, report.html and its pictures, renamed into place whole."""
+    with staged_folder(out, overwrite) as folder:
+        pictures = []
+        if plot_curves(folder / "tokenizer_curves.png", read_metrics(Path(tokenizer_dir) / "metrics.jsonl"),
+                       TOKENIZER_PANELS, "tokenizer training"):
+            pictures.append(("tokenizer_curves.png", "Tokenizer training curves (metrics.jsonl)"))
+        if prior_dir is not None and plot_curves(folder / "prior_curves.png",
+                                                 read_metrics(Path(prior_dir) / "metrics.jsonl"),
+                                                 PRIOR_PANELS, "prior training"):
+            pictures.append(("prior_curves.png", "Prior training curves (metrics.jsonl)"))
+        histograms = _usage_histograms(tokenizer_dir)
+        if histograms is not None:
+            plot_usage(folder / "codebook_usage.png", histograms, "codebook usage, test split")
+            pictures.append(("codebook_usage.png", "How often each code appears in the test split's tokens"))
+        shown = min(16, len(reconstructions))
+        plot_mosaic(folder / "reconstructions.png",
+                    [test_set.images[:shown].float() / 255, reconstructions[:shown]], ["test", "reconstruction"],
+                    "test images and their reconstructions")
+        pictures.append(("reconstructions.png", "Test images (top) and their reconstructions (bottom)"))
+        if samples is not None:
+            if asked is not None:
+                rows = [(samples[asked == c][:10], name) for c, name in enumerate(test_set.class_names)
+                        if (asked == c).any()]
+            else:
+                per_row = min(10, max(1, math.ceil(math.sqrt(len(samples)))))
+                rows = [(samples[start:start + per_row], "") for start in range(0, min(len(samples), 80), per_row)]
+            plot_mosaic(folder / "samples.png", [row for row, _ in rows], [label for _, label in rows],
+                        "samples from the prior" + (", one row per class asked for" if asked is not None else ""))
+            pictures.append(("samples.png", "Samples, decoded by the tokenizer"))
+        report["pictures"] = [name for name, _ in pictures]
+        write_json(folder / "report.json", report)
+        write_html(folder / "report.html", report, pictures)

@@ -1,0 +1,100 @@
+"""Training a tokenizer and dumping its maps: the loss of one step, the dump of every image's index map, the
+reconstruction picture. `python -m pipelines.fit_tokenizer` composes these with the shared training loop."""
+
+import contextlib
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from store.images import load_images
+from store.index_maps import IndexMapWriter, record_index_maps
+from store.runs import atomic_path
+from tokenizer.quantizers import usage_stats
+from tokenizer.tokenizer import Tokenizer, psnr
+
+
+def tokenizer_step(model, batch):
+    images, _ = batch
+    images = images.float() / 255
+    reconstructions, _, quantizer_loss, stats = model(images)
+    mse = F.mse_loss(reconstructions.float(), images)
+    loss = mse + quantizer_loss
+    return loss, {"loss": loss.item(), "mse": mse.item(), "perplexity": stats["perplexity"],
+                  "codes_used": stats["codes_used"], "restarts": stats["restarts"]}
+
+
+def encode_split(tokenizer, data, batch_size, reconstruct, desc, writer=None):
+    """Encode a split batch by batch: its usage histogram and (if asked) the summed squared reconstruction error.
+
+    data: an ImageSet (a lazy folder decodes each batch as it is sliced); writer: an IndexMapWriter that takes each
+    batch's maps and labels as they come, so neither the split's images nor its maps are ever held whole.
+    """
+    squared_error = 0.0
+    depth, size = tokenizer.config.token_depth, tokenizer.codebook_size
+    counts = torch.zeros(depth, size, dtype=torch.long)  # per level of a residual quantizer
+    level_offsets = torch.arange(depth) * size
+    for start in tqdm(range(0, len(data), batch_size), desc=desc, leave=False, dynamic_ncols=True):
+        batch = data.images[start:start + batch_size].to(tokenizer.device).float() / 255
+        if reconstruct:
+            tokens, _, batch_error = tokenizer.reconstruct(batch)
+            squared_error += batch_error
+        else:
+            tokens = tokenizer.encode(batch)
+        by_level = tokens.cpu().reshape(-1, depth) + level_offsets
+        counts += torch.bincount(by_level.flatten(), minlength=depth * size).reshape(depth, size)
+        if writer is not None:
+            writer.write(tokens.cpu().numpy(), data.labels[start:start + batch_size].numpy())
+    return counts, squared_error
+
+
+def dump(run_dir, data_config, batch_size, accelerator, splits=None):
+    """Encode both splits with the saved weights and write RUN/maps/; returns (the Tokenizer, per-split figures).
+
+    splits: {"train": ImageSet, "test": ImageSet} already loaded (lazily for a folder), or None to load them here.
+    """
+    tokenizer = Tokenizer.load(run_dir, device=accelerator.device)
+    # Both splits are read and checked (a folder's files up front, lazily) before a file is written. A folder is
+    # decoded batch by batch and the maps go to their files as they come, so a dump of any size holds one batch.
+    splits = splits or {split: load_images(data_config, split, lazy=True) for split in ("train", "test")}
+    for data in splits.values():
+        tokenizer.check_images(data.images.shape[1:], data_config.dataset)
+    maps_dir = Path(run_dir) / "maps"
+    results, writers, stats_of = {}, {}, {}
+    # Every file of both splits is renamed into place only once both are complete (a failure leaves the old maps
+    # whole), and meta.json, naming their SHA-256, is written after them.
+    with contextlib.ExitStack() as files:
+        for split, data in splits.items():
+            writer = None
+            if accelerator.is_main_process:
+                writer = files.enter_context(IndexMapWriter(maps_dir, split, len(data), tokenizer.token_shape,
+                                                            tokenizer.codebook_size))
+            started = time.perf_counter()
+            counts, squared_error = encode_split(tokenizer, data, batch_size, split == "test", f"dump {split}", writer)
+            seconds = time.perf_counter() - started
+            stats = usage_stats(counts)
+            stats["dump_images_per_s"] = len(data) / max(seconds, 1e-9)
+            if split == "test":
+                stats["mse"] = squared_error / max(1, data.images.numel())
+                stats["psnr"] = psnr(stats["mse"])
+            writers[split], stats_of[split] = writer, stats
+            results[split] = {k: v for k, v in stats.items() if k != "usage_histogram"}
+    if accelerator.is_main_process:
+        record_index_maps(maps_dir, {split: writer.entry(stats_of[split]) for split, writer in writers.items()},
+                          tokenizer.map_metadata(data_config.dataset, splits["train"].class_names))
+    return tokenizer, results
+
+
+def save_reconstructions(path, tokenizer, images, count=16):
+    """A PNG of `count` images (uint8) above their reconstructions, enlarged to be judged by eye."""
+    from torchvision.utils import save_image  # torchvision takes seconds to import: not before it is needed
+
+    from store.pictures import enlarged
+
+    originals = images[:count].to(tokenizer.device).float() / 255
+    _, reconstructions, _ = tokenizer.reconstruct(originals)
+    with atomic_path(path) as tmp:
+        save_image(enlarged(torch.cat([originals, reconstructions]).cpu()), tmp, nrow=len(originals), padding=1,
+                   format="PNG")

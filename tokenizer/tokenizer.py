@@ -1,0 +1,116 @@
+"""Stage one as a library: Tokenizer.load(run_dir), encode(images) -> tokens, decode(tokens) -> images, and the
+facts about a tokenizer that its maps and reports carry."""
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from store.runs import file_sha256, load_run_model
+from tokenizer.model import VQVAE
+from tokenizer.run import TokenizerRun
+
+
+def psnr(mse):
+    """Peak signal-to-noise ratio in dB of a mean squared error in [0, 1] units."""
+    return 10 * math.log10(1 / max(mse, 1e-12))
+
+
+class Tokenizer:
+    """A trained VQ-VAE: images (b, c, H, W) in [0, 1] <-> token grids (b, h, w) of ints in [0, codebook_size),
+    (b, h, w, depth) for a residual quantizer."""
+
+    def __init__(self, model, weights_sha256=None, run_dir=None, run=None):
+        self.model = model.eval()
+        self.config = model.config
+        self.weights_sha256 = weights_sha256
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.run = run  # the TokenizerRun it was loaded from (data set, training), or None
+
+    @classmethod
+    def load(cls, run_dir, device="cpu"):
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise ValueError(f"run directory {run_dir} does not exist")
+        run = TokenizerRun.load(run_dir)
+        _, model = load_run_model(run_dir, lambda _: VQVAE(run.model))
+        return cls(model.to(device), file_sha256(run_dir / "model.safetensors"), run_dir, run)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    @property
+    def codebook_size(self):
+        return self.config.codebook_size
+
+    @property
+    def image_shape(self):
+        """The shape of one image it takes: (channels, size, size)."""
+        return (self.config.image_channels, self.config.image_size, self.config.image_size)
+
+    @property
+    def grid_shape(self):
+        return (self.config.grid_size, self.config.grid_size)
+
+    @property
+    def token_shape(self):
+        """The shape of one image's tokens: (h, w), or (h, w, depth) for a residual quantizer."""
+        depth = self.config.token_depth
+        return self.grid_shape + ((depth,) if depth > 1 else ())
+
+    def encode(self, images):
+        """images: float (b, c, H, W) in [0, 1], or uint8 in [0, 255] -> LongTensor (b, *token_shape)."""
+        if not torch.is_tensor(images):
+            raise ValueError(f"images must be a torch tensor, not {type(images).__name__}")
+        if images.dtype == torch.uint8:
+            images = images.float() / 255
+        elif not images.is_floating_point():
+            raise ValueError(f"images must be float in [0, 1] or uint8, not {images.dtype}")
+        expected = self.image_shape
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(f"images must have shape (batch, {', '.join(map(str, expected))}), "
+                             f"not {tuple(images.shape)}")
+        with torch.no_grad():
+            return self.model.encode(images.to(self.device, torch.float32))
+
+    def decode(self, tokens):
+        """tokens: integer (b, *token_shape) in [0, codebook_size) -> float images (b, c, H, W) in [0, 1]."""
+        if not torch.is_tensor(tokens):
+            raise ValueError(f"tokens must be a torch tensor, not {type(tokens).__name__}")
+        if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+            raise ValueError(f"tokens must be an integer tensor, not {tokens.dtype}")
+        if tokens.ndim != 1 + len(self.token_shape) or tuple(tokens.shape[1:]) != self.token_shape:
+            raise ValueError(f"tokens must have shape (batch, {', '.join(map(str, self.token_shape))}), "
+                             f"not {tuple(tokens.shape)}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.codebook_size):
+            raise ValueError(f"tokens must lie in 0..{self.codebook_size - 1}, "
+                             f"found {int(tokens.min())}..{int(tokens.max())}")
+        with torch.no_grad():
+            return self.model.decode(tokens.to(self.device, torch.long))
+
+    def reconstruct(self, images):
+        """(tokens, reconstructions float (b, c, H, W) in [0, 1], their summed squared error against the images in
+        [0, 1] units) of float or uint8 images: reconstruction error is computed here and nowhere else."""
+        if torch.is_tensor(images) and images.dtype == torch.uint8:
+            images = images.float() / 255
+        tokens = self.encode(images)
+        reconstructions = self.decode(tokens).float()
+        squared_error = F.mse_loss(reconstructions, images.to(reconstructions.device, torch.float32),
+                                   reduction="sum").item()
+        return tokens, reconstructions, squared_error
+
+    def check_images(self, shape, source):
+        """A one-line ValueError when images of shape (c, H, W) from source (a data set's name) do not fit."""
+        if tuple(shape) != self.image_shape:
+            raise ValueError(f"{source} images are {tuple(shape)}, the tokenizer in {self.run_dir} takes "
+                             f"{self.image_shape}")
+
+    def map_metadata(self, dataset, class_names):
+        """What meta.json records of the maps this tokenizer makes of a data set."""
+        return {"codebook_size": self.codebook_size, "grid_height": self.grid_shape[0],
+                "grid_width": self.grid_shape[1], "depth": self.config.token_depth,
+                "quantizer": self.config.quantizer, "dataset": dataset, "class_names": class_names,
+                "weights_sha256": self.weights_sha256,
+                "tokenizer_run": str(self.run_dir.resolve()) if self.run_dir else None}
