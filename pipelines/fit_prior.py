@@ -17,11 +17,11 @@ import torch
 from pipelines import cli
 from prior import Prior, PriorConfig, PriorRun
 from prior.fit import bits_per_token, prior_step, read_maps_for
-from prior.run import AVERAGED_WEIGHTS, TOKENIZER_COPY, TokenizerReference
+from prior.run import AVERAGED_WEIGHTS, TokenizerReference, tokenizer_copy
 from store.index_maps import MapDataset
 from store.runs import (create_run_dir, new_run_dir, newest_run, read_run_config, remove_stale_temporaries,
                         save_tensors, write_json)
-from training import (TrainConfig, check_one_batch, decided_by_main, make_accelerator, mean_items_per_s, train)
+from training import TrainConfig, check_one_batch, decided_by_main, make_accelerator, mean_items_per_s, train
 
 DERIVED_FROM_MAPS = ("codebook_size", "grid_height", "grid_width", "num_classes", "depth")
 # From BENCHMARKS.md ("Sample quality: the levers"): the learning rate of 1e-3 used before was 4x too low (1-epoch
@@ -50,11 +50,6 @@ def build_parser():
     cli.add_config_flags(parser, PriorConfig, "model", skip=DERIVED_FROM_MAPS)
     cli.add_config_flags(parser, TrainConfig, "training", defaults=PRIOR_TRAIN_DEFAULTS)
     return parser
-
-
-# What a prior run carries of its tokenizer run (1 MB): enough to decode its samples and report on its tokenizer
-# wherever the prior run is copied, without the maps.
-CARRIED_TOKENIZER_FILES = ("config.json", "model.safetensors", "results.json", "metrics.jsonl", "maps/meta.json")
 
 
 def main(argv=None):
@@ -105,8 +100,7 @@ def main(argv=None):
         if args.resume:
             remove_stale_temporaries(run_dir)  # what a killed writer left
         else:
-            create_run_dir(run_dir, run.to_dict(), copies={f"{TOKENIZER_COPY}/{name}": tokenizer_dir / name
-                                                           for name in CARRIED_TOKENIZER_FILES})
+            create_run_dir(run_dir, run.to_dict(), copies=tokenizer_copy(tokenizer_dir))
     accelerator.wait_for_everyone()
 
     model_config, eval_batch_size = run.model, run.eval_batch_size

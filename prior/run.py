@@ -1,17 +1,18 @@
 """What a prior run saves in its config.json, as one dataclass with one load(), and loading the run's model."""
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prior.model import Prior, PriorConfig
-from store.runs import config_from_dict, load_run_model, read_json
+from store.runs import RunConfig, load_run_model
 from training import TrainConfig
 
 # A run that keeps an exponential moving average of its weights writes it here, beside model.safetensors.
 AVERAGED_WEIGHTS = "model_ema.safetensors"
-# The copy of its tokenizer (config and weights) that a prior run carries, so that it samples wherever it is copied.
+# The copy of its tokenizer run that a prior run carries (about 1 MB): enough to decode its samples and report on its
+# tokenizer wherever the prior run is copied, without the maps.
 TOKENIZER_COPY = "tokenizer"
+CARRIED_TOKENIZER_FILES = ("config.json", "model.safetensors", "results.json", "metrics.jsonl", "maps/meta.json")
 
 
 @dataclass
@@ -21,7 +22,8 @@ class TokenizerReference:
 
 
 @dataclass
-class PriorRun:
+class PriorRun(RunConfig):
+    kind = "prior"
     model: PriorConfig
     # Only the model is needed to load and sample a prior: a config.json written by hand may leave out the rest
     # (and then names no tokenizer to decode its grids).
@@ -34,14 +36,10 @@ class PriorRun:
     # How often each class occurs in training: a sampler told no class draws them in this mix.
     class_counts: list | None = None
 
-    @classmethod
-    def load(cls, run_dir):
-        """The config.json of a prior run; a missing, unreadable or foreign one is a one-line ValueError."""
-        path = Path(run_dir) / "config.json"
-        return config_from_dict(cls, read_json(path), path, "prior")
 
-    def to_dict(self):
-        return dataclasses.asdict(self)
+def tokenizer_copy(tokenizer_dir):
+    """{path inside a new prior run: file of the tokenizer run} for the copy the prior run carries."""
+    return {f"{TOKENIZER_COPY}/{name}": Path(tokenizer_dir) / name for name in CARRIED_TOKENIZER_FILES}
 
 
 def weights_file(run_dir, weights=None):

@@ -154,6 +154,20 @@ def config_from_dict(cls, values, source, kind):
         raise ValueError(f"{source} is not a {kind} config ({error})") from None
 
 
+class RunConfig:
+    """The base of a stage's run config (a dataclass of everything its config.json holds): one load(run_dir) that
+    gives the one-line error for a missing, unreadable or foreign config, and to_dict() for writing it."""
+    kind = "run"  # what the error calls it: "... is not a <kind> config"
+
+    @classmethod
+    def load(cls, run_dir):
+        path = Path(run_dir) / "config.json"
+        return config_from_dict(cls, read_json(path), path, cls.kind)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
 def load_state_strict(model, state, path):
     try:
         model.load_state_dict(state)

@@ -31,6 +31,26 @@ def synthetic_images(n, size=28, channels=1, seed=0):
     return images, labels
 
 
+def labelled_image_folder(root, n, size=12, channels=1, seed=5):
+    """n synthetic PNGs in one sub-folder per class (kind0, kind1, kind2), as torchvision's ImageFolder reads them."""
+    from PIL import Image
+
+    images, labels = synthetic_images(n, size=size, channels=channels, seed=seed)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (root / f"kind{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[..., 0] if channels == 1 else image).save(root / f"kind{label}" / f"{i:03d}.png")
+    return root
+
+
+def npy_bytes(array):
+    """The bytes np.save writes for array."""
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
 def write_idx(path, array):
     header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     with gzip.open(path, "wb") as f:

@@ -8,9 +8,8 @@ import torch
 import prior
 from conftest import TINY_PRIOR, assert_same_weights, kill_after_first_checkpoint, run_module
 from pipelines import fit_prior
-from store.index_maps import read_index_maps
+from store.index_maps import MapDataset, read_index_maps, write_index_maps
 from store.runs import file_sha256, load_tensors
-
 
 
 def test_fit_prior_writes_a_run_that_names_its_tokenizer(tokenizer_run, tmp_path):
@@ -121,3 +120,28 @@ def test_bad_maps_are_refused_in_one_line(tokenizer_run, tmp_path, case, message
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert message in lines[0]
     assert not (tmp_path / "out").exists(), "a refused run wrote files"
+
+
+def test_the_prior_trains_from_the_memory_mapped_maps(tmp_path, monkeypatch, one_thread):
+    rng = np.random.default_rng(1)
+    tokenizer_dir = tmp_path / "tokenizer"
+    tokenizer_dir.mkdir()
+    (tokenizer_dir / "model.safetensors").write_bytes(b"weights")
+    sha = file_sha256(tokenizer_dir / "model.safetensors")
+    for split, n in (("train", 64), ("test", 16)):
+        write_index_maps(tokenizer_dir / "maps", split, rng.integers(0, 8, (n, 3, 3)), rng.integers(0, 2, n), {
+            "codebook_size": 8, "grid_height": 3, "grid_width": 3, "weights_sha256": sha, "class_names": ["a", "b"]})
+    seen = []
+    original = MapDataset.__init__
+
+    def keep(self, index_maps):
+        original(self, index_maps)
+        seen.append(self.maps)
+
+    monkeypatch.setattr(MapDataset, "__init__", keep)
+    fit_prior.main(["--embed-dim", "4", "--hidden-channels", "4", "--num-layers", "2", "--batch-size", "16",
+                    "--epochs", "1", "--warmup-steps", "1", "--tokenizer", tokenizer_dir, "--output-root",
+                    tmp_path / "runs", "--run-name", "p"])
+    assert len(seen) == 2 and all(isinstance(maps, np.memmap) for maps in seen), "the maps were copied into memory"
+    assert (tmp_path / "runs" / "prior" / "p" / "model.safetensors").is_file()
+    assert isinstance(read_index_maps(tokenizer_dir / "maps", "train").maps, np.memmap)

@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, TINY_TOKENIZER, assert_same_weights, kill_after_first_checkpoint, run_module, synthetic_images
-from pipelines import fit_tokenizer
+from conftest import (REPO, TINY_PRIOR, TINY_TOKENIZER, assert_same_weights, kill_after_first_checkpoint,
+                      labelled_image_folder, run_module, synthetic_images)
+from pipelines import fit_prior, fit_tokenizer, sample
 from store.index_maps import read_index_maps
 from tokenizer import Tokenizer
 
@@ -108,3 +109,31 @@ def test_ci_runs_the_test_command_the_readme_shows():
     test_command = [line for line in readme.splitlines() if "pytest" in line and line.startswith("python3 -m venv")]
     assert len(test_command) == 1
     assert test_command[0] in (REPO / ".ci" / "run").read_text().splitlines()
+
+
+def test_a_folder_of_rgb_images_goes_through_all_three_commands(tmp_path):
+    folder = labelled_image_folder(tmp_path / "pictures", 120, size=32, channels=3, seed=3)
+    runs = tmp_path / "runs"
+    fit_tokenizer.main([*TINY_TOKENIZER, "--dataset", f"folder:{folder}", "--image-size", "32", "--epochs", "2",
+                        "--output-root", runs, "--run-name", "rgb"])
+    run = runs / "tokenizer" / "rgb"
+    tokenizer = Tokenizer.load(run)
+    assert (tokenizer.config.image_channels, tokenizer.config.image_size, tokenizer.config.grid_size) == (3, 32, 8)
+    maps = read_index_maps(run / "maps", "train")
+    assert maps.maps.shape == (108, 8, 8)  # every tenth file is the test split
+    # The dumped maps are the library's tokens for the same pictures, in the folder's sorted order.
+    paths = sorted(folder.rglob("*.png"))
+    train_paths = [p for i, p in enumerate(paths) if i % 10 != 9]
+    pixels = torch.stack([torch.from_numpy(np.array(Image.open(p))) for p in train_paths[:4]]).permute(0, 3, 1, 2)
+    assert torch.equal(tokenizer.encode(pixels), torch.from_numpy(maps.maps[:4].astype(np.int64)))
+    assert list(maps.labels[:4]) == [["kind0", "kind1", "kind2"].index(p.parent.name) for p in train_paths[:4]]
+
+    fit_prior.main([*TINY_PRIOR, "--tokenizer", run, "--output-root", runs, "--run-name", "rgb-prior",
+                    "--condition", "class"])
+    out = tmp_path / "samples"
+    sample.main(["--prior", runs / "prior" / "rgb-prior", "--n", 3, "--label", "kind2", "--out", out])
+    written = sorted((out / "images").iterdir())
+    assert len(written) == 3
+    with Image.open(written[0]) as picture:
+        assert (picture.mode, picture.size) == ("RGB", (32, 32))
+    assert json.loads((out / "sample.json").read_text())["n"] == 3

@@ -9,10 +9,8 @@ import torch.nn.functional as F
 
 from tokenizer import Tokenizer
 from tokenizer.model import QUANTIZERS, TokenizerConfig, VQVAE, build_quantizer
-from tokenizer.model import TokenizerConfig, VQVAE
-from tokenizer.quantizers import (BinaryQuantizer, FiniteScalarQuantizer, ResidualQuantizer, SimVQ,
-                                  rotation_trick)
-from tokenizer.quantizers import VectorQuantizer, perplexity_of
+from tokenizer.quantizers import (BinaryQuantizer, FiniteScalarQuantizer, ResidualQuantizer, SimVQ, VectorQuantizer,
+                                  perplexity_of, rotation_trick)
 
 
 OPTIONS = list(itertools.product(["ema", "loss"], [0, 4], [False, True]))

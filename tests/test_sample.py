@@ -6,7 +6,6 @@ import torch
 from PIL import Image
 
 from conftest import TINY_PRIOR, run_in_process, run_module, synthetic_images
-from generation import ImageGenerator
 from pipelines import fit_prior, sample
 from store.index_maps import read_index_maps
 from tokenizer import Tokenizer
@@ -149,11 +148,3 @@ def test_the_newest_prior_run_is_the_default(prior_run, tmp_path, capsys):
     assert status == 0
     settings = json.loads((tmp_path / "newest" / "sample.json").read_text())
     assert settings["prior_run"] == str(prior_run.resolve())
-
-
-def test_library_goes_from_a_prior_run_to_images(prior_run):
-    images, tokens = ImageGenerator.load(prior_run).sample(3, label="Bag", temperature=0.8, top_p=0.9)
-    assert images.shape == (3, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
-    assert tokens.shape == (3, 7, 7) and tokens.dtype == torch.int64
-    with pytest.raises(ValueError, match="n must be a positive integer"):
-        ImageGenerator.load(prior_run).sample(0)

@@ -1,0 +1,207 @@
+"""store: what lies on disk. Atomic writes and staged folders (a failure leaves the old file or folder whole),
+finding runs, run configs read back into dataclasses, the index-map format, image folders and single images."""
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import labelled_image_folder, npy_bytes, synthetic_images
+from store.images import IMAGE_SUFFIXES, DataConfig, _image_files, load_images, read_image
+from store.index_maps import IndexMapWriter, MapDataset, read_index_maps, smallest_uint_dtype, write_index_maps
+from store.runs import (atomic_path, config_from_dict, create_run_dir, file_sha256, new_run_dir, newest_run,
+                        staged_folder, write_json)
+
+
+# ---------------------------------------------------------------------------------------------------------- runs
+
+def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "results.json"
+    write_json(path, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            with open(tmp, "w") as f:
+                f.write('{"a": 2, "half')
+            raise RuntimeError("killed mid-write")
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+    write_json(path, {"a": 2})
+    assert json.loads(path.read_text()) == {"a": 2}
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask()), "the mode an ordinary open() gives"
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_staged_folder_appears_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "samples"
+    with pytest.raises(RuntimeError):
+        with staged_folder(out) as folder:
+            (folder / "grid.png").write_bytes(b"half")
+            raise RuntimeError("failed while writing")
+    assert list(tmp_path.iterdir()) == []
+    with staged_folder(out) as folder:
+        (folder / "grid.png").write_bytes(b"whole")
+    assert (out / "grid.png").read_bytes() == b"whole"
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+    with pytest.raises(ValueError, match="exists already: pass --overwrite"):
+        with staged_folder(out):
+            pass
+    with staged_folder(out, overwrite=True) as folder:
+        (folder / "other.png").write_bytes(b"new")
+    assert sorted(p.name for p in out.iterdir()) == ["other.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["samples"]
+
+
+def test_a_run_directory_is_made_with_its_config_and_the_files_it_carries(tmp_path):
+    source = tmp_path / "elsewhere"
+    source.mkdir()
+    (source / "model.safetensors").write_bytes(b"weights")
+    run_dir = tmp_path / "runs" / "prior" / "p"
+    create_run_dir(run_dir, {"model": {}}, copies={"tokenizer/model.safetensors": source / "model.safetensors",
+                                                   "tokenizer/results.json": source / "missing.json"})
+    assert json.loads((run_dir / "config.json").read_text()) == {"model": {}}
+    assert (run_dir / "tokenizer" / "model.safetensors").read_bytes() == b"weights"
+    assert not (run_dir / "tokenizer" / "results.json").exists()
+    with pytest.raises(ValueError, match="exists already: pass --resume"):
+        create_run_dir(run_dir, {"model": {"other": 1}})
+    assert json.loads((run_dir / "config.json").read_text()) == {"model": {}}
+
+
+def test_the_newest_complete_run_is_found_and_new_names_never_collide(tmp_path):
+    with pytest.raises(ValueError, match="no finished prior run"):
+        newest_run(tmp_path, "prior")
+    for name, age in (("old", 100), ("new", 10), ("unfinished", 0)):
+        (tmp_path / "prior" / name).mkdir(parents=True)
+        if name != "unfinished":
+            (tmp_path / "prior" / name / "model.safetensors").write_bytes(b"")
+            stamp = time.time() - age
+            os.utime(tmp_path / "prior" / name / "model.safetensors", (stamp, stamp))
+    assert newest_run(tmp_path, "prior") == tmp_path / "prior" / "new"
+    first = new_run_dir(tmp_path, "tokenizer")
+    first.mkdir(parents=True)
+    second = new_run_dir(tmp_path, "tokenizer")
+    assert second != first and second.parent == first.parent and second.name.startswith(first.name)
+    with pytest.raises(ValueError, match="exists already"):
+        new_run_dir(tmp_path, "prior", "old")
+
+
+@dataclass
+class Inner:
+    width: int = 4
+
+
+@dataclass
+class Outer:
+    inner: Inner
+    optional: Inner | None = None
+    names: list = field(default_factory=list)
+
+
+def test_a_config_is_read_back_into_nested_dataclasses_or_refused_in_one_line(tmp_path):
+    saved = dataclasses.asdict(Outer(Inner(8), Inner(2), ["a"]))
+    assert config_from_dict(Outer, json.loads(json.dumps(saved)), "x.json", "test") == Outer(Inner(8), Inner(2), ["a"])
+    assert config_from_dict(Outer, {"inner": {}, "optional": None}, "x.json", "test") == Outer(Inner(), None, [])
+    for values, detail in (({"inner": {"width": 1, "depth": 2}}, "depth"), ({"unknown": 1}, "unknown"),
+                           ({}, "inner"), ([1, 2], "list")):
+        with pytest.raises(ValueError, match=f"x.json is not a test config .*{detail}") as error:
+            config_from_dict(Outer, values, "x.json", "test")
+        assert "\n" not in str(error.value)
+
+
+# ---------------------------------------------------------------------------------------------------- index maps
+
+@pytest.mark.parametrize("shape,codebook_size,dtype", [((10, 7, 7), 32, np.uint8), ((6, 4, 4, 3), 1000, np.uint16),
+                                                       ((0, 7, 7), 512, np.uint16), ((3, 2, 2), 70000, np.uint32)])
+def test_index_map_files_written_in_batches_are_the_bytes_np_save_writes(tmp_path, shape, codebook_size, dtype):
+    maps = np.random.default_rng(0).integers(0, codebook_size, shape)
+    labels = np.arange(shape[0]) % 3
+    with IndexMapWriter(tmp_path, "train", len(maps), shape[1:], codebook_size) as writer:
+        for start in range(0, max(1, len(maps)), 4):
+            writer.write(maps[start:start + 4], labels[start:start + 4])
+    assert (tmp_path / "train_maps.npy").read_bytes() == npy_bytes(maps.astype(dtype))
+    assert (tmp_path / "train_labels.npy").read_bytes() == npy_bytes(labels.astype(np.int64))
+    assert writer.entry()["maps"]["sha256"] == file_sha256(tmp_path / "train_maps.npy")
+    # A writer left with fewer maps than it promised renames nothing into place.
+    with pytest.raises(ValueError, match="promised"):
+        with IndexMapWriter(tmp_path, "train", len(maps) + 1, shape[1:], codebook_size) as writer:
+            writer.write(maps, labels)
+    assert (tmp_path / "train_maps.npy").read_bytes() == npy_bytes(maps.astype(dtype))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train_labels.npy", "train_maps.npy"]
+
+
+def test_index_maps_round_trip_memory_mapped_with_their_metadata_and_hashes(tmp_path):
+    assert [smallest_uint_dtype(k) for k in (2, 256, 257, 65536, 65537)] == [np.uint8, np.uint8, np.uint16,
+                                                                             np.uint16, np.uint32]
+    rng = np.random.default_rng(3)
+    maps, labels = rng.integers(0, 300, (9, 3, 4)), rng.integers(0, 2, 9)
+    meta = {"codebook_size": 300, "grid_height": 3, "grid_width": 4, "weights_sha256": "abc", "class_names": ["a", "b"]}
+    write_index_maps(tmp_path, "test", maps, labels, meta)
+    read = read_index_maps(tmp_path, "test")
+    assert isinstance(read.maps, np.memmap) and read.maps.dtype == np.uint16
+    assert np.array_equal(read.maps, maps) and np.array_equal(read.labels, labels)
+    assert {k: read.meta[k] for k in meta} == meta and read.meta["splits"]["test"]["count"] == 9
+    tokens, label = MapDataset(read)[4]
+    assert tokens.dtype == torch.int64 and torch.equal(tokens, torch.from_numpy(maps[4])) and label == labels[4]
+    with pytest.raises(ValueError, match="has no 'train' split"):
+        read_index_maps(tmp_path, "train")
+    np.save(tmp_path / "test_maps.npy", maps.astype(np.uint16))  # the same values, rewritten: the hash still holds
+    assert np.array_equal(read_index_maps(tmp_path, "test").maps, maps)
+    np.save(tmp_path / "test_maps.npy", (maps + 1).astype(np.uint16))
+    with pytest.raises(ValueError, match="does not match its recorded SHA-256"):
+        read_index_maps(tmp_path, "test")
+
+
+# -------------------------------------------------------------------------------------------------------- images
+
+def test_the_folder_walk_lists_files_in_sorted_path_order(tmp_path):
+    root = tmp_path / "tree"
+    names = ["a.png", "a/b.png", "a-b/x.png", "a b/y.png", "a/c/d.PNG", ".hidden.png", ".png", "ä.png", "a.b/q.jpg",
+             "a0.png", "a/0.png", "notes.txt", "zz/1.png", "zz/10.png", "zz/2.png"]
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+    os.symlink(root / "a", root / "linked-folder")  # not followed, as rglob does not
+    os.symlink(root / "a.png", root / "linked-file.png")
+    expected = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    assert list(_image_files(root)) == [p.relative_to(root).as_posix() for p in expected]
+
+
+def test_a_lazy_folder_decodes_batches_equal_to_the_whole_split_in_memory(tmp_path):
+    labelled_image_folder(tmp_path, 40, size=20, channels=3, seed=4)
+    config = DataConfig(dataset=f"folder:{tmp_path}", image_size=16)
+    whole, lazy = load_images(config, "train"), load_images(config, "train", lazy=True)
+    assert lazy.images.shape == tuple(whole.images.shape) == (36, 3, 16, 16) and len(lazy) == 36
+    batches = torch.cat([lazy.images[start:start + 5] for start in range(0, len(lazy), 5)])
+    assert batches.dtype == torch.uint8 and torch.equal(batches, whole.images)
+    assert torch.equal(lazy.images[-1], whole.images[-1]) and torch.equal(lazy.labels, whole.labels)
+
+
+def test_fashion_mnist_is_read_from_the_configured_folder(fashion_dir, tmp_path):
+    test_set = load_images(DataConfig(fashion_mnist_dir=str(fashion_dir)), "test")
+    assert test_set.images.shape == (64, 1, 28, 28) and test_set.images.dtype == torch.uint8
+    assert len(test_set.class_names) == 10 and test_set.labels.dtype == torch.int64
+    with pytest.raises(ValueError, match=f"Fashion-MNIST not found in {tmp_path / 'nowhere'}"):
+        load_images(DataConfig(fashion_mnist_dir=str(tmp_path / "nowhere")), "train")
+
+
+def test_one_image_is_read_in_the_tokenizers_channels_and_refused_at_another_size(tmp_path):
+    images, _ = synthetic_images(1, size=28, channels=3)
+    Image.fromarray(images[0]).save(tmp_path / "rgb.png")
+    gray = read_image(tmp_path / "rgb.png", 1, 28)
+    assert gray.shape == (1, 1, 28, 28) and gray.dtype == torch.uint8
+    assert read_image(tmp_path / "rgb.png", 3, 28).shape == (1, 3, 28, 28)
+    with pytest.raises(ValueError, match="is 28x28, the tokenizer takes 32x32"):
+        read_image(tmp_path / "rgb.png", 1, 32)
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot read image"):
+        read_image(tmp_path / "bad.png", 1, 28)
