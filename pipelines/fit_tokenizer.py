@@ -6,6 +6,7 @@
     torchrun --nproc_per_node 2 -m pipelines.fit_tokenizer  # two data-parallel processes
 """
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -16,7 +17,9 @@ from pipelines import cli
 from store.images import DEBIAN_FASHION_MNIST_DIR, DataConfig, ImageDataset, load_images
 from store.runs import create_run_dir, new_run_dir, read_run_config, remove_stale_temporaries, save_tensors, write_json
 from tokenizer import TokenizerConfig, TokenizerRun, VQVAE
-from tokenizer.fit import dump, save_reconstructions, tokenizer_step
+from tokenizer.discriminator import TokenizerLossConfig
+from tokenizer.fit import (check_discriminator_start, dump, save_reconstructions, tokenizer_step,
+                           trained_module)
 from tokenizer.run import DUMP_BATCH_SIZE
 from training import (TrainConfig, check_one_batch, decided_by_main, make_accelerator,
                       mean_items_per_s, train)
@@ -40,6 +43,7 @@ def build_parser():
     cli.add_config_flags(parser, DataConfig, "data",
                          defaults={"fashion_mnist_dir": os.environ.get("FASHION_MNIST_DIR", DEBIAN_FASHION_MNIST_DIR)})
     cli.add_config_flags(parser, TokenizerConfig, "model", skip=DERIVED_FROM_DATA)
+    cli.add_config_flags(parser, TokenizerLossConfig, "loss (VQGAN's adversarial loss is off by default)")
     # The EMA codebook already averages what the tokens depend on; a weight average is the prior's.
     cli.add_config_flags(parser, TrainConfig, "training", skip=("ema_decay",), defaults=TOKENIZER_TRAIN_DEFAULTS)
     return parser
@@ -75,12 +79,14 @@ def main(argv=None):
         # Encoding in batches of another size can flip a near-tie's token: a run dumps as it was started to.
         run = TokenizerRun(
             model=cli.config_from_args(TokenizerConfig, args, image_channels=channels, image_size=height),
-            train=train_config, data=data_config,
+            train=train_config, data=data_config, loss=cli.config_from_args(TokenizerLossConfig, args),
             dump_batch_size=DUMP_BATCH_SIZE if args.dump_batch_size is None else args.dump_batch_size)
     check_one_batch(len(train_set), run.train)
+    check_discriminator_start(run.loss, run.train, len(train_set), accelerator.num_processes)
     # The model is built before the run directory is made: flags it cannot be built from leave nothing behind.
     torch.manual_seed(run.train.seed)
-    model = VQVAE(run.model)
+    vqvae = VQVAE(run.model)
+    model = trained_module(vqvae, run.loss)  # trained in place: vqvae holds the trained weights afterwards
     if not args.resume:
         run_dir = decided_by_main(accelerator, lambda: new_run_dir(args.output_root, "tokenizer", args.run_name))
     if accelerator.is_main_process:
@@ -90,14 +96,15 @@ def main(argv=None):
             create_run_dir(run_dir, run.to_dict())
     accelerator.wait_for_everyone()
 
-    accelerator.print(f"tokenizer: {model.num_parameters():,} parameters, grid {run.model.grid_size}x"
+    accelerator.print(f"tokenizer: {vqvae.num_parameters():,} parameters, grid {run.model.grid_size}x"
                       f"{run.model.grid_size}, {run.model.codebook_size} codes -> {run_dir}")
     started = time.perf_counter()
-    model, metrics, _ = train(model, ImageDataset(train_set), tokenizer_step, run.train,
-                           run_dir, accelerator, resume=bool(args.resume), description="fit tokenizer")
+    step = functools.partial(tokenizer_step, loss=run.loss)
+    _, metrics, _ = train(model, ImageDataset(train_set), step, run.train, run_dir, accelerator,
+                          resume=bool(args.resume), description="fit tokenizer")
     train_seconds = time.perf_counter() - started
     if accelerator.is_main_process:
-        save_tensors(run_dir / "model.safetensors", model.state_dict())
+        save_tensors(run_dir / "model.safetensors", vqvae.state_dict())
     accelerator.wait_for_everyone()
 
     # The splits already listed and checked are reused: a folder is not walked and verified twice.
@@ -105,7 +112,7 @@ def main(argv=None):
                               splits={"train": train_set, "test": test_set})
     if accelerator.is_main_process:
         save_reconstructions(run_dir / "reconstructions.png", tokenizer, test_set.images)
-        summary = {"train_seconds_this_session": train_seconds, "parameters": model.num_parameters(),
+        summary = {"train_seconds_this_session": train_seconds, "parameters": vqvae.num_parameters(),
                    "train_images_per_s": mean_items_per_s(metrics), **{f"{s}_{k}": v for s, r in results.items()
                                                                  for k, v in r.items()}}
         write_json(run_dir / "results.json", summary)

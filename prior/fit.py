@@ -25,7 +25,7 @@ def read_maps_for(tokenizer_dir):
     return splits
 
 
-def prior_step(model, batch, label_dropout, num_classes):
+def prior_step(model, batch, step, label_dropout, num_classes):
     tokens, labels = batch
     if num_classes:
         # "No label" is class index num_classes; dropping labels trains the unconditional half of guidance.

@@ -28,7 +28,7 @@ class DataConfig:
                 "or folder:PATH (any folder of images; every tenth file, sorted by path, is the test split)"})
     data_dir: str = field(default="data", metadata={"help": "where mnist and cifar10 are downloaded to"})
     image_size: int = field(default=0, metadata={
-        "help": "resize folder images to this size (0: the data set's own size; 28 for folders)"})
+        "help": "resize every image to this size, square (0: the data set's own size, 28 for folders)"})
     fashion_mnist_dir: str = field(default=DEBIAN_FASHION_MNIST_DIR, metadata={
         "help": "the folder of the Fashion-MNIST .gz files (train-images-idx3-ubyte.gz ...)"})
 
@@ -65,14 +65,30 @@ def load_images(config, split, lazy=False):
     memory.
     """
     name = config.dataset
+    if config.image_size < 0:
+        raise ValueError(f"--image-size must be positive (or 0: the data set's own size), not {config.image_size}")
     if name == "fashion-mnist":
-        return _read_fashion_mnist(Path(config.fashion_mnist_dir), split)
+        return resized(_read_fashion_mnist(Path(config.fashion_mnist_dir), split), config.image_size)
     if name in ("mnist", "cifar10"):
-        return _read_torchvision(name, split, config.data_dir)
+        return resized(_read_torchvision(name, split, config.data_dir), config.image_size)
     if name.startswith("folder:"):
         images = _read_folder(Path(name[len("folder:"):]), split, config.image_size or 28)
         return images if lazy else ImageSet(images[:], images.labels, images.class_names)
     raise ValueError(f"unknown dataset {name!r}: use fashion-mnist, mnist, cifar10 or folder:PATH")
+
+
+def resized(image_set, size, chunk=4096):
+    """The ImageSet with its images resized to size x size (bilinear with antialiasing, as PIL resizes a folder's
+    images), or as it is when size is 0 or its own."""
+    images = image_set.images
+    if not size or tuple(images.shape[-2:]) == (size, size):
+        return image_set
+    out = torch.empty((len(images), images.shape[1], size, size), dtype=torch.uint8)
+    for start in range(0, len(images), chunk):
+        batch = torch.nn.functional.interpolate(images[start:start + chunk].float(), size=(size, size),
+                                                mode="bilinear", antialias=True, align_corners=False)
+        out[start:start + chunk] = batch.round_().clamp_(0, 255).to(torch.uint8)
+    return ImageSet(out, image_set.labels, image_set.class_names)
 
 
 def _read_idx(path):

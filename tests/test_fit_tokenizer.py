@@ -137,3 +137,27 @@ def test_a_folder_of_rgb_images_goes_through_all_three_commands(tmp_path):
     with Image.open(written[0]) as picture:
         assert (picture.mode, picture.size) == ("RGB", (32, 32))
     assert json.loads((out / "sample.json").read_text())["n"] == 3
+
+
+@pytest.mark.parametrize("size,channels,factor", [(64, 1, 8), (32, 3, 8)])
+def test_the_pipeline_runs_at_other_sizes_and_factors(tmp_path, size, channels, factor):
+    folder = labelled_image_folder(tmp_path / "pictures", 60, size=size, channels=channels, seed=2)
+    runs, grid = tmp_path / "runs", size // factor
+    fit_tokenizer.main([*TINY_TOKENIZER, "--dataset", f"folder:{folder}", "--image-size", size, "--downsample",
+                        factor, "--epochs", "1", "--output-root", runs, "--run-name", "t"])
+    tokenizer = Tokenizer.load(runs / "tokenizer" / "t")
+    assert tokenizer.image_shape == (channels, size, size) and tokenizer.grid_shape == (grid, grid)
+    assert read_index_maps(runs / "tokenizer" / "t" / "maps", "train").maps.shape == (54, grid, grid)
+    fit_prior.main([*TINY_PRIOR, "--tokenizer", runs / "tokenizer" / "t", "--output-root", runs, "--run-name", "p"])
+    sample.main(["--prior", runs / "prior" / "p", "--n", 2, "--out", tmp_path / "samples"])
+    with Image.open(tmp_path / "samples" / "images" / "00000.png") as picture:
+        assert picture.size == (size, size)
+
+
+def test_fashion_mnist_resized_by_image_size(fashion_dir, tmp_path):
+    fit_tokenizer.main([*TINY_TOKENIZER, "--image-size", "32", "--downsample", "8", "--epochs", "1",
+                        "--output-root", tmp_path, "--run-name", "t32"])
+    config = json.loads((tmp_path / "tokenizer" / "t32" / "config.json").read_text())
+    assert config["data"]["image_size"] == 32 and config["model"]["image_size"] == 32
+    assert read_index_maps(tmp_path / "tokenizer" / "t32" / "maps", "test").maps.shape == (64, 4, 4)
+

@@ -41,6 +41,19 @@ def test_three_channel_32px_gives_an_8x8_grid():
     assert tokenizer.decode(tokens).shape == (2, 3, 32, 32)
 
 
+@pytest.mark.parametrize("size,factor,stage_blocks", [(32, 4, 0), (32, 8, 1), (64, 8, 0), (64, 16, 1), (48, 16, 0)])
+def test_every_downsampling_factor_gives_its_grid(size, factor, stage_blocks):
+    model = VQVAE(TokenizerConfig(image_channels=3, image_size=size, downsample=factor, hidden_channels=8,
+                                  residual_channels=4, latent_dim=4, codebook_size=16,
+                                  stage_residual_blocks=stage_blocks))
+    tokenizer = Tokenizer(model)
+    tokens = tokenizer.encode(torch.rand(2, 3, size, size))
+    assert tokens.shape == (2, size // factor, size // factor) == (2, *tokenizer.grid_shape)
+    assert tokenizer.decode(tokens).shape == (2, 3, size, size)
+    strided = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    assert len(strided) == {4: 2, 8: 3, 16: 4}[factor]
+
+
 @pytest.mark.parametrize("call,message", [
     (lambda t: t.encode(torch.rand(2, 3, 28, 28)), "shape"),
     (lambda t: t.encode(torch.rand(2, 1, 32, 32)), "shape"),

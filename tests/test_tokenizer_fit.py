@@ -91,7 +91,7 @@ def test_the_step_loss_is_the_reconstruction_error_plus_the_quantizer_loss():
     # Eval mode: a training forward moves the EMA codebook, so a second forward would quantize differently.
     model = VQVAE(TokenizerConfig(hidden_channels=8, residual_channels=4, latent_dim=4, codebook_size=16)).eval()
     images = torch.from_numpy(synthetic_images(4)[0]).permute(0, 3, 1, 2)
-    loss, logs = tokenizer_step(model, (images, torch.zeros(4, dtype=torch.long)))
+    loss, logs = tokenizer_step(model, (images, torch.zeros(4, dtype=torch.long)), 0)
     reconstructions, _, quantizer_loss, _ = model(images.float() / 255)
     mse = torch.nn.functional.mse_loss(reconstructions, images.float() / 255)
     assert loss.item() == pytest.approx((mse + quantizer_loss).item(), rel=1e-6) and loss.requires_grad

@@ -48,3 +48,20 @@ def test_two_processes_shard_the_data_and_write_one_run(fashion_dir, tmp_path):
     results = json.loads((runs / "prior" / "p" / "results.json").read_text())
     assert 0 < results["test_bits_per_token"] < 6
     assert_processes_agree(tmp_path / "prior-weights", runs / "prior" / "p" / "model.safetensors")
+
+
+def test_two_processes_keep_the_same_discriminator(fashion_dir, tmp_path):
+    import os
+
+    env = {**os.environ, "FASHION_MNIST_DIR": str(fashion_dir)}
+    runs, probe_dir = tmp_path / "runs", tmp_path / "weights"
+    result = torchrun("pipelines.fit_tokenizer", *TINY_TOKENIZER, "--epochs", "2", "--adversarial-weight", "0.5",
+                      "--discriminator-channels", "8", "--discriminator-start", "2", "--output-root", runs,
+                      "--run-name", "gan", env=env, probe_dir=probe_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rank0, rank1 = (load_file(probe_dir / f"rank{r}.safetensors") for r in (0, 1))
+    assert rank0.keys() == rank1.keys() and any(name.startswith("discriminator.") for name in rank0)
+    assert not [name for name in rank0 if not rank0[name].equal(rank1[name])], "the processes ended apart"
+    saved = load_file(runs / "tokenizer" / "gan" / "model.safetensors")
+    assert saved.keys() == {name[len("vqvae."):] for name in rank0 if name.startswith("vqvae.")}
+    assert all(saved[name].equal(rank0[f"vqvae.{name}"]) for name in saved)

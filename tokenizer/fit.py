@@ -11,19 +11,43 @@ from tqdm.auto import tqdm
 
 from store.images import load_images
 from store.index_maps import IndexMapWriter, record_index_maps
+from store.pictures import enlarged
 from store.runs import atomic_path
+from tokenizer.discriminator import AdversarialTokenizer, TokenizerLossConfig, reconstruction_loss
 from tokenizer.quantizers import usage_stats
 from tokenizer.tokenizer import Tokenizer, psnr
 
 
-def tokenizer_step(model, batch):
+def trained_module(vqvae, loss):
+    """What the training loop fits: the VQ-VAE itself, or with the adversarial loss on, the VQ-VAE and its
+    discriminator as one AdversarialTokenizer."""
+    return AdversarialTokenizer(vqvae, loss) if loss.adversarial else vqvae
+
+
+def check_discriminator_start(loss, train_config, train_items, processes=1):
+    """A one-line refusal of a --discriminator-start the run would never reach."""
+    total_steps = train_config.epochs * (train_items // (train_config.batch_size * processes))
+    if loss.adversarial and loss.discriminator_start >= total_steps:
+        raise ValueError(f"--discriminator-start {loss.discriminator_start} is past the end of training "
+                         f"({total_steps} steps): the discriminator would never act")
+
+
+def tokenizer_step(model, batch, step, loss=TokenizerLossConfig()):
+    """(loss, logs) of one batch: pixels and quantizer, plus both adversarial terms for an AdversarialTokenizer."""
     images, _ = batch
     images = images.float() / 255
+    if isinstance(getattr(model, "module", model), AdversarialTokenizer):  # (wrapped in DDP across processes)
+        return model(images, step)
     reconstructions, _, quantizer_loss, stats = model(images)
-    mse = F.mse_loss(reconstructions.float(), images)
-    loss = mse + quantizer_loss
-    return loss, {"loss": loss.item(), "mse": mse.item(), "perplexity": stats["perplexity"],
-                  "codes_used": stats["codes_used"], "restarts": stats["restarts"]}
+    reconstructions = reconstructions.float()
+    pixels = reconstruction_loss(reconstructions, images, loss.reconstruction_loss)
+    total = pixels + quantizer_loss
+    logs = {"loss": total.item(), "mse": pixels.item() if loss.reconstruction_loss == "l2"
+            else F.mse_loss(reconstructions.detach(), images).item()}
+    if loss.reconstruction_loss != "l2":
+        logs["reconstruction"] = pixels.item()
+    return total, {**logs, "perplexity": stats["perplexity"], "codes_used": stats["codes_used"],
+                   "restarts": stats["restarts"]}
 
 
 def encode_split(tokenizer, data, batch_size, reconstruct, desc, writer=None):
@@ -90,8 +114,6 @@ def dump(run_dir, data_config, batch_size, accelerator, splits=None):
 def save_reconstructions(path, tokenizer, images, count=16):
     """A PNG of `count` images (uint8) above their reconstructions, enlarged to be judged by eye."""
     from torchvision.utils import save_image  # torchvision takes seconds to import: not before it is needed
-
-    from store.pictures import enlarged
 
     originals = images[:count].to(tokenizer.device).float() / 255
     _, reconstructions, _ = tokenizer.reconstruct(originals)

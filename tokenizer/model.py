@@ -1,7 +1,7 @@
 """The VQ-VAE of van den Oord et al. 2017, "Neural Discrete Representation Learning" (section 4.1):
-two stride-2 convolutions down (28x28 -> 7x7, 32x32 -> 8x8), 3x3 residual blocks, a quantizer (any of the family
-in tokenizer/quantizers.py), and the mirror image up. Outputs pass through a sigmoid, so decoded images lie in
-[0, 1].
+stride-2 convolutions down (two by default: 28x28 -> 7x7, 32x32 -> 8x8; three or four for a grid 8x or 16x
+smaller, as VQGAN's encoders go), 3x3 residual blocks, a quantizer (any of the family in tokenizer/quantizers.py),
+and the mirror image up. Outputs pass through a sigmoid, so decoded images lie in [0, 1].
 """
 
 from dataclasses import dataclass, field
@@ -15,6 +15,7 @@ from tokenizer.quantizers import (ESTIMATORS, BinaryQuantizer, FiniteScalarQuant
                                   VectorQuantizer)
 
 QUANTIZERS = ("vq", "residual", "simvq", "fsq", "binary")
+DOWNSAMPLE_FACTORS = (4, 8, 16)
 
 
 class ResidualBlock(nn.Module):
@@ -33,13 +34,18 @@ class ResidualBlock(nn.Module):
 
 class Encoder(nn.Module):
     def __init__(self, config):
-        c = config.hidden_channels
+        widths = config.widths
         super().__init__()
+        layers, previous = [], config.image_channels
+        for stage, width in enumerate(widths):
+            layers += [nn.Conv2d(previous, width, 4, stride=2, padding=1), nn.ReLU()]  # (b, width, H/2^s, W/2^s)
+            if stage < len(widths) - 1:  # the lowest resolution has its own blocks below
+                layers += [ResidualBlock(width, config.residual_channels)
+                           for _ in range(config.stage_residual_blocks)]
+            previous = width
+        c = widths[-1]
         self.net = nn.Sequential(
-            nn.Conv2d(config.image_channels, c // 2, 4, stride=2, padding=1),  # (b, c/2, H/2, W/2)
-            nn.ReLU(),
-            nn.Conv2d(c // 2, c, 4, stride=2, padding=1),  # (b, c, H/4, W/4)
-            nn.ReLU(),
+            *layers,
             nn.Conv2d(c, c, 3, padding=1),
             *[ResidualBlock(c, config.residual_channels) for _ in range(config.num_residual_blocks)],
             nn.ReLU(),
@@ -52,16 +58,24 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     def __init__(self, config):
-        c = config.hidden_channels
+        widths = config.widths
+        c = widths[-1]
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(config.latent_dim, c, 3, padding=1),
-            *[ResidualBlock(c, config.residual_channels) for _ in range(config.num_residual_blocks)],
-            nn.ReLU(),
-            nn.ConvTranspose2d(c, c // 2, 4, stride=2, padding=1),
-            nn.ReLU(),
-            nn.ConvTranspose2d(c // 2, config.image_channels, 4, stride=2, padding=1),
-        )
+        # Built in the order they run, so that a seed gives the same weights as before the stages were configurable.
+        layers = [nn.Conv2d(config.latent_dim, c, 3, padding=1),
+                  *[ResidualBlock(c, config.residual_channels) for _ in range(config.num_residual_blocks)]]
+        for stage in reversed(range(len(widths))):
+            if stage < len(widths) - 1:
+                layers += [ResidualBlock(widths[stage], config.residual_channels)
+                           for _ in range(config.stage_residual_blocks)]
+            out = widths[stage - 1] if stage else config.image_channels
+            layers += [nn.ReLU(), nn.ConvTranspose2d(widths[stage], out, 4, stride=2, padding=1)]  # (b, out, 2h, 2w)
+        self.net = nn.Sequential(*layers)
+
+    @property
+    def last_layer(self):
+        """The weight of the layer that makes the pixels: where VQGAN's adaptive weight compares gradients."""
+        return self.net[-1].weight
 
     def forward(self, z_q):
         return torch.sigmoid(self.net(z_q))
@@ -70,10 +84,21 @@ class Decoder(nn.Module):
 @dataclass
 class TokenizerConfig:
     image_channels: int = field(default=1, metadata={"help": "channels of the input images: 1 (grey) or 3 (RGB)"})
-    image_size: int = field(default=28, metadata={"help": "height and width of the images; must be divisible by 4"})
-    hidden_channels: int = field(default=64, metadata={"help": "width of the encoder and decoder convolutions"})
+    image_size: int = field(default=28, metadata={
+        "help": "height and width of the images; must be divisible by the downsampling factor"})
+    downsample: int = field(default=4, metadata={
+        "help": "how much smaller the token grid is than the image, per side: 4, 8 or 16 (2, 3 or 4 stride-2 "
+                "stages); 28x28 at 4 is a 7x7 grid, 64x64 at 8 an 8x8 grid", "choices": DOWNSAMPLE_FACTORS})
+    hidden_channels: int = field(default=64, metadata={
+        "help": "width of the encoder and decoder convolutions at the lowest resolution"})
+    stage_channels: str = field(default="", metadata={
+        "help": "comma-separated widths of the stride-2 stages, highest resolution first, one per stage (default: "
+                "half of --hidden-channels, then --hidden-channels for every further stage)"})
+    stage_residual_blocks: int = field(default=0, metadata={
+        "help": "residual blocks at each resolution above the lowest, in the encoder and in the decoder"})
     residual_channels: int = field(default=32, metadata={"help": "bottleneck width inside each residual block"})
-    num_residual_blocks: int = field(default=2, metadata={"help": "residual blocks in the encoder and in the decoder"})
+    num_residual_blocks: int = field(default=2, metadata={
+        "help": "residual blocks at the lowest resolution, in the encoder and in the decoder"})
     latent_dim: int = field(default=64, metadata={"help": "channels of the encoder output z"})
     quantizer: str = field(default="vq", metadata={
         "help": "vq (nearest code), residual (--depth chained codebooks), simvq (frozen basis x learned map), "
@@ -106,8 +131,19 @@ class TokenizerConfig:
     def __post_init__(self):
         if self.image_channels not in (1, 3):
             raise ValueError(f"image_channels must be 1 or 3, not {self.image_channels}")
-        if self.image_size <= 0 or self.image_size % 4:
-            raise ValueError(f"image_size must be a positive multiple of 4, not {self.image_size}")
+        if self.downsample not in DOWNSAMPLE_FACTORS:
+            raise ValueError(f"--downsample must be one of {', '.join(map(str, DOWNSAMPLE_FACTORS))}, "
+                             f"not {self.downsample}")
+        if self.image_size <= 0 or self.image_size % self.downsample:
+            multiple = max(self.downsample, round(max(self.image_size, 1) / self.downsample) * self.downsample)
+            raise ValueError(f"an image size of {self.image_size} is not divisible by the downsampling factor "
+                             f"{self.downsample}: pass --image-size {multiple} (or another multiple of "
+                             f"{self.downsample}) or another --downsample")
+        if self.stage_residual_blocks < 0:
+            raise ValueError(f"--stage-residual-blocks must be >= 0, not {self.stage_residual_blocks}")
+        if len(self.widths) != self.stages or min(self.widths) < 1:
+            raise ValueError(f"--stage-channels must be {self.stages} positive widths (one per stride-2 stage of "
+                             f"--downsample {self.downsample}), not {self.stage_channels!r}")
         if self.codebook_size < 2:
             raise ValueError(f"codebook_size must be at least 2, not {self.codebook_size}")
         if self.codebook_update not in ("ema", "loss"):
@@ -130,7 +166,22 @@ class TokenizerConfig:
 
     @property
     def grid_size(self):
-        return self.image_size // 4
+        return self.image_size // self.downsample
+
+    @property
+    def stages(self):
+        """The number of stride-2 stages: log2 of the downsampling factor."""
+        return self.downsample.bit_length() - 1
+
+    @property
+    def widths(self):
+        """The channels of each stride-2 stage, highest resolution first."""
+        if not self.stage_channels:
+            return [self.hidden_channels // 2] + [self.hidden_channels] * (self.stages - 1)
+        try:
+            return [int(width) for width in self.stage_channels.split(",")]
+        except ValueError:
+            return []
 
     @property
     def levels(self):

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 
 from store.images import DataConfig
 from store.runs import RunConfig
+from tokenizer.discriminator import TokenizerLossConfig
 from tokenizer.model import TokenizerConfig
 from training import TrainConfig
 
@@ -20,3 +21,4 @@ class TokenizerRun(RunConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     dump_batch_size: int = DUMP_BATCH_SIZE
+    loss: TokenizerLossConfig = field(default_factory=TokenizerLossConfig)

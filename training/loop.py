@@ -143,27 +143,38 @@ def learning_rate_at(step, total_steps, config):
     return config.learning_rate * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
-def _state_tensors(model, optimizer):
+def _optimizer_key(i):
+    """The name of optimizer i in the training state: "optimizer" for the first (as runs with one have always
+    written it), "optimizer1", ... for the others."""
+    return "optimizer" if i == 0 else f"optimizer{i}"
+
+
+def _state_tensors(model, optimizers):
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    opt_state = optimizer.state_dict()
-    scalars = {}
-    for param_id, state in opt_state["state"].items():
-        for key, value in state.items():
-            if torch.is_tensor(value):
-                tensors[f"optimizer.{param_id}.{key}"] = value
-            else:
-                scalars[f"{param_id}.{key}"] = value
+    meta = {}
+    for i, optimizer in enumerate(optimizers):
+        key = _optimizer_key(i)
+        opt_state = optimizer.state_dict()
+        scalars = {}
+        for param_id, state in opt_state["state"].items():
+            for name, value in state.items():
+                if torch.is_tensor(value):
+                    tensors[f"{key}.{param_id}.{name}"] = value
+                else:
+                    scalars[f"{param_id}.{name}"] = value
+        suffix = key[len("optimizer"):]
+        meta[f"param_groups{suffix}"], meta[f"optimizer_scalars{suffix}"] = opt_state["param_groups"], scalars
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = state
-    return tensors, {"param_groups": opt_state["param_groups"], "optimizer_scalars": scalars}
+    return tensors, meta
 
 
-def save_training_state(path, model, optimizer, step, scaler=None, log_window=None, average=None):
-    """log_window: the figures of the steps since the last metrics line, so a resumed run logs the same averages.
-    average: the WeightAverage, if one is kept."""
-    tensors, meta = _state_tensors(model, optimizer)
+def save_training_state(path, model, optimizers, step, scaler=None, log_window=None, average=None):
+    """optimizers: one per parameter group of the model (most runs have one). log_window: the figures of the steps
+    since the last metrics line, so a resumed run logs the same averages. average: the WeightAverage, if kept."""
+    tensors, meta = _state_tensors(model, optimizers)
     if average is not None:
         tensors.update({f"average.{k}": v for k, v in average.state.items()})
         meta["average_updates"] = average.updates
@@ -173,7 +184,7 @@ def save_training_state(path, model, optimizer, step, scaler=None, log_window=No
     save_tensors(path, tensors, metadata={"training": json.dumps(meta)})
 
 
-def load_training_state(path, model, optimizer, scaler=None, average=None):
+def load_training_state(path, model, optimizers, scaler=None, average=None):
     """Restore what save_training_state wrote; returns (the step to continue from, the log window)."""
     from safetensors import safe_open
 
@@ -188,15 +199,18 @@ def load_training_state(path, model, optimizer, scaler=None, average=None):
             average.updates = meta["average_updates"]
         else:  # a run that kept no average before: it starts from the weights it resumes with
             average.__init__(model, average.decay)
-    state = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, param_id, name = key.split(".", 2)
-            state.setdefault(int(param_id), {})[name] = value
-    for key, value in meta["optimizer_scalars"].items():
-        param_id, name = key.split(".", 1)
-        state.setdefault(int(param_id), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    for i, optimizer in enumerate(optimizers):
+        key = _optimizer_key(i)
+        suffix = key[len("optimizer"):]
+        state = {}
+        for name, value in tensors.items():
+            if name.startswith(f"{key}."):
+                _, param_id, entry = name.split(".", 2)
+                state.setdefault(int(param_id), {})[entry] = value
+        for name, value in meta[f"optimizer_scalars{suffix}"].items():
+            param_id, entry = name.split(".", 1)
+            state.setdefault(int(param_id), {})[entry] = value
+        optimizer.load_state_dict({"state": state, "param_groups": meta[f"param_groups{suffix}"]})
     torch.set_rng_state(tensors["rng.torch"])
     cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
     if cuda_states:
@@ -208,7 +222,7 @@ def load_training_state(path, model, optimizer, scaler=None, average=None):
 
 def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, description="train",
           evaluate=None):
-    """Fit model on dataset; step_fn(model, batch) -> (loss, {name: float}). Returns (the unwrapped model, the
+    """Fit model on dataset; step_fn(model, batch, step) -> (loss, {name: float}). Returns (the unwrapped model, the
     metrics records, the averaged weights as a state dict or None when config.ema_decay is 0).
 
     evaluate(model) -> {name: float}, if given, runs at the end of every epoch (in eval mode, without
@@ -226,12 +240,16 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
     # (one more on resume, through skip_first_batches), which would shift the label-dropout draws.
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True,
                         generator=torch.Generator().manual_seed(config.seed))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    # One AdamW per parameter group: a model with parts that learn from losses of their own (a tokenizer and its
+    # discriminator) says so with optimizer_groups() -> [(parameters, AdamW options), ...]; the others have one.
+    groups = model.optimizer_groups() if hasattr(model, "optimizer_groups") else [(model.parameters(), {})]
+    optimizers = [torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, **options)
+                  for params, options in groups]
     step, window = 0, {}
     average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
     if resume and state_path.exists():
-        step, window = load_training_state(state_path, model, optimizer, accelerator.scaler, average)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+        step, window = load_training_state(state_path, model, optimizers, accelerator.scaler, average)
+    model, *optimizers, loader = accelerator.prepare(model, *optimizers, loader)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ValueError(f"the training split has {len(dataset)} items, fewer than one batch of "
@@ -250,14 +268,21 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
         loader.set_epoch(epoch)
         batches = accelerator.skip_first_batches(loader, offset) if offset else loader
         for batch in batches:
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate_at(step, total_steps, config)
-            loss, logs = step_fn(model, batch)
+            for optimizer in optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate_at(step, total_steps, config)
+            loss, logs = step_fn(model, batch, step)
             accelerator.backward(loss)
-            if config.grad_clip > 0:
+            if config.grad_clip > 0 and len(optimizers) == 1:
                 accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            elif config.grad_clip > 0:
+                accelerator.unscale_gradients()  # once for all: a second unscale of an fp16 optimizer is an error
+                for optimizer in optimizers:  # each network's gradient clipped on its own
+                    torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]],
+                                                   config.grad_clip)
+            for optimizer in optimizers:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             if average is not None:
                 average.update(accelerator.unwrap_model(model))
             step += 1
@@ -296,7 +321,7 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
                 window_start += time.perf_counter() - evaluation_start  # items/s counts training only
             if step % config.checkpoint_every == 0 or step == total_steps:
                 if accelerator.is_main_process:
-                    save_training_state(state_path, accelerator.unwrap_model(model), optimizer, step,
+                    save_training_state(state_path, accelerator.unwrap_model(model), optimizers, step,
                                         accelerator.scaler, log_window=window, average=average)
                 accelerator.wait_for_everyone()
             if step >= total_steps:
