@@ -38,3 +38,11 @@ def test_the_readme_library_examples_import_no_command():
     assert blocks, "the README shows the library"
     imports = [line for block in blocks for line in block.splitlines() if re.match(r"\s*(from|import) ", line)]
     assert imports and not [line for line in imports if re.search(r"\bpipelines\b", line)]
+
+
+def test_every_package_is_installed_by_pyproject():
+    import fnmatch
+    import tomllib
+
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert [name for name in packages() if not any(fnmatch.fnmatch(name, pattern) for pattern in include)] == []
