@@ -19,10 +19,11 @@ from pathlib import Path
 # the plain run, measured by a one-epoch probe of each step's cost (BENCHMARKS.md).
 CONFIGURATIONS = {
     28: [("plain", []),
-         ("adversarial", ["--adversarial-weight", "0.8", "--discriminator-start", "2000", "--epochs", "11"])],
-    64: [("plain", ["--image-size", "64", "--downsample", "8", "--epochs", "5"]),
-         ("adversarial", ["--image-size", "64", "--downsample", "8", "--epochs", "4", "--adversarial-weight", "0.8",
-                          "--discriminator-start", "600"])],
+         ("adversarial", ["--adversarial-weight", "0.8", "--discriminator-channels", "16",
+                          "--discriminator-start", "2000", "--epochs", "13"])],
+    64: [("plain", ["--image-size", "64", "--downsample", "8", "--epochs", "3"]),
+         ("adversarial", ["--image-size", "64", "--downsample", "8", "--epochs", "2", "--adversarial-weight", "0.8",
+                          "--discriminator-channels", "16", "--discriminator-start", "300"])],
 }
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from prior.layers import as_map
+from prior.layers import as_map, bias_at, bias_of_position
 
 SAMPLERS = ("naive", "cached")
 
@@ -34,11 +34,11 @@ SAMPLERS = ("naive", "cached")
 class _Naive:
     """The reference: the model on the whole grid, unknown positions holding token 0 (the masks ignore them)."""
 
-    def __init__(self, model, tokens, labels, keep_rows):
-        self.model, self.tokens, self.labels = model, tokens, labels
+    def __init__(self, model, tokens, labels, condition, keep_rows):
+        self.model, self.tokens, self.labels, self.condition = model, tokens, labels, condition
 
     def logits(self, i, j):
-        return rearrange(self.model(self.tokens, self.labels)[:, :, i, j], "b k l -> b l k")
+        return rearrange(self.model(self.tokens, self.labels, self.condition)[:, :, i, j], "b k l -> b l k")
 
     def write(self, i, j, tokens, complete):
         self.tokens[:, i, j] = tokens
@@ -53,11 +53,12 @@ class _CachedGated:
     channels last, so that the window a position reads is one contiguous run per sample.
     """
 
-    def __init__(self, model, tokens, labels, keep_rows):
+    def __init__(self, model, tokens, labels, condition, keep_rows):
         b, _, width, _ = tokens.shape
-        self.model, self.blocks = model, model.blocks
-        cond = model.embed_labels(labels, b)
-        self.biases = [block.cond_bias(cond) for block in self.blocks]  # (vertical, horizontal) per block
+        self.model, self.blocks, self.row = model, model.blocks, 0
+        cond = model.conditioning(labels, condition, b)
+        # (vertical, horizontal) per block: per sample (b, 2c), or per position (b, 2c, h, w) with a condition map.
+        self.biases = [block.cond_bias(cond) for block in self.blocks]
         # Taps up to the centre only (the ones right of it are masked to zero), as one matrix per block.
         self.h_weights = [rearrange(block.h_conv.masked_weight()[..., : block.pad + 1], "o c 1 k -> o (k c)")
                           for block in self.blocks]
@@ -77,7 +78,8 @@ class _CachedGated:
         for n, block in enumerate(self.blocks):
             window = self.h_rows[n][:, j : j + block.pad + 1]  # (b, p + 1, c), position (i, j) last
             h_pre = F.linear(window.flatten(1), self.h_weights[n], block.h_conv.bias)  # (b, 2c)
-            h, skip = block.horizontal_out(h_pre, self.v_to_h[n][:, j], window[:, -1], self.biases[n][1])
+            h, skip = block.horizontal_out(h_pre, self.v_to_h[n][:, j], window[:, -1],
+                                           bias_of_position(self.biases[n][1], i, j))
             out = out + skip
             if n + 1 < len(self.blocks):
                 self.h_rows[n + 1][:, self.blocks[n + 1].pad + j] = h
@@ -97,7 +99,9 @@ class _CachedGated:
             v_pre = block.v_conv(self.v_windows[n])  # (b, 2c, 1, w)
             # Shifted down: it joins the horizontal stack of the next row.
             self.v_to_h[n] = rearrange(block.v_to_h(v_pre), "b c 1 w -> b w c")
-            v = block.vertical_out(v_pre, as_map(self.biases[n][0]))
+            v = block.vertical_out(v_pre, as_map(bias_at(self.biases[n][0], slice(self.row, self.row + 1),
+                                                          slice(None))))
+        self.row += 1
 
 
 class _CachedPixelCNN:
@@ -109,10 +113,10 @@ class _CachedPixelCNN:
     rows at once (used for the rows a completion keeps).
     """
 
-    def __init__(self, model, tokens, labels, keep_rows):
+    def __init__(self, model, tokens, labels, condition, keep_rows):
         b, height, width, _ = tokens.shape
         self.model, self.blocks = model, model.blocks
-        cond = model.embed_labels(labels, b)
+        cond = model.conditioning(labels, condition, b)
         self.biases = [block.cond_bias(cond) for block in self.blocks]
         self.convs = [model.stem] + [block.conv for block in self.blocks]
         self.pads = [conv.kernel_size[0] // 2 for conv in self.convs]
@@ -141,7 +145,11 @@ class _CachedPixelCNN:
                 y = F.linear(window.flatten(1), self.matrices[n], conv.bias)
             else:
                 y = F.conv2d(rearrange(window, "b h w c -> b c h w"), self.weights[n], conv.bias)
-            x = block.finish(x, y, bias if one else as_map(bias)) if n else y
+            if n:
+                x = block.finish(x, y, bias_of_position(bias, r0, c0) if one
+                                 else as_map(bias_at(bias, slice(r0, r1), slice(c0, c1))))
+            else:
+                x = y
         return x
 
     def logits(self, i, j):
@@ -181,9 +189,9 @@ def _is_real(x):
 
 
 def check_args(model, n, labels=None, temperature=1.0, top_k=None, top_p=None, guidance_scale=1.0, prefix=None,
-               keep_rows=0, sampler="cached", progress=None, generator=None, batch_size=None):
-    """Raise one ValueError for the first bad argument; return labels (n,) or None and prefix (n, *token_shape)
-    or None."""
+               keep_rows=0, sampler="cached", progress=None, generator=None, batch_size=None, condition=None):
+    """Raise one ValueError for the first bad argument; return labels (n,) or None, prefix (n, *token_shape) or
+    None, and condition (n, *condition_shape) or None."""
     config = model.config
     h, k, classes, shape = config.grid_height, config.codebook_size, config.num_classes, config.token_shape
     if sampler not in SAMPLERS:
@@ -239,12 +247,31 @@ def check_args(model, n, labels=None, temperature=1.0, top_k=None, top_p=None, g
         raise ValueError(f"progress must be a callable progress(done, total) or None, got {progress!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    return labels, prefix
+    condition_shape = config.condition_shape
+    if condition_shape is None and condition is not None:
+        raise ValueError("a condition map given to a prior that is not conditioned on one")
+    if condition_shape is not None:
+        if condition is None:
+            raise ValueError(f"this prior is conditioned on a token map: pass condition of shape ({n}, "
+                             f"{', '.join(map(str, condition_shape))})")
+        condition = torch.as_tensor(condition)
+        if condition.dtype.is_floating_point or condition.dtype.is_complex or condition.dtype == torch.bool:
+            raise ValueError(f"condition must hold integer tokens, got dtype {condition.dtype}")
+        if condition.shape == condition_shape:
+            condition = condition.expand(n, *condition_shape)
+        if condition.shape != (n, *condition_shape):
+            dims = ", ".join(map(str, condition_shape))
+            raise ValueError(f"condition must have shape ({n}, {dims}) or ({dims}), got {tuple(condition.shape)}")
+        if condition.min() < 0 or condition.max() >= config.condition_codebook_size:
+            raise ValueError(f"condition tokens must be in 0..{config.condition_codebook_size - 1}, got values "
+                             f"{condition.min().item()}..{condition.max().item()}")
+    return labels, prefix, condition
 
 
 @torch.no_grad()
 def generate(model, n, *, labels=None, temperature=1.0, top_k=None, top_p=None, guidance_scale=1.0,
-             prefix=None, keep_rows=0, sampler="cached", generator=None, batch_size=None, progress=None):
+             prefix=None, keep_rows=0, sampler="cached", generator=None, batch_size=None, progress=None,
+             condition=None):
     """Sample n token grids (n, grid_height, grid_width[, depth]) from a Prior, on the model's device: the one
     generation entry point (every sampler, setting and batch size goes through here, and is checked once).
 
@@ -260,9 +287,11 @@ def generate(model, n, *, labels=None, temperature=1.0, top_k=None, top_p=None, 
         so the grids depend on (generator state, n, batch_size).
     batch_size: grids sampled at once (None: all n).
     progress: called as progress(done_positions, total_positions) after each sampled position, over all batches.
+    condition: for a prior conditioned on a token map (VQ-VAE-2's bottom prior), the maps (n, *condition_shape)
+        or one map for all n.
     """
-    labels, prefix = check_args(model, n, labels, temperature, top_k, top_p, guidance_scale, prefix, keep_rows,
-                                 sampler, progress, generator, batch_size)
+    labels, prefix, condition = check_args(model, n, labels, temperature, top_k, top_p, guidance_scale, prefix,
+                                            keep_rows, sampler, progress, generator, batch_size, condition)
     batch_size = batch_size or n
     positions = (model.config.grid_height - keep_rows) * model.config.grid_width
     total = math.ceil(n / batch_size) * positions
@@ -273,12 +302,12 @@ def generate(model, n, *, labels=None, temperature=1.0, top_k=None, top_p=None, 
         grids.append(_generate_batch(
             model, size, None if labels is None else labels[start:start + size],
             None if prefix is None else prefix[start:start + size], keep_rows, temperature, top_k, top_p,
-            guidance_scale, sampler, generator, report))
+            guidance_scale, sampler, generator, report, None if condition is None else condition[start:start + size]))
     return torch.cat(grids)
 
 
 def _generate_batch(model, n, labels, prefix, keep_rows, temperature, top_k, top_p, guidance_scale, sampler,
-                    generator, progress):
+                    generator, progress, condition):
     """One batch of generate(), its arguments already checked; progress(done positions of this batch)."""
     config = model.config
     h, w, depth = config.grid_height, config.grid_width, config.depth
@@ -292,13 +321,16 @@ def _generate_batch(model, n, labels, prefix, keep_rows, temperature, top_k, top
     guided = guidance_scale != 1
     if labels is not None:
         labels = labels.to(device)
-    if guided:  # one batch: the conditional half, then the "no label" half
+    if condition is not None:
+        condition = condition.to(device)
+    if guided:  # one batch: the conditional half, then the "no label" half (the condition map kept in both)
         labels = torch.cat([labels, torch.full_like(labels, config.num_classes)])
+        condition = None if condition is None else condition.repeat(2, 1, 1)
     engine = {"naive": _Naive, "cached": _CachedGated if config.arch == "gated" else _CachedPixelCNN}[sampler]
     was_training = model.training
     model.eval()
     try:
-        state = engine(model, tokens.repeat(2, 1, 1, 1) if guided else tokens.clone(), labels, keep_rows)
+        state = engine(model, tokens.repeat(2, 1, 1, 1) if guided else tokens.clone(), labels, condition, keep_rows)
         total = (h - keep_rows) * w
         for done in range(total):
             i, j = divmod(keep_rows * w + done, w)

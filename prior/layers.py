@@ -91,8 +91,27 @@ def shift_down(x):
 
 
 def as_map(bias):
-    """A per-sample vector (b, c) as a map (b, c, 1, 1) that broadcasts over positions; a plain 0.0 stays."""
-    return bias if isinstance(bias, float) else rearrange(bias, "b c -> b c 1 1")
+    """A per-sample vector (b, c) as a map (b, c, 1, 1) that broadcasts over positions; a per-position map
+    (b, c, h, w) and a plain 0.0 stay as they are."""
+    return bias if isinstance(bias, float) or bias.dim() == 4 else rearrange(bias, "b c -> b c 1 1")
+
+
+def bias_at(bias, rows, cols):
+    """The part of a conditioning bias that positions rows x cols (slices) receive: a per-sample vector (b, c) or
+    0.0 as it is, a per-position map (b, c, h, w) cut to (b, c, len(rows), len(cols))."""
+    return bias if isinstance(bias, float) or bias.dim() == 2 else bias[:, :, rows, cols]
+
+
+def bias_of_position(bias, i, j):
+    """The conditioning bias of position (i, j) as a vector (b, c) (or 0.0): what the cached samplers add."""
+    return bias if isinstance(bias, float) or bias.dim() == 2 else bias[:, :, i, j]
+
+
+def project(linear, cond):
+    """A linear map of the conditioning, per sample (b, d) or per position (b, d, h, w) over the channels."""
+    if cond.dim() == 2:
+        return linear(cond)
+    return rearrange(linear(rearrange(cond, "b d h w -> b h w d")), "b h w c -> b c h w")
 
 
 class Pointwise(nn.Linear):
@@ -156,10 +175,11 @@ class GatedBlock(nn.Module):
             raise ValueError(f"a type B gated block maps {channels} channels to {channels}, got {in_channels} in")
 
     def cond_bias(self, cond):
-        """(vertical bias, horizontal bias), each (b, 2c), or 0.0 without conditioning."""
+        """(vertical bias, horizontal bias), each (b, 2c) or per position (b, 2c, h, w), or 0.0 without
+        conditioning."""
         if self.cond is None or cond is None:
             return 0.0, 0.0
-        return self.cond(cond).chunk(2, dim=1)
+        return project(self.cond, cond).chunk(2, dim=1)
 
     def vertical_out(self, v_pre, bias):
         return gate(v_pre + bias)
@@ -195,8 +215,8 @@ class ResidualBlock(nn.Module):
         self.cond = nn.Linear(cond_dim, inner, bias=False) if cond_dim else None
 
     def cond_bias(self, cond):
-        """(b, inner), or 0.0 without conditioning."""
-        return 0.0 if self.cond is None or cond is None else self.cond(cond)
+        """(b, inner) or per position (b, inner, h, w), or 0.0 without conditioning."""
+        return 0.0 if self.cond is None or cond is None else project(self.cond, cond)
 
     def finish(self, x, y, bias):
         """The block's output from its input x and the masked convolution's output y."""

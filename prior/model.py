@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from einops import rearrange
 
 from prior.layers import GatedBlock, MaskedConv2d, Pointwise, ResidualBlock
@@ -52,6 +53,11 @@ class PriorConfig:
         "help": "classes to condition on; 0 = unconditional, > 0 adds a 'no label' class for classifier-free guidance"})
     depth: int = field(default=1, metadata={
         "help": "tokens per position (a residual quantizer's levels), modelled as ordered channel groups"})
+    # A map of tokens to condition on (the top map of a two-level tokenizer, for its bottom prior); 0: none.
+    condition_codebook_size: int = field(default=0, metadata={
+        "help": "codebook size of the token map the prior is conditioned on (0: no such map)"})
+    condition_height: int = field(default=0, metadata={"help": "rows of the token map conditioned on"})
+    condition_width: int = field(default=0, metadata={"help": "columns of the token map conditioned on"})
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -69,11 +75,20 @@ class PriorConfig:
             raise ValueError(f"first_kernel_size must be odd and >= 3, got {self.first_kernel_size}")
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0 (0 = unconditional), got {self.num_classes}")
+        if self.condition_codebook_size and (self.condition_codebook_size < 2 or self.condition_height < 1
+                                             or self.condition_width < 1):
+            raise ValueError("a conditioning map needs a codebook size >= 2 and a positive height and width, got "
+                             f"{self.condition_codebook_size}, {self.condition_height}x{self.condition_width}")
         # Every level needs channels of its own in every layer (the pixelcnn blocks halve the width inside).
         group = self.depth * (2 if self.arch == "pixelcnn" else 1)
         if self.hidden_channels % group:
             raise ValueError(f"hidden_channels must be a multiple of {group} for depth {self.depth} "
                              f"and arch {self.arch!r}, got {self.hidden_channels}")
+
+    @property
+    def condition_shape(self):
+        """The shape of the token map conditioned on, or None."""
+        return (self.condition_height, self.condition_width) if self.condition_codebook_size else None
 
     @property
     def token_shape(self):
@@ -89,6 +104,12 @@ class Prior(nn.Module):
     what the model is trained on when labels are dropped, and what the unconditional half of classifier-free
     guidance uses. Both bodies add the label as a per-sample bias in every block (gated: into both stacks'
     gate pre-activations; pixelcnn: onto each residual block's masked convolution).
+
+    With condition_codebook_size > 0, forward also takes a token map condition[b, condition_height,
+    condition_width] (VQ-VAE-2's top map): embedded, passed through unmasked residual 3x3 convolutions at its own
+    resolution (the whole map is known before sampling starts; enough of them that every position reads the
+    whole map), upsampled to the grid (nearest) and mixed by one more convolution, it enters every block as a
+    per-position bias: the conditioning stack of the paper's PixelCNN. The tokens stay causal in raster order.
     """
 
     def __init__(self, config):
@@ -99,7 +120,14 @@ class Prior(nn.Module):
         self.embed = nn.Embedding(depth * config.codebook_size, config.embed_dim)
         self.register_buffer("level_offsets", torch.arange(depth) * config.codebook_size, persistent=False)
         self.class_embed = nn.Embedding(config.num_classes + 1, c) if config.num_classes else None
-        cond_dim = c if config.num_classes else 0
+        if config.condition_codebook_size:
+            self.condition_embed = nn.Embedding(config.condition_codebook_size, c)
+            span = max(1, max(config.condition_height, config.condition_width) - 1)  # each 3x3 reaches one further
+            self.condition_stack = nn.ModuleList(nn.Conv2d(c, c, 3, padding=1) for _ in range(span))
+            self.condition_out = nn.Conv2d(c, c, 3, padding=1)
+        else:
+            self.condition_embed = self.condition_stack = self.condition_out = None
+        cond_dim = c if config.num_classes or config.condition_codebook_size else 0
         input_channels = depth * config.embed_dim
         if config.arch == "gated":
             self.blocks = nn.ModuleList(
@@ -127,16 +155,37 @@ class Prior(nn.Module):
             labels = torch.full((batch_size,), self.config.num_classes, device=self.class_embed.weight.device)
         return self.class_embed(labels)
 
+    def embed_condition(self, condition):
+        """A token map (b, condition_height, condition_width) as a per-position bias (b, hidden_channels, h, w)."""
+        if condition is None:
+            raise ValueError("this prior is conditioned on a token map: pass condition")
+        x = rearrange(self.condition_embed(condition), "b y x c -> b c y x")
+        for conv in self.condition_stack:
+            x = x + conv(F.relu(x))
+        size = (self.config.grid_height, self.config.grid_width)
+        return self.condition_out(F.relu(F.interpolate(x, size=size, mode="nearest")))
+
+    def conditioning(self, labels, condition, batch_size):
+        """What every block is conditioned on: None, the label embedding (b, c), or, with a conditioning map,
+        a per-position bias (b, c, h, w) (plus the label embedding when there are classes)."""
+        cond = self.embed_labels(labels, batch_size)
+        if self.condition_embed is None:
+            if condition is not None:
+                raise ValueError("a condition map given to a prior that is not conditioned on one")
+            return cond
+        spatial = self.embed_condition(condition)
+        return spatial if cond is None else spatial + rearrange(cond, "b c -> b c 1 1")
+
     def embed_tokens(self, tokens):
         """tokens (..., depth), every level given -> (..., depth * embed_dim), channels grouped by level."""
         return rearrange(self.embed(tokens + self.level_offsets), "... l e -> ... (l e)")
 
-    def forward(self, tokens, labels=None):
+    def forward(self, tokens, labels=None, condition=None):
         levels_last = tokens.dim() == 4
         if not levels_last:
             tokens = tokens.unsqueeze(-1)
         x = rearrange(self.embed_tokens(tokens), "b h w c -> b c h w")
-        cond = self.embed_labels(labels, tokens.shape[0])
+        cond = self.conditioning(labels, condition, tokens.shape[0])
         if self.config.arch == "gated":
             v, h, out = x, x, 0.0
             for block in self.blocks:

@@ -236,3 +236,25 @@ def test_bad_arguments_raise_one_line_value_errors(kwargs, message):
     with pytest.raises(ValueError, match=message) as info:
         generate(model, n, **kwargs)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("arch", ["gated", "pixelcnn"])
+def test_cached_equals_naive_for_a_prior_conditioned_on_a_token_map(arch):
+    from test_prior_model import conditioned
+
+    model = conditioned(arch, num_classes=3, h=5, w=6, top=(3, 3))
+    top = torch.randint(0, 8, (4, 3, 3), generator=seeded(3))
+    prefix = torch.randint(0, 16, (4, 5, 6), generator=seeded(4))
+    for options in ({}, {"labels": torch.tensor([0, 1, 2, 1]), "guidance_scale": 2.0},
+                    {"prefix": prefix, "keep_rows": 2}):
+        naive = generate(model, 4, condition=top, sampler="naive", generator=seeded(), **options)
+        cached = generate(model, 4, condition=top, sampler="cached", generator=seeded(), **options)
+        assert torch.equal(naive, cached), options
+    grids = generate(model, 4, condition=top, generator=seeded())
+    assert not torch.allclose(model(grids, None, top), model(grids, None, (top + 1) % 8)), "the condition is ignored"
+    with pytest.raises(ValueError, match=r"condition tokens must be in 0\.\.7"):
+        generate(model, 2, condition=torch.full((3, 3), 8))
+    with pytest.raises(ValueError, match=r"condition must have shape \(2, 3, 3\)"):
+        generate(model, 2, condition=torch.zeros(2, 4, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="pass condition"):
+        generate(model, 2)

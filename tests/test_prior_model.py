@@ -369,3 +369,59 @@ def test_residual_pipeline_end_to_end(fashion_dir, tmp_path):
     images, grids = ImageGenerator.load(prior_dir).sample(3)
     assert images.shape == (3, 1, 28, 28) and grids.shape == (3, 7, 7, 2)
     assert np.array_equal(grids.numpy(), tokens.astype(np.int64))
+
+
+# --------------------------------------------------------------------------------- conditioned on a token map
+
+
+def conditioned(arch, num_classes=0, h=7, w=7, top=(4, 4), seed=0):
+    torch.manual_seed(seed)
+    return Prior(PriorConfig(arch=arch, codebook_size=16, grid_height=h, grid_width=w, embed_dim=8,
+                             hidden_channels=16, num_layers=3, first_kernel_size=5, kernel_size=3,
+                             num_classes=num_classes, condition_codebook_size=8, condition_height=top[0],
+                             condition_width=top[1]))
+
+
+@pytest.mark.parametrize("arch,num_classes", [("gated", 0), ("gated", 3), ("pixelcnn", 0), ("pixelcnn", 3)])
+def test_a_bottom_prior_reads_every_top_code_and_only_the_bottom_tokens_before(arch, num_classes):
+    """VQ-VAE-2's bottom prior: the logits at (i, j) have a non-zero gradient w.r.t. every top code and a zero
+    gradient w.r.t. every bottom position not strictly before (i, j)."""
+    model, (h, w), grids = conditioned(arch, num_classes).double(), (7, 7), 3
+    positions, gen = h * w, torch.Generator().manual_seed(0)
+    tokens = torch.randint(16, (grids, 1, h, w), generator=gen).expand(grids, positions, h, w).flatten(0, 1)
+    top = torch.randint(8, (grids, 1, 4, 4), generator=gen).expand(grids, positions, 4, 4).flatten(0, 1)
+    labels = torch.randint(num_classes, (grids,), generator=gen).repeat_interleave(positions) if num_classes else None
+    captured = {}
+
+    def keep(name):
+        def hook(module, inputs, out):
+            out.retain_grad()
+            captured[name] = out
+        return hook
+
+    hooks = [model.embed.register_forward_hook(keep("bottom")),
+             model.condition_embed.register_forward_hook(keep("top"))]
+    try:
+        logits = model(tokens, labels, top)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    own = torch.arange(positions).repeat(grids)
+    own = logits.flatten(2)[torch.arange(len(own)), :, own]
+    (own @ torch.randn(own.shape[1], generator=gen, dtype=own.dtype)).sum().backward()
+    bottom = (captured["bottom"].grad.abs().sum(-1).flatten(1) != 0).unflatten(0, (grids, positions)).any(0)
+    top_seen = (captured["top"].grad.abs().sum(-1).flatten(1) != 0).unflatten(0, (grids, positions)).any(0)
+    assert not (bottom & ~strictly_before(h, w)).any(), "a bottom position saw itself or the future"
+    assert bottom[h * w - 1, h * w - 2] and bottom[w, 0], "the condition cut the tokens before out"
+    assert top_seen.all(), "some position does not read some top code"
+
+
+def test_a_conditioned_prior_refuses_a_missing_or_foreign_condition():
+    model = conditioned("pixelcnn")
+    with pytest.raises(ValueError, match="pass condition"):
+        model(torch.zeros(2, 7, 7, dtype=torch.long))
+    with pytest.raises(ValueError, match="not conditioned on one"):
+        Prior(PriorConfig(codebook_size=16, hidden_channels=16, embed_dim=8, num_layers=2))(
+            torch.zeros(2, 7, 7, dtype=torch.long), None, torch.zeros(2, 4, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="a conditioning map needs"):
+        PriorConfig(condition_codebook_size=8, condition_height=0, condition_width=4)
