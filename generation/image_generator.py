@@ -32,6 +32,9 @@ def load_tokenizer_of(prior_dir, run, device="cpu"):
                          "trained on its maps (SHA-256 differs)")
     if (tokenizer.codebook_size, tokenizer.token_shape) != (run.model.codebook_size, run.model.token_shape):
         raise ValueError(f"prior {prior_dir} and tokenizer {tokenizer_dir} disagree on codebook or grid size")
+    if tokenizer.hierarchy != (1 if run.top is None else 2):
+        raise ValueError(f"prior {prior_dir} models {1 if run.top is None else 2} level(s) of codes, tokenizer "
+                         f"{tokenizer_dir} makes {tokenizer.hierarchy}")
     return tokenizer
 
 
@@ -53,7 +56,8 @@ class ProgressBar:
 
 
 class ImageGenerator:
-    """A trained prior and its tokenizer: sample(n) -> (images (n, c, H, W) in [0, 1], tokens (n, h, w[, depth]))."""
+    """A trained prior and its tokenizer: sample(n) -> (images (n, c, H, W) in [0, 1], tokens (n, h, w[, depth]));
+    for a two-level (VQ-VAE-2) run, tokens is the pair (top, bottom)."""
 
     def __init__(self, model, tokenizer, run, run_dir, weights):
         self.model, self.tokenizer, self.run = model, tokenizer, run
@@ -91,9 +95,14 @@ class ImageGenerator:
         return tokens, labels, settings
 
     def decode(self, tokens, batch_size=500):
-        """Images (n, c, H, W) float on the CPU of token grids, decoded batch by batch."""
-        return torch.cat([self.tokenizer.decode(tokens[start:start + batch_size]).float().cpu()
-                          for start in range(0, len(tokens), batch_size)])
+        """Images (n, c, H, W) float on the CPU of token grids (or pairs of grids), decoded batch by batch."""
+        def rows(start):
+            if isinstance(tokens, tuple):
+                return tuple(level[start:start + batch_size] for level in tokens)
+            return tokens[start:start + batch_size]
+
+        count = len(tokens[0]) if isinstance(tokens, tuple) else len(tokens)
+        return torch.cat([self.tokenizer.decode(rows(start)).float().cpu() for start in range(0, count, batch_size)])
 
     def sample(self, n, label=None, *, seed=0, batch_size=64, **kwargs):
         """(images (n, c, H, W) in [0, 1] on the CPU, tokens (n, h, w[, depth])): sample_tokens, then decode."""

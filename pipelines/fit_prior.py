@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pipelines import cli
-from prior import Prior, PriorConfig, PriorRun
+from prior import PriorConfig, PriorRun
 from prior.fit import bits_per_token, prior_step, read_maps_for
 from prior.run import AVERAGED_WEIGHTS, TokenizerReference, tokenizer_copy
 from store.index_maps import MapDataset
@@ -83,10 +83,16 @@ def main(argv=None):
             raise ValueError(f"--label-dropout needs class conditioning; the maps of {tokenizer_dir} have no classes")
         label_dropout = (DEFAULT_LABEL_DROPOUT if args.label_dropout is None else args.label_dropout) if num_classes \
             else 0.0
-        model_config = cli.config_from_args(PriorConfig, args, codebook_size=meta["codebook_size"],
-                                            grid_height=meta["grid_height"], grid_width=meta["grid_width"],
-                                            num_classes=num_classes, depth=meta.get("depth", 1))
-        run = PriorRun(
+        shape = dict(codebook_size=meta["codebook_size"], num_classes=num_classes, depth=meta.get("depth", 1))
+        top_config = None
+        if train_maps.levels == 2:  # VQ-VAE-2: a top prior, and the bottom prior conditioned on the top maps
+            top_config = cli.config_from_args(PriorConfig, args, grid_height=meta["top_grid_height"],
+                                              grid_width=meta["top_grid_width"], **shape)
+            shape.update(condition_codebook_size=meta["codebook_size"], condition_height=meta["top_grid_height"],
+                         condition_width=meta["top_grid_width"])
+        model_config = cli.config_from_args(PriorConfig, args, grid_height=meta["grid_height"],
+                                            grid_width=meta["grid_width"], **shape)
+        run = PriorRun(top=top_config,
             model=model_config, train=train_config,
             tokenizer=TokenizerReference(run=str(tokenizer_dir.resolve()), weights_sha256=meta["weights_sha256"]),
             label_dropout=label_dropout, eval_batch_size=args.eval_batch_size,
@@ -103,16 +109,18 @@ def main(argv=None):
             create_run_dir(run_dir, run.to_dict(), copies=tokenizer_copy(tokenizer_dir))
     accelerator.wait_for_everyone()
 
+    if (run.top is not None) != (train_maps.levels == 2):
+        raise ValueError(f"prior run {run_dir} models {1 if run.top is None else 2} level(s) of codes, the maps in "
+                         f"{tokenizer_dir} have {train_maps.levels}")
     model_config, eval_batch_size = run.model, run.eval_batch_size
     torch.manual_seed(train_config.seed)
-    model = Prior(model_config)
-    accelerator.print(f"prior: {model_config.arch}, {model.num_parameters():,} parameters, grid "
-                      f"{'x'.join(map(str, model_config.token_shape))}, {model_config.codebook_size} codes, "
-                      f"{len(train_maps.maps)} training grids -> {run_dir}")
+    model = run.build()
+    grids = " and ".join("x".join(map(str, c.token_shape)) for c in (run.top, model_config) if c is not None)
+    accelerator.print(f"prior: {model_config.arch}, {model.num_parameters():,} parameters, grid {grids}, "
+                      f"{model_config.codebook_size} codes, {len(train_maps.maps)} training grids -> {run_dir}")
     test_set = MapDataset(test_maps)
     conditional = model_config.num_classes > 0
-    evaluate = lambda m: {"bits_per_token": bits_per_token(m, test_set, eval_batch_size, accelerator.device,
-                                                           conditional)}
+    evaluate = lambda m: bits_per_token(m, test_set, eval_batch_size, accelerator.device, conditional)
     step = functools.partial(prior_step, label_dropout=run.label_dropout, num_classes=model_config.num_classes)
     started = time.perf_counter()
     model, metrics, averaged = train(model, MapDataset(train_maps), step, train_config, run_dir, accelerator,
@@ -120,16 +128,18 @@ def main(argv=None):
     train_seconds = time.perf_counter() - started
     if accelerator.is_main_process:
         save_tensors(run_dir / "model.safetensors", model.state_dict())
-        raw_bits = bits_per_token(model, test_set, eval_batch_size, accelerator.device, conditional)
-        test_bits = raw_bits
+        raw = bits_per_token(model, test_set, eval_batch_size, accelerator.device, conditional)
+        bits = raw
         if averaged is not None:  # the weights sampled from (prior.load prefers them)
             save_tensors(run_dir / AVERAGED_WEIGHTS, averaged)
             model.load_state_dict(averaged)
-            test_bits = bits_per_token(model, test_set, eval_batch_size, accelerator.device, conditional)
-        tokens_per_grid = math.prod(model_config.token_shape)
+            bits = bits_per_token(model, test_set, eval_batch_size, accelerator.device, conditional)
+        test_bits = bits["bits_per_token"]
+        tokens_per_grid = sum(math.prod(c.token_shape) for c in (run.top, model_config) if c is not None)
         write_json(run_dir / "results.json", {
             "test_bits_per_token": test_bits, "test_bits_per_image": test_bits * tokens_per_grid,
-            "test_bits_per_token_raw_weights": raw_bits,
+            **{f"test_{name}": value for name, value in bits.items() if name != "bits_per_token"},
+            "test_bits_per_token_raw_weights": raw["bits_per_token"],
             "parameters": model.num_parameters(), "train_seconds_this_session": train_seconds,
             "train_grids_per_s": mean_items_per_s(metrics)})
         accelerator.print(f"test {test_bits:.4f} bits per token, {test_bits * tokens_per_grid:.2f} bits per image "

@@ -16,7 +16,8 @@ import torch
 from pipelines import cli
 from store.images import DEBIAN_FASHION_MNIST_DIR, DataConfig, ImageDataset, load_images
 from store.runs import create_run_dir, new_run_dir, read_run_config, remove_stale_temporaries, save_tensors, write_json
-from tokenizer import TokenizerConfig, TokenizerRun, VQVAE
+from tokenizer import TokenizerConfig, TokenizerRun
+from tokenizer.model import build_tokenizer_model
 from tokenizer.discriminator import TokenizerLossConfig
 from tokenizer.fit import (check_discriminator_start, dump, save_reconstructions, tokenizer_step,
                            trained_module)
@@ -85,7 +86,7 @@ def main(argv=None):
     check_discriminator_start(run.loss, run.train, len(train_set), accelerator.num_processes)
     # The model is built before the run directory is made: flags it cannot be built from leave nothing behind.
     torch.manual_seed(run.train.seed)
-    vqvae = VQVAE(run.model)
+    vqvae = build_tokenizer_model(run.model)
     model = trained_module(vqvae, run.loss)  # trained in place: vqvae holds the trained weights afterwards
     if not args.resume:
         run_dir = decided_by_main(accelerator, lambda: new_run_dir(args.output_root, "tokenizer", args.run_name))

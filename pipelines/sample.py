@@ -67,8 +67,10 @@ def main(argv=None):
     if args.complete:
         original = read_image(args.complete, *tokenizer.image_shape[:2]).to(device)
         keep_rows = tokenizer.grid_shape[0] // 2 if args.keep_rows is None else args.keep_rows
-        completion = {"prefix": tokenizer.encode(original).expand(args.n, *tokenizer.token_shape),
-                      "keep_rows": keep_rows}
+        encoded = tokenizer.encode(original)  # a pair (top, bottom) for a two-level tokenizer
+        prefix = tuple(level.expand(args.n, *level.shape[1:]) for level in encoded) if isinstance(encoded, tuple) \
+            else encoded.expand(args.n, *tokenizer.token_shape)
+        completion = {"prefix": prefix, "keep_rows": keep_rows}
     elif args.keep_rows is not None:
         raise ValueError("--keep-rows needs --complete IMAGE")
     load_seconds = time.perf_counter() - started
@@ -85,7 +87,8 @@ def main(argv=None):
             bar.close()
         sample_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    images = generator.decode(tokens, batch_size=len(tokens))
+    top, tokens = tokens if isinstance(tokens, tuple) else (None, tokens)  # the bottom grids, and the top's
+    images = generator.decode(tokens if top is None else (top, tokens), batch_size=len(tokens))
     decode_seconds = time.perf_counter() - started
     if not accelerator.is_main_process:
         return
@@ -101,7 +104,8 @@ def main(argv=None):
             save_image(image, folder / "images" / f"{i:05d}.png", format="PNG")
         asked = np.full(len(tokens), -1, dtype=np.int64) if labels is None else labels.numpy()  # -1: no label
         write_index_maps(folder / "tokens", "samples", tokens.cpu().numpy(), asked,
-                         tokenizer.map_metadata("samples", run.class_names))
+                         tokenizer.map_metadata("samples", run.class_names),
+                         top=None if top is None else top.cpu().numpy())
         write_json(folder / "sample.json", {
             "prior_run": str(prior_dir.resolve()), "tokenizer_run": str(tokenizer.run_dir.resolve()),
             "n": args.n, "batch_size": args.batch_size, "seed": args.seed, "device": str(device),

@@ -26,25 +26,46 @@ def read_maps_for(tokenizer_dir):
 
 
 def prior_step(model, batch, step, label_dropout, num_classes):
-    tokens, labels = batch
+    """(mean negative log-likelihood per token, logs) of one batch; for a two-level prior, over the tokens of both
+    levels, with each level's bits in the logs."""
+    tokens, labels, *top = batch
     if num_classes:
         # "No label" is class index num_classes; dropping labels trains the unconditional half of guidance.
         dropped = torch.rand(labels.shape, device=labels.device) < label_dropout
         labels = torch.where(dropped, torch.full_like(labels, num_classes), labels)
     else:
         labels = None
-    logits = model(tokens, labels)
-    nats = F.cross_entropy(logits.float(), tokens)
-    return nats, {"loss": nats.item(), "bits_per_token": nats.item() / math.log(2)}
+    if not top:
+        nats = F.cross_entropy(model(tokens, labels).float(), tokens)
+        return nats, {"loss": nats.item(), "bits_per_token": nats.item() / math.log(2)}
+    bottom_logits, top_logits = model(tokens, labels, top[0])
+    sums = [F.cross_entropy(logits.float(), target, reduction="sum")
+            for logits, target in ((top_logits, top[0]), (bottom_logits, tokens))]
+    nats = (sums[0] + sums[1]) / (top[0].numel() + tokens.numel())
+    return nats, {"loss": nats.item(), "bits_per_token": nats.item() / math.log(2),
+                  "top_bits_per_token": sums[0].item() / top[0].numel() / math.log(2),
+                  "bottom_bits_per_token": sums[1].item() / tokens.numel() / math.log(2)}
 
 
 @torch.no_grad()
 def bits_per_token(model, dataset, batch_size, device, conditional):
-    """Mean negative log-likelihood of the split, in bits per token (labels given when conditional)."""
-    total_nats, total_tokens = 0.0, 0
-    for tokens, labels in DataLoader(dataset, batch_size=batch_size):
-        tokens = tokens.to(device)
-        logits = model(tokens, labels.to(device) if conditional else None)
-        total_nats += F.cross_entropy(logits.float(), tokens, reduction="sum").item()
-        total_tokens += tokens.numel()
-    return total_nats / max(1, total_tokens) / math.log(2)
+    """Mean negative log-likelihood of the split in bits per token (labels given when conditional), as a dict:
+    {"bits_per_token": ...}, and for a two-level prior each level's too ("top_...", "bottom_...")."""
+    totals = {"top": [0.0, 0], "bottom": [0.0, 0]}
+    for tokens, labels, *top in DataLoader(dataset, batch_size=batch_size):
+        tokens, labels = tokens.to(device), labels.to(device) if conditional else None
+        if top:
+            top = top[0].to(device)
+            bottom_logits, top_logits = model(tokens, labels, top)
+            pairs = (("top", top_logits, top), ("bottom", bottom_logits, tokens))
+        else:
+            pairs = (("bottom", model(tokens, labels), tokens),)
+        for level, logits, target in pairs:
+            totals[level][0] += F.cross_entropy(logits.float(), target, reduction="sum").item()
+            totals[level][1] += target.numel()
+    nats = sum(total for total, _ in totals.values())
+    count = sum(n for _, n in totals.values())
+    bits = {"bits_per_token": nats / max(1, count) / math.log(2)}
+    if totals["top"][1]:
+        bits.update({f"{level}_bits_per_token": total / n / math.log(2) for level, (total, n) in totals.items()})
+    return bits

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from prior.layers import as_map, bias_at, bias_of_position
+from prior.model import TwoLevelPrior
 
 SAMPLERS = ("naive", "cached")
 
@@ -289,7 +290,16 @@ def generate(model, n, *, labels=None, temperature=1.0, top_k=None, top_p=None, 
     progress: called as progress(done_positions, total_positions) after each sampled position, over all batches.
     condition: for a prior conditioned on a token map (VQ-VAE-2's bottom prior), the maps (n, *condition_shape)
         or one map for all n.
+
+    A TwoLevelPrior gives (top grids, bottom grids): the top grids first, then the bottom grids conditioned on
+    them, with the same labels and settings; prefix is then a pair (top, bottom) and keep_rows counts bottom rows
+    (the top keeps the rows those cover whole).
     """
+    if isinstance(model, TwoLevelPrior):
+        return _generate_two_levels(model, n, labels=labels, temperature=temperature, top_k=top_k, top_p=top_p,
+                                    guidance_scale=guidance_scale, prefix=prefix, keep_rows=keep_rows,
+                                    sampler=sampler, generator=generator, batch_size=batch_size, progress=progress,
+                                    condition=condition)
     labels, prefix, condition = check_args(model, n, labels, temperature, top_k, top_p, guidance_scale, prefix,
                                             keep_rows, sampler, progress, generator, batch_size, condition)
     batch_size = batch_size or n
@@ -304,6 +314,31 @@ def generate(model, n, *, labels=None, temperature=1.0, top_k=None, top_p=None, 
             None if prefix is None else prefix[start:start + size], keep_rows, temperature, top_k, top_p,
             guidance_scale, sampler, generator, report, None if condition is None else condition[start:start + size]))
     return torch.cat(grids)
+
+
+def _generate_two_levels(model, n, *, prefix, keep_rows, progress, condition, **settings):
+    if condition is not None:
+        raise ValueError("a two-level prior conditions its bottom grids on the top grids it writes: no condition")
+    if prefix is not None and (not isinstance(prefix, (tuple, list)) or len(prefix) != 2):
+        raise ValueError("a two-level prior completes a pair of prefixes (top, bottom)")
+    top_prefix, bottom_prefix = (None, None) if prefix is None else prefix
+    top_config, config = model.top.config, model.config
+    top_keep = keep_rows * top_config.grid_height // config.grid_height if isinstance(keep_rows, int) else keep_rows
+    if progress is not None and not callable(progress):
+        raise ValueError(f"progress must be a callable progress(done, total) or None, got {progress!r}")
+    size = settings["batch_size"] or n
+    # (The arguments themselves are checked by each level's generate(); a bad n or batch size stops there.)
+    batches = math.ceil(n / size) if _is_int(n) and n > 0 and _is_int(size) and size > 0 else 0
+    top_positions = batches * (top_config.grid_height - top_keep) * top_config.grid_width
+    total = top_positions + batches * (config.grid_height - keep_rows) * config.grid_width
+
+    def report(offset):
+        return None if progress is None else (lambda done, _: progress(offset + done, total))
+
+    top = generate(model.top, n, prefix=top_prefix, keep_rows=top_keep, progress=report(0), **settings)
+    bottom = generate(model.bottom, n, prefix=bottom_prefix, keep_rows=keep_rows, progress=report(top_positions),
+                      condition=top, **settings)
+    return top, bottom
 
 
 def _generate_batch(model, n, labels, prefix, keep_rows, temperature, top_k, top_p, guidance_scale, sampler,

@@ -197,3 +197,23 @@ class Prior(nn.Module):
                 out = block(out, cond)
         logits = rearrange(self.head(out), "b (l k) h w -> b k h w l", l=self.config.depth)
         return logits if levels_last else logits.squeeze(-1)  # (b, codebook_size, h, w[, depth])
+
+
+class TwoLevelPrior(nn.Module):
+    """VQ-VAE-2's pair of priors: a top prior over the top maps (class-conditional like a flat prior) and a bottom
+    prior conditioned on the whole top map. forward(bottom tokens, labels, top tokens) -> (bottom logits, top
+    logits); config is the bottom prior's."""
+
+    def __init__(self, top_config, bottom_config):
+        super().__init__()
+        if bottom_config.condition_shape != (top_config.grid_height, top_config.grid_width):
+            raise ValueError(f"the bottom prior is conditioned on {bottom_config.condition_shape} maps, the top "
+                             f"prior writes {top_config.grid_height}x{top_config.grid_width}")
+        self.top, self.bottom = Prior(top_config), Prior(bottom_config)
+        self.config = bottom_config
+
+    def num_parameters(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, tokens, labels=None, top=None):
+        return self.bottom(tokens, labels, top), self.top(top, labels)

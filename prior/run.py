@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prior.model import Prior, PriorConfig
+from prior.model import Prior, PriorConfig, TwoLevelPrior
 from store.runs import RunConfig, load_run_model
 from training import TrainConfig
 
@@ -35,6 +35,12 @@ class PriorRun(RunConfig):
     class_names: list | None = None
     # How often each class occurs in training: a sampler told no class draws them in this mix.
     class_counts: list | None = None
+    # With a two-level tokenizer: the top prior's config (model is then the bottom prior's, conditioned on the top).
+    top: PriorConfig | None = None
+
+    def build(self):
+        """The untrained model the run describes: a Prior, or a TwoLevelPrior."""
+        return Prior(self.model) if self.top is None else TwoLevelPrior(self.top, self.model)
 
 
 def tokenizer_copy(tokenizer_dir):
@@ -51,10 +57,11 @@ def weights_file(run_dir, weights=None):
 
 
 def load(run_dir, device="cpu", weights=None):
-    """(Prior in eval mode, its PriorRun) from a prior run directory, with the weights weights_file() picks."""
+    """(Prior (or TwoLevelPrior) in eval mode, its PriorRun) from a prior run directory, with the weights
+    weights_file() picks."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ValueError(f"run directory {run_dir} does not exist")
     run = PriorRun.load(run_dir)
-    _, model = load_run_model(run_dir, lambda _: Prior(run.model), weights_file(run_dir, weights))
+    _, model = load_run_model(run_dir, lambda _: run.build(), weights_file(run_dir, weights))
     return model.to(device), run

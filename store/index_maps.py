@@ -1,7 +1,9 @@
 """Index maps on disk: one split's token grids as an unsigned integer .npy array [N, h, w] (a trailing depth axis
 for multi-code quantizers) in the smallest dtype that holds the codebook size, its labels as int64 .npy, and
 meta.json beside them (codebook size, grid shape, data set, class names, the SHA-256 of the tokenizer weights that
-made them and of each file). No pickle; every file loads memory-mapped with numpy.load(path, mmap_mode="r").
+made them and of each file). A two-level tokenizer's top maps lie beside them as <split>_top_maps.npy, [N, h', w'],
+and meta.json says "levels": 2 with the top grid and codebook size. No pickle; every file loads memory-mapped with
+numpy.load(path, mmap_mode="r").
 """
 
 import contextlib
@@ -37,10 +39,12 @@ class IndexMapWriter:
     through a mapping stay in the process's resident memory while it is open.
     """
 
-    def __init__(self, directory, split, count, token_shape, codebook_size):
+    def __init__(self, directory, split, count, token_shape, codebook_size, top_shape=None):
         self.directory, self.split, self.count = Path(directory), split, int(count)
-        self.kinds = {"maps": (smallest_uint_dtype(codebook_size), tuple(int(d) for d in token_shape)),
-                      "labels": (np.dtype(np.int64), ())}
+        dtype = smallest_uint_dtype(codebook_size)
+        self.kinds = {"maps": (dtype, tuple(int(d) for d in token_shape)), "labels": (np.dtype(np.int64), ())}
+        if top_shape is not None:  # a two-level tokenizer's top maps (the same codebook size)
+            self.kinds["top_maps"] = (dtype, tuple(int(d) for d in top_shape))
         self.written, self.files, self._handles, self._digests = 0, {}, {}, {}
 
     def __enter__(self):
@@ -64,15 +68,21 @@ class IndexMapWriter:
         self._handles[kind].write(data)
         self._digests[kind].update(data)
 
-    def write(self, maps, labels):
-        """Append a batch: maps (b, *token_shape) of ints below the codebook size, labels (b,)."""
+    def write(self, maps, labels, top=None):
+        """Append a batch: maps (b, *token_shape) of ints below the codebook size, labels (b,), and for two
+        levels the top maps (b, *top_shape)."""
         dtype, shape = self.kinds["maps"]
         maps, labels = np.asarray(maps), np.asarray(labels)
         if maps.shape[1:] != shape or len(labels) != len(maps) or self.written + len(maps) > self.count:
             raise ValueError(f"a batch of maps {maps.shape} with {len(labels)} labels does not fit: "
                              f"{self.count - self.written} more maps of shape {shape} expected")
+        if ("top_maps" in self.kinds) != (top is not None) or (
+                top is not None and np.asarray(top).shape != (len(maps), *self.kinds["top_maps"][1])):
+            raise ValueError(f"top maps {None if top is None else np.asarray(top).shape} do not fit this writer")
         self._write("maps", np.ascontiguousarray(maps.astype(dtype, copy=False)).tobytes())
         self._write("labels", np.ascontiguousarray(labels.astype(np.int64, copy=False)).tobytes())
+        if top is not None:
+            self._write("top_maps", np.ascontiguousarray(np.asarray(top).astype(dtype, copy=False)).tobytes())
         self.written += len(maps)
 
     def __exit__(self, kind, error, traceback):
@@ -103,11 +113,13 @@ def record_index_maps(directory, entries, metadata):
     write_json(meta_path, meta)
 
 
-def write_index_maps(directory, split, maps, labels, metadata):
-    """Write one split: maps (n, h, w) or (n, h, w, depth) ints, labels (n,), and its entry in meta.json (last)."""
+def write_index_maps(directory, split, maps, labels, metadata, top=None):
+    """Write one split: maps (n, h, w) or (n, h, w, depth) ints, labels (n,), for two levels the top maps, and
+    the split's entry in meta.json (last)."""
     maps = np.asarray(maps)
-    with IndexMapWriter(directory, split, len(maps), maps.shape[1:], metadata["codebook_size"]) as writer:
-        writer.write(maps, labels)
+    top_shape = None if top is None else np.asarray(top).shape[1:]
+    with IndexMapWriter(directory, split, len(maps), maps.shape[1:], metadata["codebook_size"], top_shape) as writer:
+        writer.write(maps, labels, top)
     record_index_maps(directory, {split: writer.entry(metadata.get("split_stats"))}, metadata)
 
 
@@ -116,6 +128,11 @@ class IndexMaps:
     maps: np.ndarray  # (n, h, w) or (n, h, w, depth) unsigned ints, memory-mapped
     labels: np.ndarray  # (n,) int64
     meta: dict
+    top: np.ndarray | None = None  # (n, h', w'[, depth]) a two-level tokenizer's top maps, memory-mapped
+
+    @property
+    def levels(self):
+        return 2 if self.top is not None else 1
 
 
 def read_index_maps(directory, split, check_hashes=True):
@@ -135,8 +152,13 @@ def read_index_maps(directory, split, check_hashes=True):
     if split not in meta["splits"]:
         raise ValueError(f"{meta_path} has no {split!r} split")
     entry = meta["splits"][split]
+    two_levels = meta.get("levels", 1) == 2
+    if two_levels and not all(k in meta for k in ("top_grid_height", "top_grid_width")):
+        raise ValueError(f"{meta_path} lacks metadata: top_grid_height, top_grid_width")
     arrays = {}
-    for kind in ("maps", "labels"):
+    for kind in ("maps", "labels", "top_maps") if two_levels else ("maps", "labels"):
+        if kind not in entry:
+            raise ValueError(f"{meta_path} names no {kind} file for the {split!r} split")
         path = directory / entry[kind]["file"]
         if not path.exists():
             raise ValueError(f"index-map file {path} is missing")
@@ -148,26 +170,33 @@ def read_index_maps(directory, split, check_hashes=True):
             raise ValueError(f"index-map file {path} is unreadable: {error}") from None
     maps, labels = arrays["maps"], arrays["labels"]
     depth = meta.get("depth", 1)
-    expected = (meta["grid_height"], meta["grid_width"]) + ((depth,) if depth > 1 else ())
-    if maps.shape[1:] != expected or len(labels) != len(maps):
-        raise ValueError(f"index maps in {directory} have shape {maps.shape}, "
-                         f"expected (n, {', '.join(map(str, expected))}) with {len(labels)} labels")
-    if maps.dtype.kind != "u":
-        raise ValueError(f"index maps in {directory} have dtype {maps.dtype}, expected an unsigned integer type")
-    if len(maps) and int(maps.max()) >= meta["codebook_size"]:
-        raise ValueError(f"index maps in {directory} hold token {int(maps.max())}, "
-                         f"past the codebook size {meta['codebook_size']}")
-    return IndexMaps(maps, labels, meta)
+    levels = [(maps, (meta["grid_height"], meta["grid_width"]), "")]
+    if two_levels:
+        levels.append((arrays["top_maps"], (meta["top_grid_height"], meta["top_grid_width"]), "top "))
+    for array, grid, name in levels:
+        expected = grid + ((depth,) if depth > 1 else ())
+        if array.shape[1:] != expected or len(labels) != len(array):
+            raise ValueError(f"{name}index maps in {directory} have shape {array.shape}, "
+                             f"expected (n, {', '.join(map(str, expected))}) with {len(labels)} labels")
+        if array.dtype.kind != "u":
+            raise ValueError(f"{name}index maps in {directory} have dtype {array.dtype}, expected an unsigned "
+                             "integer type")
+        if len(array) and int(array.max()) >= meta["codebook_size"]:
+            raise ValueError(f"{name}index maps in {directory} hold token {int(array.max())}, "
+                             f"past the codebook size {meta['codebook_size']}")
+    return IndexMaps(maps, labels, meta, arrays.get("top_maps"))
 
 
 class MapDataset(torch.utils.data.Dataset):
-    """(tokens (h, w[, depth]) int64, label) pairs read from memory-mapped index maps: memory stays flat in N."""
+    """(tokens (h, w[, depth]) int64, label) pairs read from memory-mapped index maps, and the top tokens third
+    for two levels: memory stays flat in N."""
 
     def __init__(self, index_maps):
-        self.maps, self.labels = index_maps.maps, index_maps.labels
+        self.maps, self.labels, self.top = index_maps.maps, index_maps.labels, index_maps.top
 
     def __len__(self):
         return len(self.maps)
 
     def __getitem__(self, i):
-        return torch.from_numpy(self.maps[i].astype(np.int64)), int(self.labels[i])
+        item = torch.from_numpy(self.maps[i].astype(np.int64)), int(self.labels[i])
+        return item if self.top is None else (*item, torch.from_numpy(self.top[i].astype(np.int64)))

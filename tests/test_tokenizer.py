@@ -5,7 +5,7 @@ import torch
 
 from store.runs import save_tensors, write_json
 from tokenizer import Tokenizer
-from tokenizer.model import TokenizerConfig, VQVAE
+from tokenizer.model import TokenizerConfig, VQVAE, build_tokenizer_model
 import dataclasses
 
 
@@ -98,3 +98,17 @@ def test_weights_of_another_shape_are_a_value_error(run_dir):
     save_tensors(run_dir / "model.safetensors", other.state_dict())
     with pytest.raises(ValueError, match="do not fit"):
         Tokenizer.load(run_dir)
+
+
+@pytest.mark.parametrize("size,channels,grids", [(28, 1, ((4, 4), (7, 7))), (32, 3, ((4, 4), (8, 8)))])
+def test_two_levels_give_a_top_and_a_bottom_map(size, channels, grids):
+    model = build_tokenizer_model(TokenizerConfig(image_channels=channels, image_size=size, hierarchy=2,
+                                                  hidden_channels=8, residual_channels=4, latent_dim=4,
+                                                  codebook_size=16))
+    tokenizer = Tokenizer(model)
+    top, bottom = tokenizer.encode(torch.rand(3, channels, size, size))
+    assert (tuple(top.shape[1:]), tuple(bottom.shape[1:])) == grids == tuple(tokenizer.level_shapes.values())
+    assert list(tokenizer.level_shapes) == ["top", "bottom"] and top.dtype == bottom.dtype == torch.int64
+    assert tokenizer.decode((top, bottom)).shape == (3, channels, size, size)
+    # The top map matters: other top codes, other images.
+    assert not torch.equal(tokenizer.decode((top, bottom)), tokenizer.decode(((top + 1) % 16, bottom)))

@@ -12,6 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from tokenizer.model import top_level_logs
+
 RECONSTRUCTION_LOSSES = ("l2", "l1")
 
 
@@ -124,7 +126,8 @@ class AdversarialTokenizer(nn.Module):
         loss = pixels + quantizer_loss
         logs = {"loss": None, "mse": F.mse_loss(reconstructions.detach(), images).item(),
                 "reconstruction": pixels.item(), "perplexity": stats["perplexity"],
-                "codes_used": stats["codes_used"], "restarts": stats["restarts"]}
+                "codes_used": stats["codes_used"], "restarts": stats["restarts"],
+                **top_level_logs(stats)}
         if step >= self.loss.discriminator_start:
             frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
             generator_term = hinge_generator_loss(functional_call(self.discriminator, frozen, (reconstructions,)))

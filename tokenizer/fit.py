@@ -14,6 +14,7 @@ from store.index_maps import IndexMapWriter, record_index_maps
 from store.pictures import enlarged
 from store.runs import atomic_path
 from tokenizer.discriminator import AdversarialTokenizer, TokenizerLossConfig, reconstruction_loss
+from tokenizer.model import top_level_logs
 from tokenizer.quantizers import usage_stats
 from tokenizer.tokenizer import Tokenizer, psnr
 
@@ -47,18 +48,21 @@ def tokenizer_step(model, batch, step, loss=TokenizerLossConfig()):
     if loss.reconstruction_loss != "l2":
         logs["reconstruction"] = pixels.item()
     return total, {**logs, "perplexity": stats["perplexity"], "codes_used": stats["codes_used"],
-                   "restarts": stats["restarts"]}
+                   "restarts": stats["restarts"], **top_level_logs(stats)}
+
 
 
 def encode_split(tokenizer, data, batch_size, reconstruct, desc, writer=None):
-    """Encode a split batch by batch: its usage histogram and (if asked) the summed squared reconstruction error.
+    """Encode a split batch by batch: the usage histogram of each level of the hierarchy ({"bottom": counts},
+    and "top" for two levels) and (if asked) the summed squared reconstruction error.
 
     data: an ImageSet (a lazy folder decodes each batch as it is sliced); writer: an IndexMapWriter that takes each
     batch's maps and labels as they come, so neither the split's images nor its maps are ever held whole.
     """
     squared_error = 0.0
     depth, size = tokenizer.config.token_depth, tokenizer.codebook_size
-    counts = torch.zeros(depth, size, dtype=torch.long)  # per level of a residual quantizer
+    # Per level of the hierarchy, and within it per level of a residual quantizer.
+    counts = {name: torch.zeros(depth, size, dtype=torch.long) for name in tokenizer.level_shapes}
     level_offsets = torch.arange(depth) * size
     for start in tqdm(range(0, len(data), batch_size), desc=desc, leave=False, dynamic_ncols=True):
         batch = data.images[start:start + batch_size].to(tokenizer.device).float() / 255
@@ -67,10 +71,14 @@ def encode_split(tokenizer, data, batch_size, reconstruct, desc, writer=None):
             squared_error += batch_error
         else:
             tokens = tokenizer.encode(batch)
-        by_level = tokens.cpu().reshape(-1, depth) + level_offsets
-        counts += torch.bincount(by_level.flatten(), minlength=depth * size).reshape(depth, size)
+        by_level = dict(zip(counts, tokens)) if tokenizer.hierarchy == 2 else {"bottom": tokens}
+        for name, level in by_level.items():
+            codes = level.cpu().reshape(-1, depth) + level_offsets
+            counts[name] += torch.bincount(codes.flatten(), minlength=depth * size).reshape(depth, size)
         if writer is not None:
-            writer.write(tokens.cpu().numpy(), data.labels[start:start + batch_size].numpy())
+            top = by_level.get("top")
+            writer.write(by_level["bottom"].cpu().numpy(), data.labels[start:start + batch_size].numpy(),
+                         None if top is None else top.cpu().numpy())
     return counts, squared_error
 
 
@@ -94,17 +102,20 @@ def dump(run_dir, data_config, batch_size, accelerator, splits=None):
             writer = None
             if accelerator.is_main_process:
                 writer = files.enter_context(IndexMapWriter(maps_dir, split, len(data), tokenizer.token_shape,
-                                                            tokenizer.codebook_size))
+                                                            tokenizer.codebook_size,
+                                                            tokenizer.level_shapes.get("top")))
             started = time.perf_counter()
             counts, squared_error = encode_split(tokenizer, data, batch_size, split == "test", f"dump {split}", writer)
             seconds = time.perf_counter() - started
-            stats = usage_stats(counts)
+            stats = usage_stats(counts["bottom"])
+            if "top" in counts:  # codebook health per level
+                stats.update({f"top_{k}": v for k, v in usage_stats(counts["top"]).items()})
             stats["dump_images_per_s"] = len(data) / max(seconds, 1e-9)
             if split == "test":
                 stats["mse"] = squared_error / max(1, data.images.numel())
                 stats["psnr"] = psnr(stats["mse"])
             writers[split], stats_of[split] = writer, stats
-            results[split] = {k: v for k, v in stats.items() if k != "usage_histogram"}
+            results[split] = {k: v for k, v in stats.items() if not k.endswith("usage_histogram")}
     if accelerator.is_main_process:
         record_index_maps(maps_dir, {split: writer.entry(stats_of[split]) for split, writer in writers.items()},
                           tokenizer.map_metadata(data_config.dataset, splits["train"].class_names))

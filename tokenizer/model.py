@@ -2,14 +2,19 @@
 stride-2 convolutions down (two by default: 28x28 -> 7x7, 32x32 -> 8x8; three or four for a grid 8x or 16x
 smaller, as VQGAN's encoders go), 3x3 residual blocks, a quantizer (any of the family in tokenizer/quantizers.py),
 and the mirror image up. Outputs pass through a sigmoid, so decoded images lie in [0, 1].
+
+With --hierarchy 2, the two-level VQ-VAE-2 of Razavi et al. 2019 ("Generating Diverse High-Fidelity Images with
+VQ-VAE-2", as rosinality/vq-vae-2-pytorch builds it): a top encoder halves the bottom features again (7x7 -> 4x4,
+8x8 -> 4x4); the top is quantized first, decoded, upsampled and joined to the bottom features before the bottom is
+quantized; the decoder takes both quantized maps.
 """
 
-from dataclasses import dataclass, field
-
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from tokenizer.quantizers import (ESTIMATORS, BinaryQuantizer, FiniteScalarQuantizer, ResidualQuantizer, SimVQ,
                                   VectorQuantizer)
@@ -100,6 +105,9 @@ class TokenizerConfig:
     num_residual_blocks: int = field(default=2, metadata={
         "help": "residual blocks at the lowest resolution, in the encoder and in the decoder"})
     latent_dim: int = field(default=64, metadata={"help": "channels of the encoder output z"})
+    hierarchy: int = field(default=1, metadata={
+        "help": "levels of codes: 1, one map; 2, VQ-VAE-2's top map (half the grid again) and bottom map",
+        "choices": (1, 2)})
     quantizer: str = field(default="vq", metadata={
         "help": "vq (nearest code), residual (--depth chained codebooks), simvq (frozen basis x learned map), "
                 "fsq (rounded scalars, --fsq-levels), binary (signs of log2(K) dimensions)", "choices": QUANTIZERS})
@@ -139,6 +147,8 @@ class TokenizerConfig:
             raise ValueError(f"an image size of {self.image_size} is not divisible by the downsampling factor "
                              f"{self.downsample}: pass --image-size {multiple} (or another multiple of "
                              f"{self.downsample}) or another --downsample")
+        if self.hierarchy not in (1, 2):
+            raise ValueError(f"--hierarchy must be 1 or 2, not {self.hierarchy}")
         if self.stage_residual_blocks < 0:
             raise ValueError(f"--stage-residual-blocks must be >= 0, not {self.stage_residual_blocks}")
         if len(self.widths) != self.stages or min(self.widths) < 1:
@@ -167,6 +177,11 @@ class TokenizerConfig:
     @property
     def grid_size(self):
         return self.image_size // self.downsample
+
+    @property
+    def top_grid_size(self):
+        """The top map's side with two levels: the bottom grid halved, rounded up (7 -> 4)."""
+        return (self.grid_size + 1) // 2
 
     @property
     def stages(self):
@@ -243,3 +258,84 @@ class VQVAE(nn.Module):
     @torch.no_grad()
     def decode(self, indices):
         return self.decoder(self.quantizer.lookup(indices))
+
+
+class TopEncoder(nn.Module):
+    """Bottom features (b, latent_dim, g, g) -> top features (b, latent_dim, ceil(g/2), ceil(g/2))."""
+
+    def __init__(self, config):
+        c = config.hidden_channels
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(config.latent_dim, c, 3, stride=2, padding=1),
+            *[ResidualBlock(c, config.residual_channels) for _ in range(config.num_residual_blocks)],
+            nn.ReLU(),
+            nn.Conv2d(c, config.latent_dim, 1),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class TwoLevelVQVAE(nn.Module):
+    """VQ-VAE-2: forward(images) -> (reconstructions, (top indices, bottom indices), quantizer loss, stats), the
+    stats of the bottom level with the top's under "top_" names."""
+
+    def __init__(self, config):
+        super().__init__()
+        c, latent = config.hidden_channels, config.latent_dim
+        self.config = config
+        self.encoder = Encoder(config)
+        self.top_encoder = TopEncoder(config)
+        self.top_quantizer = build_quantizer(config)
+        self.top_decoder = nn.Sequential(  # the quantized top, upsampled to the bottom grid, as bottom features
+            nn.Conv2d(latent, c, 3, padding=1),
+            *[ResidualBlock(c, config.residual_channels) for _ in range(config.num_residual_blocks)],
+            nn.ReLU(),
+            nn.Conv2d(c, latent, 1),
+        )
+        self.join = nn.Conv2d(2 * latent, latent, 1)  # bottom features + decoded top -> what the bottom quantizes
+        self.quantizer = build_quantizer(config)
+        self.merge = nn.Conv2d(2 * latent, latent, 1)  # quantized bottom + upsampled quantized top -> the decoder
+        self.decoder = Decoder(config)
+
+    def num_parameters(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def _up(self, z):
+        return F.interpolate(z, size=(self.config.grid_size, self.config.grid_size), mode="nearest")
+
+    def _decode_latents(self, top_q, bottom_q):
+        return self.decoder(self.merge(torch.cat([bottom_q, self._up(top_q)], dim=1)))
+
+    def _quantize(self, images):
+        features = self.encoder(images)  # (b, latent, g, g)
+        top_q, top, top_loss, top_stats = self.top_quantizer(self.top_encoder(features))
+        joined = self.join(torch.cat([features, self.top_decoder(self._up(top_q))], dim=1))
+        bottom_q, bottom, bottom_loss, stats = self.quantizer(joined)
+        stats = {**stats, "restarts": stats["restarts"] + top_stats["restarts"],
+                 **{f"top_{k}": v for k, v in top_stats.items()}}
+        return top_q, bottom_q, (top, bottom), top_loss + bottom_loss, stats
+
+    def forward(self, images):
+        top_q, bottom_q, indices, loss, stats = self._quantize(images)
+        return self._decode_latents(top_q, bottom_q), indices, loss, stats
+
+    @torch.no_grad()
+    def encode(self, images):
+        return self._quantize(images)[2]
+
+    @torch.no_grad()
+    def decode(self, indices):
+        top, bottom = indices
+        return self._decode_latents(self.top_quantizer.lookup(top), self.quantizer.lookup(bottom))
+
+
+def top_level_logs(stats):
+    """A two-level tokenizer's top codebook health from its stats, for the metrics beside the bottom's."""
+    return {k: stats[k] for k in ("top_perplexity", "top_codes_used") if k in stats}
+
+
+def build_tokenizer_model(config):
+    """The VQ-VAE the config describes: one level of codes, or VQ-VAE-2's two."""
+    return TwoLevelVQVAE(config) if config.hierarchy == 2 else VQVAE(config)

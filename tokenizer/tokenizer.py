@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from store.runs import file_sha256, load_run_model
-from tokenizer.model import VQVAE
+from tokenizer.model import build_tokenizer_model
 from tokenizer.run import TokenizerRun
 
 
@@ -19,7 +19,8 @@ def psnr(mse):
 
 class Tokenizer:
     """A trained VQ-VAE: images (b, c, H, W) in [0, 1] <-> token grids (b, h, w) of ints in [0, codebook_size),
-    (b, h, w, depth) for a residual quantizer."""
+    (b, h, w, depth) for a residual quantizer. A two-level tokenizer (VQ-VAE-2) gives and takes a pair of grids,
+    (top (b, h', w'), bottom (b, h, w)), in that order."""
 
     def __init__(self, model, weights_sha256=None, run_dir=None, run=None):
         self.model = model.eval()
@@ -34,7 +35,7 @@ class Tokenizer:
         if not run_dir.is_dir():
             raise ValueError(f"run directory {run_dir} does not exist")
         run = TokenizerRun.load(run_dir)
-        _, model = load_run_model(run_dir, lambda _: VQVAE(run.model))
+        _, model = load_run_model(run_dir, lambda _: build_tokenizer_model(run.model))
         return cls(model.to(device), file_sha256(run_dir / "model.safetensors"), run_dir, run)
 
     @property
@@ -56,9 +57,23 @@ class Tokenizer:
 
     @property
     def token_shape(self):
-        """The shape of one image's tokens: (h, w), or (h, w, depth) for a residual quantizer."""
+        """The shape of one image's tokens: (h, w), or (h, w, depth) for a residual quantizer; with two levels,
+        the bottom level's."""
         depth = self.config.token_depth
         return self.grid_shape + ((depth,) if depth > 1 else ())
+
+    @property
+    def hierarchy(self):
+        return self.config.hierarchy
+
+    @property
+    def level_shapes(self):
+        """{level name: the shape of one image's tokens at that level}: {"bottom": token_shape}, and "top" first
+        with two levels."""
+        if self.hierarchy == 1:
+            return {"bottom": self.token_shape}
+        top = self.config.top_grid_size
+        return {"top": (top, top) + self.token_shape[2:], "bottom": self.token_shape}
 
     def encode(self, images):
         """images: float (b, c, H, W) in [0, 1], or uint8 in [0, 255] -> LongTensor (b, *token_shape)."""
@@ -76,19 +91,31 @@ class Tokenizer:
             return self.model.encode(images.to(self.device, torch.float32))
 
     def decode(self, tokens):
-        """tokens: integer (b, *token_shape) in [0, codebook_size) -> float images (b, c, H, W) in [0, 1]."""
-        if not torch.is_tensor(tokens):
-            raise ValueError(f"tokens must be a torch tensor, not {type(tokens).__name__}")
-        if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
-            raise ValueError(f"tokens must be an integer tensor, not {tokens.dtype}")
-        if tokens.ndim != 1 + len(self.token_shape) or tuple(tokens.shape[1:]) != self.token_shape:
-            raise ValueError(f"tokens must have shape (batch, {', '.join(map(str, self.token_shape))}), "
-                             f"not {tuple(tokens.shape)}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.codebook_size):
-            raise ValueError(f"tokens must lie in 0..{self.codebook_size - 1}, "
-                             f"found {int(tokens.min())}..{int(tokens.max())}")
+        """tokens: integer (b, *token_shape) in [0, codebook_size), or with two levels the pair (top, bottom)
+        -> float images (b, c, H, W) in [0, 1]."""
+        if self.hierarchy == 1:
+            with torch.no_grad():
+                return self.model.decode(self._checked(tokens, self.token_shape, "tokens"))
+        if not isinstance(tokens, (tuple, list)) or len(tokens) != 2:
+            raise ValueError("a two-level tokenizer decodes a pair of token grids (top, bottom)")
+        shapes = self.level_shapes
+        top, bottom = (self._checked(t, shapes[name], f"{name} tokens") for t, name in zip(tokens, shapes))
+        if len(top) != len(bottom):
+            raise ValueError(f"top and bottom tokens of {len(top)} and {len(bottom)} images")
         with torch.no_grad():
-            return self.model.decode(tokens.to(self.device, torch.long))
+            return self.model.decode((top, bottom))
+
+    def _checked(self, tokens, shape, name):
+        if not torch.is_tensor(tokens):
+            raise ValueError(f"{name} must be a torch tensor, not {type(tokens).__name__}")
+        if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+            raise ValueError(f"{name} must be an integer tensor, not {tokens.dtype}")
+        if tokens.ndim != 1 + len(shape) or tuple(tokens.shape[1:]) != shape:
+            raise ValueError(f"{name} must have shape (batch, {', '.join(map(str, shape))}), not {tuple(tokens.shape)}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.codebook_size):
+            raise ValueError(f"{name} must lie in 0..{self.codebook_size - 1}, "
+                             f"found {int(tokens.min())}..{int(tokens.max())}")
+        return tokens.to(self.device, torch.long)
 
     def reconstruct(self, images):
         """(tokens, reconstructions float (b, c, H, W) in [0, 1], their summed squared error against the images in
@@ -109,8 +136,11 @@ class Tokenizer:
 
     def map_metadata(self, dataset, class_names):
         """What meta.json records of the maps this tokenizer makes of a data set."""
+        levels = {} if self.hierarchy == 1 else {"levels": 2, "top_grid_height": self.config.top_grid_size,
+                                                  "top_grid_width": self.config.top_grid_size,
+                                                  "top_codebook_size": self.codebook_size}
         return {"codebook_size": self.codebook_size, "grid_height": self.grid_shape[0],
-                "grid_width": self.grid_shape[1], "depth": self.config.token_depth,
+                "grid_width": self.grid_shape[1], "depth": self.config.token_depth, **levels,
                 "quantizer": self.config.quantizer, "dataset": dataset, "class_names": class_names,
                 "weights_sha256": self.weights_sha256,
                 "tokenizer_run": str(self.run_dir.resolve()) if self.run_dir else None}
