@@ -91,3 +91,16 @@ def test_level_mismatches_are_one_line_errors(two_level_run):
         prior.generate(model, 2, condition=torch.zeros(2, 4, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="pair of prefixes"):
         prior.generate(model, 2, prefix=torch.zeros(2, 7, 7, dtype=torch.long), keep_rows=2)
+
+
+def test_a_two_level_prior_refuses_a_one_level_tokenizer(tokenizer_run, tmp_path):
+    from generation import load_tokenizer_of
+    from prior.run import PriorRun, TokenizerReference
+    from store.runs import file_sha256
+
+    kw = dict(codebook_size=32, embed_dim=4, hidden_channels=8, num_layers=2)
+    run = PriorRun(model=PriorConfig(condition_codebook_size=32, condition_height=4, condition_width=4, **kw),
+                   top=PriorConfig(grid_height=4, grid_width=4, **kw),
+                   tokenizer=TokenizerReference(str(tokenizer_run), file_sha256(tokenizer_run / "model.safetensors")))
+    with pytest.raises(ValueError, match="models 2 level\\(s\\) of codes, tokenizer .* makes 1"):
+        load_tokenizer_of(tmp_path, run)
