@@ -1,6 +1,7 @@
 """VQ-VAE-2 against the flat default: the whole pipeline (tokenizer, prior, 10,000 samples evaluated) with
 --hierarchy 2, and the figures BENCHMARKS.md compares with the flat default's.
 
+    python -m bench.two_levels --epochs 8 --prior-epochs 5   # the budget BENCHMARKS.md compares at
     python -m bench.two_levels [--output-root checkpoints/bench-two-levels] [extra fit_tokenizer flags]
 
 Each stage runs in a process of its own (clean timings); a stage whose output exists is reused. Prints test MSE,
@@ -22,6 +23,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-root", default="checkpoints/bench-two-levels", help="runs and reports go here")
     parser.add_argument("--name", default="vq2", help="run name of the tokenizer and the prior")
+    parser.add_argument("--prior-epochs", type=int, default=None, help="fit_prior --epochs (default: its own)")
     args, tokenizer_flags = parser.parse_known_args()
     root = Path(args.output_root)
     tokenizer_dir, prior_dir = root / "tokenizer" / args.name, root / "prior" / args.name
@@ -29,7 +31,9 @@ def main():
         run("pipelines.fit_tokenizer", "--hierarchy", "2", *tokenizer_flags, "--output-root", root,
             "--run-name", args.name)
     if not (prior_dir / "results.json").exists():
-        run("pipelines.fit_prior", "--tokenizer", tokenizer_dir, "--output-root", root, "--run-name", args.name)
+        epochs = [] if args.prior_epochs is None else ["--epochs", args.prior_epochs]
+        run("pipelines.fit_prior", "--tokenizer", tokenizer_dir, *epochs, "--output-root", root, "--run-name",
+            args.name)
     report_dir = root / "evaluations" / args.name
     if not (report_dir / "report.json").exists():
         run("pipelines.evaluate", "--prior", prior_dir, "--output-root", root, "--out", report_dir, "--overwrite")

@@ -189,6 +189,25 @@ def _is_real(x):
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
+def _grids(name, value, n, shape):
+    """value as (n, *shape) integer token grids (one grid of shape is given to all n), or one ValueError."""
+    value = torch.as_tensor(value)
+    if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer tokens, got dtype {value.dtype}")
+    if value.shape == shape:
+        value = value.expand(n, *shape)
+    if value.shape != (n, *shape):
+        dims = ", ".join(map(str, shape))
+        raise ValueError(f"{name} must have shape ({n}, {dims}) or ({dims}), got {tuple(value.shape)}")
+    return value
+
+
+def _check_tokens(name, tokens, codebook_size):
+    if tokens.numel() and (tokens.min() < 0 or tokens.max() >= codebook_size):
+        raise ValueError(f"{name} tokens must be in 0..{codebook_size - 1} (the codebook), got values "
+                         f"{tokens.min().item()}..{tokens.max().item()}")
+
+
 def check_args(model, n, labels=None, temperature=1.0, top_k=None, top_p=None, guidance_scale=1.0, prefix=None,
                keep_rows=0, sampler="cached", progress=None, generator=None, batch_size=None, condition=None):
     """Raise one ValueError for the first bad argument; return labels (n,) or None, prefix (n, *token_shape) or
@@ -232,18 +251,8 @@ def check_args(model, n, labels=None, temperature=1.0, top_k=None, top_p=None, g
     if keep_rows and prefix is None:
         raise ValueError(f"keep_rows = {keep_rows} needs a prefix to keep the rows of")
     if prefix is not None:
-        prefix = torch.as_tensor(prefix)
-        if prefix.dtype.is_floating_point or prefix.dtype.is_complex or prefix.dtype == torch.bool:
-            raise ValueError(f"prefix must hold integer tokens, got dtype {prefix.dtype}")
-        if prefix.shape == shape:
-            prefix = prefix.expand(n, *shape)
-        if prefix.shape != (n, *shape):
-            dims = ", ".join(map(str, shape))
-            raise ValueError(f"prefix must have shape ({n}, {dims}) or ({dims}), got {tuple(prefix.shape)}")
-        kept = prefix[:, :keep_rows]
-        if kept.numel() and (kept.min() < 0 or kept.max() >= k):
-            raise ValueError(f"prefix tokens must be in 0..{k - 1} (the codebook), got values "
-                             f"{kept.min().item()}..{kept.max().item()}")
+        prefix = _grids("prefix", prefix, n, shape)
+        _check_tokens("prefix", prefix[:, :keep_rows], k)
     if progress is not None and not callable(progress):
         raise ValueError(f"progress must be a callable progress(done, total) or None, got {progress!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -255,17 +264,8 @@ def check_args(model, n, labels=None, temperature=1.0, top_k=None, top_p=None, g
         if condition is None:
             raise ValueError(f"this prior is conditioned on a token map: pass condition of shape ({n}, "
                              f"{', '.join(map(str, condition_shape))})")
-        condition = torch.as_tensor(condition)
-        if condition.dtype.is_floating_point or condition.dtype.is_complex or condition.dtype == torch.bool:
-            raise ValueError(f"condition must hold integer tokens, got dtype {condition.dtype}")
-        if condition.shape == condition_shape:
-            condition = condition.expand(n, *condition_shape)
-        if condition.shape != (n, *condition_shape):
-            dims = ", ".join(map(str, condition_shape))
-            raise ValueError(f"condition must have shape ({n}, {dims}) or ({dims}), got {tuple(condition.shape)}")
-        if condition.min() < 0 or condition.max() >= config.condition_codebook_size:
-            raise ValueError(f"condition tokens must be in 0..{config.condition_codebook_size - 1}, got values "
-                             f"{condition.min().item()}..{condition.max().item()}")
+        condition = _grids("condition", condition, n, condition_shape)
+        _check_tokens("condition", condition, config.condition_codebook_size)
     return labels, prefix, condition
 
 

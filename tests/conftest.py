@@ -125,6 +125,24 @@ def kill_after_first_checkpoint(module, args, run_dir, env=None):
     return process.wait()
 
 
+def resume_matches_uninterrupted(module, flags, stage_dir, files=("model.safetensors",)):
+    """Kill `python -m module flags` (run "killed" under stage_dir) at its first checkpoint, resume it to the end,
+    run the same flags uninterrupted (run "whole"), and assert the files are equal; returns both run dirs.
+    The commands run in-process after the kill, so the environment is this process's."""
+    import importlib
+    import signal
+
+    killed, whole = Path(stage_dir) / "killed", Path(stage_dir) / "whole"
+    assert kill_after_first_checkpoint(module, [*flags, "--run-name", "killed"], killed) == -signal.SIGKILL
+    assert not (killed / "model.safetensors").exists(), "the run finished before it could be killed"
+    main = importlib.import_module(module).main
+    main(["--resume", killed])
+    main([*flags, "--run-name", "whole"])
+    for name in files:
+        assert_same_weights(killed / name, whole / name)
+    return killed, whole
+
+
 def assert_same_weights(path_a, path_b):
     from safetensors.torch import load_file
     import torch

@@ -2,14 +2,12 @@
 from the adversarial term only from --discriminator-start on, the adaptive weight is the ratio of gradient norms,
 and an adversarial run resumes to the weights (discriminator included) of an uninterrupted one."""
 
-import signal
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY_TOKENIZER, assert_same_weights, kill_after_first_checkpoint
-from pipelines import fit_tokenizer
+from conftest import TINY_TOKENIZER, resume_matches_uninterrupted
 from tokenizer.discriminator import (AdversarialTokenizer, PatchDiscriminator, TokenizerLossConfig, adaptive_weight,
                                      hinge_discriminator_loss, hinge_generator_loss)
 from tokenizer.model import TokenizerConfig, VQVAE
@@ -93,17 +91,9 @@ def test_bad_factor_size_pairs_and_loss_flags_are_refused():
 def test_a_killed_adversarial_run_resumes_to_the_same_weights(fashion_dir, tmp_path):
     flags = [*TINY_TOKENIZER, *ADVERSARIAL, "--discriminator-start", "4", "--epochs", "6", "--checkpoint-every", "5",
              "--output-root", tmp_path / "runs"]
-    run_dir = tmp_path / "runs" / "tokenizer" / "killed"
-    status = kill_after_first_checkpoint("pipelines.fit_tokenizer", [*flags, "--run-name", "killed"], run_dir,
-                                         env={"FASHION_MNIST_DIR": str(fashion_dir)})
-    assert status == -signal.SIGKILL
-    assert not (run_dir / "model.safetensors").exists(), "the run finished before it could be killed"
-    fit_tokenizer.main(["--resume", run_dir])
-    fit_tokenizer.main([*flags, "--run-name", "whole"])
-    whole = tmp_path / "runs" / "tokenizer" / "whole"
-    assert_same_weights(run_dir / "model.safetensors", whole / "model.safetensors")
     # The discriminator and both optimizers' states are in the training state, and resume to the same values.
-    assert_same_weights(run_dir / "training_state.safetensors", whole / "training_state.safetensors")
+    _, whole = resume_matches_uninterrupted("pipelines.fit_tokenizer", flags, tmp_path / "runs" / "tokenizer",
+                                            ("model.safetensors", "training_state.safetensors"))
     from safetensors.torch import load_file
 
     state = load_file(whole / "training_state.safetensors")

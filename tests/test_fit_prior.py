@@ -1,12 +1,11 @@
 import json
-import signal
 
 import numpy as np
 import pytest
 import torch
 
 import prior
-from conftest import TINY_PRIOR, assert_same_weights, kill_after_first_checkpoint, run_module
+from conftest import TINY_PRIOR, resume_matches_uninterrupted, run_module
 from pipelines import fit_prior
 from store.index_maps import MapDataset, read_index_maps, write_index_maps
 from store.runs import file_sha256, load_tensors
@@ -69,14 +68,8 @@ def test_killed_prior_run_resumes_to_the_same_weights(tokenizer_run, tmp_path):
     flags = [*TINY_PRIOR, "--epochs", "12", "--checkpoint-every", "5", "--tokenizer", tokenizer_run,
              "--output-root", tmp_path / "runs", "--condition", "class", "--label-dropout", "0.3",
              "--ema-decay", "0.95"]
-    run_dir = tmp_path / "runs" / "prior" / "killed"
-    assert kill_after_first_checkpoint("pipelines.fit_prior", [*flags, "--run-name", "killed"], run_dir) \
-        == -signal.SIGKILL
-    assert not (run_dir / "model.safetensors").exists(), "the run finished before it could be killed"
-    fit_prior.main(["--resume", run_dir])
-    fit_prior.main([*flags, "--run-name", "whole"])
-    for weights in ("model.safetensors", "model_ema.safetensors"):
-        assert_same_weights(run_dir / weights, tmp_path / "runs" / "prior" / "whole" / weights)
+    resume_matches_uninterrupted("pipelines.fit_prior", flags, tmp_path / "runs" / "prior",
+                                 ("model.safetensors", "model_ema.safetensors"))
 
 
 def _corrupt(tokenizer_run, case):

@@ -1,13 +1,12 @@
 import json
-import signal
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import (REPO, TINY_PRIOR, TINY_TOKENIZER, assert_same_weights, kill_after_first_checkpoint,
-                      labelled_image_folder, run_module, synthetic_images)
+from conftest import (REPO, TINY_PRIOR, TINY_TOKENIZER, labelled_image_folder,
+                      resume_matches_uninterrupted, run_module, synthetic_images)
 from pipelines import fit_prior, fit_tokenizer, sample
 from store.index_maps import read_index_maps
 from tokenizer import Tokenizer
@@ -59,15 +58,8 @@ def test_dump_only_rewrites_the_same_maps(tokenizer_run):
 
 def test_killed_run_resumes_to_the_same_weights(fashion_dir, tmp_path):
     flags = [*TINY_TOKENIZER, "--epochs", "12", "--checkpoint-every", "5", "--output-root", tmp_path / "runs"]
-    run_dir = tmp_path / "runs" / "tokenizer" / "killed"
-    status = kill_after_first_checkpoint("pipelines.fit_tokenizer", [*flags, "--run-name", "killed"], run_dir,
-                                         env={"FASHION_MNIST_DIR": str(fashion_dir)})
-    assert status == -signal.SIGKILL
-    assert not (run_dir / "model.safetensors").exists(), "the run finished before it could be killed"
-    fit_tokenizer.main(["--resume", run_dir])
-    fit_tokenizer.main([*flags, "--run-name", "whole"])
-    assert_same_weights(run_dir / "model.safetensors", tmp_path / "runs" / "tokenizer" / "whole" / "model.safetensors")
-    metrics = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    killed, _ = resume_matches_uninterrupted("pipelines.fit_tokenizer", flags, tmp_path / "runs" / "tokenizer")
+    metrics = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert metrics == sorted(set(metrics)), "resumed metrics repeat or skip steps"
 
 

@@ -4,14 +4,13 @@ uninterrupted weights, sampling draws both levels and completion keeps the given
 level mismatch is one ValueError. (Shapes: test_tokenizer.py; the bottom prior's gradients and cached == naive:
 test_prior_model.py and test_generate.py.)"""
 
-import signal
 
 import numpy as np
 import pytest
 import torch
 
 import prior
-from conftest import TINY_PRIOR, TINY_TOKENIZER, assert_same_weights, kill_after_first_checkpoint
+from conftest import TINY_PRIOR, TINY_TOKENIZER, resume_matches_uninterrupted
 from generation import ImageGenerator
 from pipelines import fit_prior, fit_tokenizer
 from prior.model import PriorConfig, TwoLevelPrior
@@ -64,14 +63,8 @@ def generate_pair(model, top, bottom, keep_rows):
 def test_a_killed_two_level_prior_run_resumes_to_the_same_weights(two_level_run, tmp_path):
     flags = [*TINY_PRIOR, "--epochs", "12", "--checkpoint-every", "5", "--tokenizer", two_level_run,
              "--output-root", tmp_path / "runs", "--ema-decay", "0.95"]
-    run_dir = tmp_path / "runs" / "prior" / "killed"
-    assert kill_after_first_checkpoint("pipelines.fit_prior", [*flags, "--run-name", "killed"], run_dir) \
-        == -signal.SIGKILL
-    assert not (run_dir / "model.safetensors").exists(), "the run finished before it could be killed"
-    fit_prior.main(["--resume", run_dir])
-    fit_prior.main([*flags, "--run-name", "whole"])
-    for weights in ("model.safetensors", "model_ema.safetensors"):
-        assert_same_weights(run_dir / weights, tmp_path / "runs" / "prior" / "whole" / weights)
+    resume_matches_uninterrupted("pipelines.fit_prior", flags, tmp_path / "runs" / "prior",
+                                 ("model.safetensors", "model_ema.safetensors"))
 
 
 def test_level_mismatches_are_one_line_errors(two_level_run):
