@@ -124,9 +124,8 @@ def evaluate(prior_dir=None, tokenizer_dir=None, *, output_root="checkpoints", o
         started = time.perf_counter()
         bar = ProgressBar(desc="sample", unit="pos", leave=False, dynamic_ncols=True, disable=not progress)
         try:
-            tokens, _, _ = generator.sample_tokens(n_samples, label, seed=seed, batch_size=batch_size, progress=bar,
-                                                   temperature=temperature, top_k=top_k, top_p=top_p,
-                                                   guidance_scale=guidance_scale)
+            # The request resolved above, drawn as sample_tokens draws it.
+            tokens = generator.draw(n_samples, asked, settings, seed=seed, batch_size=batch_size, progress=bar)
         finally:
             bar.close()
         # Tokens are opaque here: (n, h, w) or (n, h, w, depth), handed to the tokenizer as they are.

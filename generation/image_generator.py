@@ -1,8 +1,8 @@
 """A prior run and the tokenizer it was trained for, as one image generator: load a prior run, sample images.
 
-A prior run is a complete generator on its own: it carries a copy of its tokenizer's config and weights (RUN/tokenizer/),
-so a prior run folder copied anywhere still samples. Runs made before it carried one find the tokenizer run by the
-path they recorded. Either way the tokenizer's weights must be those whose maps the prior was trained on (SHA-256).
+A prior run is a complete generator on its own: it carries a copy of its tokenizer's config and weights
+(RUN/tokenizer/), so a prior run folder copied anywhere still samples. Runs made before it carried one find the
+tokenizer run by the path they recorded. Either way the tokenizer's weights must be those whose maps the prior was trained on (SHA-256).
 """
 
 from pathlib import Path
@@ -89,10 +89,14 @@ class ImageGenerator:
         pipelines.sample` draws them. kwargs go to prior.generate: sampler, prefix, keep_rows."""
         labels, settings = self.request(n, label, temperature=temperature, top_k=top_k, top_p=top_p,
                                         guidance_scale=guidance_scale)
+        return self.draw(n, labels, settings, seed=seed, batch_size=batch_size, progress=progress, **kwargs), \
+            labels, settings
+
+    def draw(self, n, labels, settings, *, seed=0, batch_size=64, progress=None, **kwargs):
+        """Tokens of a request() already resolved: prior.generate with a generator seeded with seed."""
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        tokens = prior.generate(self.model, n, labels=labels, generator=generator, batch_size=batch_size,
-                                progress=progress, **settings, **kwargs)
-        return tokens, labels, settings
+        return prior.generate(self.model, n, labels=labels, generator=generator, batch_size=batch_size,
+                              progress=progress, **settings, **kwargs)
 
     def decode(self, tokens, batch_size=500):
         """Images (n, c, H, W) float on the CPU of token grids (or pairs of grids), decoded batch by batch."""

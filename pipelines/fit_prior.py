@@ -19,7 +19,7 @@ from prior import PriorConfig, PriorRun
 from prior.fit import bits_per_token, prior_step, read_maps_for
 from prior.run import AVERAGED_WEIGHTS, TokenizerReference, tokenizer_copy
 from store.index_maps import MapDataset
-from store.runs import (create_run_dir, new_run_dir, newest_run, read_run_config, remove_stale_temporaries,
+from store.runs import (check_resumable, create_run_dir, new_run_dir, newest_run, remove_stale_temporaries,
                         save_tensors, write_json)
 from training import TrainConfig, check_one_batch, decided_by_main, make_accelerator, mean_items_per_s, train
 
@@ -56,7 +56,7 @@ def main(argv=None):
     args = build_parser().parse_args(None if argv is None else [str(a) for a in argv])
     if args.resume:
         run_dir = Path(args.resume)
-        read_run_config(run_dir)  # a missing run directory is refused with advice
+        check_resumable(run_dir)
         run = PriorRun.load(run_dir)
         tokenizer_dir = Path(run.tokenizer.run)
     else:

@@ -15,7 +15,7 @@ import torch
 
 from pipelines import cli
 from store.images import DEBIAN_FASHION_MNIST_DIR, DataConfig, ImageDataset, load_images
-from store.runs import create_run_dir, new_run_dir, read_run_config, remove_stale_temporaries, save_tensors, write_json
+from store.runs import check_resumable, create_run_dir, new_run_dir, remove_stale_temporaries, save_tensors, write_json
 from tokenizer import TokenizerConfig, TokenizerRun
 from tokenizer.model import build_tokenizer_model
 from tokenizer.discriminator import TokenizerLossConfig
@@ -65,7 +65,7 @@ def main(argv=None):
 
     if args.resume:
         run_dir = Path(args.resume)
-        read_run_config(run_dir)  # a missing run directory is refused with advice
+        check_resumable(run_dir)
         run = TokenizerRun.load(run_dir)
     train_config = run.train if args.resume else cli.config_from_args(TrainConfig, args)
     accelerator = make_accelerator(train_config)

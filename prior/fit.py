@@ -25,6 +25,15 @@ def read_maps_for(tokenizer_dir):
     return splits
 
 
+def level_logits(model, tokens, labels, top):
+    """[(level name, logits, target tokens)] of a flat prior ("bottom" only), or of a TwoLevelPrior (top, then
+    bottom conditioned on it) when the batch carries top tokens."""
+    if top is None:
+        return [("bottom", model(tokens, labels), tokens)]
+    bottom_logits, top_logits = model(tokens, labels, top)
+    return [("top", top_logits, top), ("bottom", bottom_logits, tokens)]
+
+
 def prior_step(model, batch, step, label_dropout, num_classes):
     """(mean negative log-likelihood per token, logs) of one batch; for a two-level prior, over the tokens of both
     levels, with each level's bits in the logs."""
@@ -35,16 +44,15 @@ def prior_step(model, batch, step, label_dropout, num_classes):
         labels = torch.where(dropped, torch.full_like(labels, num_classes), labels)
     else:
         labels = None
-    if not top:
-        nats = F.cross_entropy(model(tokens, labels).float(), tokens)
+    levels = level_logits(model, tokens, labels, top[0] if top else None)
+    if len(levels) == 1:
+        nats = F.cross_entropy(levels[0][1].float(), tokens)
         return nats, {"loss": nats.item(), "bits_per_token": nats.item() / math.log(2)}
-    bottom_logits, top_logits = model(tokens, labels, top[0])
-    sums = [F.cross_entropy(logits.float(), target, reduction="sum")
-            for logits, target in ((top_logits, top[0]), (bottom_logits, tokens))]
-    nats = (sums[0] + sums[1]) / (top[0].numel() + tokens.numel())
+    sums = {name: F.cross_entropy(logits.float(), target, reduction="sum") for name, logits, target in levels}
+    counts = {name: target.numel() for name, _, target in levels}
+    nats = sum(sums.values()) / sum(counts.values())
     return nats, {"loss": nats.item(), "bits_per_token": nats.item() / math.log(2),
-                  "top_bits_per_token": sums[0].item() / top[0].numel() / math.log(2),
-                  "bottom_bits_per_token": sums[1].item() / tokens.numel() / math.log(2)}
+                  **{f"{name}_bits_per_token": sums[name].item() / counts[name] / math.log(2) for name in sums}}
 
 
 @torch.no_grad()
@@ -54,13 +62,7 @@ def bits_per_token(model, dataset, batch_size, device, conditional):
     totals = {"top": [0.0, 0], "bottom": [0.0, 0]}
     for tokens, labels, *top in DataLoader(dataset, batch_size=batch_size):
         tokens, labels = tokens.to(device), labels.to(device) if conditional else None
-        if top:
-            top = top[0].to(device)
-            bottom_logits, top_logits = model(tokens, labels, top)
-            pairs = (("top", top_logits, top), ("bottom", bottom_logits, tokens))
-        else:
-            pairs = (("bottom", model(tokens, labels), tokens),)
-        for level, logits, target in pairs:
+        for level, logits, target in level_logits(model, tokens, labels, top[0].to(device) if top else None):
             totals[level][0] += F.cross_entropy(logits.float(), target, reduction="sum").item()
             totals[level][1] += target.numel()
     nats = sum(total for total, _ in totals.values())

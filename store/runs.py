@@ -90,13 +90,12 @@ def read_json(path):
         raise ValueError(f"{path} is not valid JSON") from None
 
 
-def read_run_config(run_dir):
-    """The config.json of a run to resume."""
+def check_resumable(run_dir):
+    """A one-line ValueError, with advice, when the run directory to resume does not exist."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ValueError(f"run directory {run_dir} does not exist, so there is nothing to resume "
                          f"(a run killed while starting leaves none: start it again)")
-    return read_json(run_dir / "config.json")
 
 
 def save_tensors(path, tensors, metadata=None):

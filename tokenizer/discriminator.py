@@ -24,6 +24,21 @@ def reconstruction_loss(reconstructions, images, kind):
     return F.mse_loss(reconstructions, images)
 
 
+def pixel_loss(vqvae, images, kind):
+    """(reconstructions float, pixel loss + quantizer loss, logs, the pixel loss alone) of images in [0, 1]: the
+    tokenizer's own loss, with or without a discriminator. "mse" is always logged; "reconstruction" too when the
+    pixel loss is l1."""
+    reconstructions, _, quantizer_loss, stats = vqvae(images)
+    reconstructions = reconstructions.float()
+    pixels = reconstruction_loss(reconstructions, images, kind)
+    logs = {"mse": pixels.item() if kind == "l2" else F.mse_loss(reconstructions.detach(), images).item()}
+    if kind != "l2":
+        logs["reconstruction"] = pixels.item()
+    logs.update(perplexity=stats["perplexity"], codes_used=stats["codes_used"], restarts=stats["restarts"],
+                **top_level_logs(stats))
+    return reconstructions, pixels + quantizer_loss, logs, pixels
+
+
 def hinge_discriminator_loss(real_logits, fake_logits):
     """0.5 * (E[relu(1 - D(x))] + E[relu(1 + D(x_rec))]): the discriminator's loss, as VQGAN's."""
     return 0.5 * (F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean())
@@ -120,14 +135,7 @@ class AdversarialTokenizer(nn.Module):
 
     def forward(self, images, step):
         """images (b, c, H, W) in [0, 1] -> (loss of both networks, logs)."""
-        reconstructions, _, quantizer_loss, stats = self.vqvae(images)
-        reconstructions = reconstructions.float()
-        pixels = reconstruction_loss(reconstructions, images, self.loss.reconstruction_loss)
-        loss = pixels + quantizer_loss
-        logs = {"loss": None, "mse": F.mse_loss(reconstructions.detach(), images).item(),
-                "reconstruction": pixels.item(), "perplexity": stats["perplexity"],
-                "codes_used": stats["codes_used"], "restarts": stats["restarts"],
-                **top_level_logs(stats)}
+        reconstructions, loss, logs, pixels = pixel_loss(self.vqvae, images, self.loss.reconstruction_loss)
         if step >= self.loss.discriminator_start:
             frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
             generator_term = hinge_generator_loss(functional_call(self.discriminator, frozen, (reconstructions,)))
@@ -137,5 +145,4 @@ class AdversarialTokenizer(nn.Module):
             loss = loss + self.loss.adversarial_weight * weight * generator_term + discriminator_term
             logs.update(generator_adversarial=generator_term.item(), adaptive_weight=weight.item(),
                         discriminator=discriminator_term.item())
-        logs["loss"] = loss.item()
-        return loss, logs
+        return loss, {"loss": loss.item(), **logs}

@@ -6,15 +6,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from store.images import load_images
 from store.index_maps import IndexMapWriter, record_index_maps
 from store.pictures import enlarged
 from store.runs import atomic_path
-from tokenizer.discriminator import AdversarialTokenizer, TokenizerLossConfig, reconstruction_loss
-from tokenizer.model import top_level_logs
+from tokenizer.discriminator import AdversarialTokenizer, TokenizerLossConfig, pixel_loss
 from tokenizer.quantizers import usage_stats
 from tokenizer.tokenizer import Tokenizer, psnr
 
@@ -39,17 +37,8 @@ def tokenizer_step(model, batch, step, loss=TokenizerLossConfig()):
     images = images.float() / 255
     if isinstance(getattr(model, "module", model), AdversarialTokenizer):  # (wrapped in DDP across processes)
         return model(images, step)
-    reconstructions, _, quantizer_loss, stats = model(images)
-    reconstructions = reconstructions.float()
-    pixels = reconstruction_loss(reconstructions, images, loss.reconstruction_loss)
-    total = pixels + quantizer_loss
-    logs = {"loss": total.item(), "mse": pixels.item() if loss.reconstruction_loss == "l2"
-            else F.mse_loss(reconstructions.detach(), images).item()}
-    if loss.reconstruction_loss != "l2":
-        logs["reconstruction"] = pixels.item()
-    return total, {**logs, "perplexity": stats["perplexity"], "codes_used": stats["codes_used"],
-                   "restarts": stats["restarts"], **top_level_logs(stats)}
-
+    _, total, logs, _ = pixel_loss(model, images, loss.reconstruction_loss)
+    return total, {"loss": total.item(), **logs}
 
 
 def encode_split(tokenizer, data, batch_size, reconstruct, desc, writer=None):
