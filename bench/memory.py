@@ -31,8 +31,9 @@ SMALL_PRIOR = ["--embed-dim", "16", "--hidden-channels", "32", "--num-layers", "
                "--batch-size", "256"]
 
 
-def make_folder(folder, n):
-    """n PNGs in 10 class sub-folders; reused when it already holds n images."""
+def make_folder(folder, n, size=28):
+    """n PNGs (size x size, Fashion-MNIST's 28x28 resized) in 10 class sub-folders; reused when it already holds n
+    images."""
     if folder.exists() and sum(1 for _ in folder.rglob("*.png")) == n:
         return
     shutil.rmtree(folder, ignore_errors=True)
@@ -43,7 +44,9 @@ def make_folder(folder, n):
         target = folder / f"class{labels[k]}"
         target.mkdir(parents=True, exist_ok=True)
         # A one-pixel shift per cycle keeps repeated images from being byte-identical files.
-        Image.fromarray(np.roll(images[k], i // len(images), axis=1)).save(target / f"{i:06d}.png")
+        image = Image.fromarray(np.roll(images[k], i // len(images), axis=1))
+        image = image if size == 28 else image.resize((size, size), Image.BILINEAR)
+        image.save(target / f"{i:06d}.png")
 
 
 def measured(args, env):

@@ -9,6 +9,7 @@ report.json, report.html and the pictures it shows, built in a temporary folder 
     report = evaluate(prior_dir="checkpoints/prior/RUN", n_samples=2000)  # the dict of report.json
 """
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -24,6 +25,7 @@ from generation import ImageGenerator, ProgressBar
 from store.images import load_images
 from store.runs import check_can_write_in, file_sha256, newest_run, read_json, read_metrics, staged_folder, write_json
 from tokenizer import Tokenizer, psnr
+from training import batches_in_order
 
 TOKENIZER_PANELS = [("loss", "step", [("loss", "train")], True), ("MSE", "step", [("mse", "train")], True),
                     ("perplexity", "step", [("perplexity", "train")], False),
@@ -49,14 +51,19 @@ def _usage_histograms(tokenizer_dir):
     return histogram if isinstance(histogram[0], list) else [histogram]
 
 
-def _reconstruct(tokenizer, images, batch_size, progress):
-    """Reconstructions (n, c, H, W) float of uint8 images, and the summed squared error in [0, 1] units."""
+def _reconstruct(tokenizer, images, batch_size, progress, accelerator=None):
+    """Reconstructions (n, c, H, W) float of uint8 images, and the summed squared error in [0, 1] units; the
+    batches shared across the processes of accelerator."""
+    def work(start, stop):
+        _, decoded, batch_error = tokenizer.reconstruct(images[start:stop].to(tokenizer.device))
+        return decoded.cpu(), batch_error
+
     reconstructions, squared_error = [], 0.0
-    for start in tqdm(range(0, len(images), batch_size), desc="reconstruct test", leave=False, dynamic_ncols=True,
-                      disable=not progress):
-        _, decoded, batch_error = tokenizer.reconstruct(images[start:start + batch_size].to(tokenizer.device))
+    for _, (decoded, batch_error) in tqdm(batches_in_order(accelerator, len(images), batch_size, work),
+                                          total=math.ceil(len(images) / batch_size), desc="reconstruct test",
+                                          leave=False, dynamic_ncols=True, disable=not progress):
         squared_error += batch_error
-        reconstructions.append(decoded.cpu())
+        reconstructions.append(decoded)
     return torch.cat(reconstructions), squared_error
 
 
@@ -72,7 +79,7 @@ def _check_same_tokenizer(prior_dir, generator, tokenizer_dir):
 def evaluate(prior_dir=None, tokenizer_dir=None, *, output_root="checkpoints", out=None, overwrite=False,
              n_samples=10000, batch_size=500, seed=0, label=None, temperature=None, top_k=None, top_p=None,
              guidance_scale=None, classifier_config=None, classifier_train=None, device="cpu", progress=True,
-             prior_weights=None):
+             prior_weights=None, accelerator=None):
     """Evaluate a prior run and its tokenizer (or, with tokenizer_dir alone, the tokenizer); returns the report.
 
     With neither run given, the newest prior under output_root is evaluated. The reference classifier is read
@@ -81,7 +88,13 @@ def evaluate(prior_dir=None, tokenizer_dir=None, *, output_root="checkpoints", o
     `python -m pipelines.sample` draws them (ImageGenerator.sample_tokens): label None is the training mix of
     classes for a conditional prior, and settings left None take SamplingConfig's defaults. prior_weights names
     the prior's weights file to evaluate (default: its averaged weights when kept, as sample uses).
+
+    accelerator: under `accelerate launch`/`torchrun`, the processes share the sampling, decoding and
+    reconstruction batches (every process gets the same report; only the main one writes the folder and trains a
+    missing classifier).
     """
+    main_process = accelerator is None or accelerator.is_main_process
+    progress = progress and main_process
     started_all = time.perf_counter()
     seconds = {}
     if batch_size < 1:
@@ -125,17 +138,19 @@ def evaluate(prior_dir=None, tokenizer_dir=None, *, output_root="checkpoints", o
         bar = ProgressBar(desc="sample", unit="pos", leave=False, dynamic_ncols=True, disable=not progress)
         try:
             # The request resolved above, drawn as sample_tokens draws it.
-            tokens = generator.draw(n_samples, asked, settings, seed=seed, batch_size=batch_size, progress=bar)
+            tokens = generator.draw(n_samples, asked, settings, seed=seed, batch_size=batch_size, progress=bar,
+                                    accelerator=accelerator)
         finally:
             bar.close()
         # Tokens are opaque here: (n, h, w) or (n, h, w, depth), handed to the tokenizer as they are.
-        samples = generator.decode(tokens, batch_size)
+        samples = generator.decode(tokens, batch_size, accelerator)
         seconds["sample_and_decode"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    reference = load_or_train_classifier(data_config, output_root, train_set=train_set, test_set=test_set,
-                                         model_config=classifier_config, train_config=classifier_train,
-                                         device=device, progress=progress)
+    with accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext():
+        reference = load_or_train_classifier(data_config, output_root, train_set=train_set, test_set=test_set,
+                                             model_config=classifier_config, train_config=classifier_train,
+                                             device=device, progress=progress)
     classifier = reference.model
     seconds["classifier"] = time.perf_counter() - started
 
@@ -151,7 +166,7 @@ def evaluate(prior_dir=None, tokenizer_dir=None, *, output_root="checkpoints", o
     seconds["features_real"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    reconstructions, squared_error = _reconstruct(tokenizer, test_set.images, batch_size, progress)
+    reconstructions, squared_error = _reconstruct(tokenizer, test_set.images, batch_size, progress, accelerator)
     mse = squared_error / test_set.images.numel()
     recon_features, recon_predicted = features_of(reconstructions, "features reconstructions")
     figures.update({"fd_reconstructions_vs_test": frechet_distance(feature_statistics(recon_features), test_stats),
@@ -203,7 +218,7 @@ def evaluate(prior_dir=None, tokenizer_dir=None, *, output_root="checkpoints", o
         "per_class_sample_accuracy": per_class,
         "seconds": seconds,
     }
-    if out is not None:
+    if out is not None and main_process:
         write_report(out, overwrite, report, tokenizer.run_dir, prior_dir, test_set, reconstructions, samples, asked)
     return report
 

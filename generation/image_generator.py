@@ -5,15 +5,21 @@ A prior run is a complete generator on its own: it carries a copy of its tokeniz
 tokenizer run by the path they recorded. Either way the tokenizer's weights must be those whose maps the prior was trained on (SHA-256).
 """
 
+import math
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 import prior
+from prior.generate import check_count
 from prior.run import TOKENIZER_COPY
 from prior.sampling import resolve_labels, settings_for
 from tokenizer import Tokenizer
+from training import batches_in_order
+
+# Batch k of a draw with seed s uses a generator seeded with s * BATCH_SEED_STRIDE + k.
+BATCH_SEED_STRIDE = 1_000_003
 
 
 def load_tokenizer_of(prior_dir, run, device="cpu"):
@@ -92,21 +98,47 @@ class ImageGenerator:
         return self.draw(n, labels, settings, seed=seed, batch_size=batch_size, progress=progress, **kwargs), \
             labels, settings
 
-    def draw(self, n, labels, settings, *, seed=0, batch_size=64, progress=None, **kwargs):
-        """Tokens of a request() already resolved: prior.generate with a generator seeded with seed."""
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        return prior.generate(self.model, n, labels=labels, generator=generator, batch_size=batch_size,
-                              progress=progress, **settings, **kwargs)
+    def draw(self, n, labels, settings, *, seed=0, batch_size=64, progress=None, accelerator=None, **kwargs):
+        """Tokens of a request() already resolved, batch by batch: batch k is prior.generate with a generator seeded
+        from (seed, k) alone, so that any batch can be drawn on any process (accelerator: several share the
+        batches, every one receives all the grids) and the grids depend on (seed, n, batch_size) only.
+        kwargs go to prior.generate: sampler, prefix (sliced per batch), keep_rows."""
+        check_count(n, batch_size)
+        prefix = kwargs.pop("prefix", None)
+        mine = math.ceil(math.ceil(n / batch_size) / (accelerator.num_processes if accelerator else 1))
+        done = []  # this process's batches finished so far, for one progress count over all of them
 
-    def decode(self, tokens, batch_size=500):
-        """Images (n, c, H, W) float on the CPU of token grids (or pairs of grids), decoded batch by batch."""
-        def rows(start):
-            if isinstance(tokens, tuple):
-                return tuple(level[start:start + batch_size] for level in tokens)
-            return tokens[start:start + batch_size]
+        grid_ndim = len(self.model.config.token_shape)
+
+        def rows(value, start, stop, ndim):
+            """The batch's rows of per-sample labels (ndim 1) or prefixes (ndim 1 + grid's); others as they are."""
+            if isinstance(value, (tuple, list)):
+                return tuple(rows(v, start, stop, ndim) for v in value)
+            return value[start:stop] if torch.is_tensor(value) and value.ndim == ndim else value
+
+        def work(start, stop):
+            generator = torch.Generator(device=self.device).manual_seed(seed * BATCH_SEED_STRIDE + start // batch_size)
+            report = None if progress is None else (
+                lambda positions, total: progress(len(done) * total + positions, mine * total))
+            tokens = prior.generate(self.model, stop - start, labels=rows(labels, start, stop, 1), generator=generator,
+                                    progress=report, prefix=rows(prefix, start, stop, 1 + grid_ndim), **settings, **kwargs)
+            done.append(start)
+            return tuple(t.cpu() for t in tokens) if isinstance(tokens, tuple) else tokens.cpu()
+
+        batches = [tokens for _, tokens in batches_in_order(accelerator, n, batch_size, work)]
+        if isinstance(batches[0], tuple):
+            return tuple(torch.cat(level) for level in zip(*batches))
+        return torch.cat(batches)
+
+    def decode(self, tokens, batch_size=500, accelerator=None):
+        """Images (n, c, H, W) float on the CPU of token grids (or pairs of grids), decoded batch by batch (shared
+        across the processes of accelerator, every one receiving all the images)."""
+        def work(start, stop):
+            rows = tuple(level[start:stop] for level in tokens) if isinstance(tokens, tuple) else tokens[start:stop]
+            return self.tokenizer.decode(rows).float().cpu()
 
         count = len(tokens[0]) if isinstance(tokens, tuple) else len(tokens)
-        return torch.cat([self.tokenizer.decode(rows(start)).float().cpu() for start in range(0, count, batch_size)])
+        return torch.cat([images for _, images in batches_in_order(accelerator, count, batch_size, work)])
 
     def sample(self, n, label=None, *, seed=0, batch_size=64, **kwargs):
         """(images (n, c, H, W) in [0, 1] on the CPU, tokens (n, h, w[, depth])): sample_tokens, then decode."""

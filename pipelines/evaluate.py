@@ -62,13 +62,16 @@ def main(argv=None):
     # Only width and feature_dim count: the image shape and class count are replaced by the data's.
     classifier_config = cli.config_from_args(ClassifierConfig, args)
     classifier_train = cli.config_from_args(ClassifierTrainConfig, args)
-    device = make_accelerator(TrainConfig()).device
+    accelerator = make_accelerator(TrainConfig())
     out = Path(args.out) if args.out else Path(args.output_root) / "evaluations" / time.strftime("%Y%m%d-%H%M%S")
     report = evaluate(args.prior, args.tokenizer, output_root=args.output_root, out=out, overwrite=args.overwrite,
                       n_samples=args.n_samples, batch_size=args.batch_size, seed=args.seed, label=args.label,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                       guidance_scale=args.guidance_scale, classifier_config=classifier_config,
-                      classifier_train=classifier_train, device=device)
+                      classifier_train=classifier_train, device=accelerator.device,
+                      accelerator=accelerator)
+    if not accelerator.is_main_process:
+        return
     f = report["figures"]
     samples = (f"samples {f['fd_samples_vs_test']:.3g} ({f['fd_samples_over_reconstructions']:.2f}x the "
                "reconstructions)" if f["fd_samples_vs_test"] is not None else "no samples")

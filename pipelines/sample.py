@@ -8,7 +8,6 @@
 As a library: generation.ImageGenerator.load("checkpoints/prior/RUN").sample(16, temperature=0.9)
 """
 
-import math
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from generation import ImageGenerator, ProgressBar
 from pipelines import cli
 from store.images import read_image
 from store.index_maps import write_index_maps
-from store.pictures import enlarged
+from store.pictures import save_mosaic, save_pngs
 from store.runs import check_can_write_in, newest_run, staged_folder, write_json
 from training import TrainConfig, make_accelerator
 
@@ -33,7 +32,9 @@ def build_parser():
     p("--output-root", default="checkpoints", help="where runs are found and samples go (default: checkpoints)")
     p("--out", default=None, help="output folder (default: a new OUTPUT_ROOT/samples/<time>)")
     p("--overwrite", action="store_true", help="replace --out if it exists already (default: refuse)")
-    p("--n", type=int, default=64, help="number of samples (default: 64)")
+    # torchrun's and accelerate launch's own parsers take --n for an abbreviation of theirs: --num-samples there.
+    p("--n", "--num-samples", dest="n", type=int, default=64,
+      help="number of samples (default: 64); under torchrun or accelerate launch write --num-samples")
     p("--batch-size", type=int, default=64, help="grids sampled at once (default: 64)")
     p("--seed", type=int, default=0, help="the same seed on the same device gives the same images (default: 0)")
     cli.add_sampling_flags(parser)
@@ -82,26 +83,22 @@ def main(argv=None):
             tokens, labels, settings = generator.sample_tokens(
                 args.n, args.label, seed=args.seed, batch_size=args.batch_size, progress=bar, sampler=args.sampler,
                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                guidance_scale=args.guidance_scale, **completion)
+                guidance_scale=args.guidance_scale, accelerator=accelerator, **completion)
         finally:
             bar.close()
         sample_seconds = time.perf_counter() - started
     started = time.perf_counter()
     top, tokens = tokens if isinstance(tokens, tuple) else (None, tokens)  # the bottom grids, and the top's
-    images = generator.decode(tokens if top is None else (top, tokens), batch_size=len(tokens))
+    images = generator.decode(tokens if top is None else (top, tokens), args.batch_size, accelerator)
     decode_seconds = time.perf_counter() - started
     if not accelerator.is_main_process:
         return
 
     with staged_folder(out, args.overwrite) as folder:
-        from torchvision.utils import make_grid, save_image  # seconds to import: not before there is work
-
-        mosaic = enlarged(images if original is None else torch.cat([original.float().cpu() / 255, images]))
-        save_image(make_grid(mosaic, nrow=math.ceil(math.sqrt(len(mosaic))), padding=2, pad_value=1.0),
-                   folder / "grid.png", format="PNG")
+        save_mosaic(folder / "grid.png",
+                    images if original is None else torch.cat([original.float().cpu() / 255, images]))
         (folder / "images").mkdir()
-        for i, image in enumerate(images):
-            save_image(image, folder / "images" / f"{i:05d}.png", format="PNG")
+        save_pngs(folder / "images", images)
         asked = np.full(len(tokens), -1, dtype=np.int64) if labels is None else labels.numpy()  # -1: no label
         write_index_maps(folder / "tokens", "samples", tokens.cpu().numpy(), asked,
                          tokenizer.map_metadata("samples", run.class_names),

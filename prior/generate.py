@@ -208,6 +208,14 @@ def _check_tokens(name, tokens, codebook_size):
                          f"{tokens.min().item()}..{tokens.max().item()}")
 
 
+def check_count(n, batch_size=None):
+    """One ValueError for a number of grids that is not a positive integer, or such a batch size (None: all n)."""
+    if not _is_int(n) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
+        raise ValueError(f"batch size must be positive, not {batch_size!r}")
+
+
 def check_args(model, n, labels=None, temperature=1.0, top_k=None, top_p=None, guidance_scale=1.0, prefix=None,
                keep_rows=0, sampler="cached", progress=None, generator=None, batch_size=None, condition=None):
     """Raise one ValueError for the first bad argument; return labels (n,) or None, prefix (n, *token_shape) or
@@ -216,10 +224,7 @@ def check_args(model, n, labels=None, temperature=1.0, top_k=None, top_p=None, g
     h, k, classes, shape = config.grid_height, config.codebook_size, config.num_classes, config.token_shape
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
-    if not _is_int(n) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
-        raise ValueError(f"batch size must be positive, not {batch_size!r}")
+    check_count(n, batch_size)
     if not _is_real(temperature) or not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if top_k is not None and (not _is_int(top_k) or not 1 <= top_k <= k):

@@ -57,12 +57,13 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.images[i], self.labels[i]
 
 
-def load_images(config, split, lazy=False):
-    """The split ('train' or 'test') of the configured data set; a one-line ValueError when it can't be had.
+def load_images(config, split, lazy=False, channels=None):
+    """The split ('train' or 'test'; for a folder also 'all', every image) of the configured data set; a one-line
+    ValueError when it can't be had.
 
     lazy: a folder's images are checked now but decoded only when indexed (FolderImages), so that a pass over
     them in batches (training, the dump) holds one batch at a time; the other data sets are small and always in
-    memory.
+    memory. channels: 1 or 3 to read a folder's images as grey or RGB (default: as its first image is).
     """
     name = config.dataset
     if config.image_size < 0:
@@ -72,7 +73,7 @@ def load_images(config, split, lazy=False):
     if name in ("mnist", "cifar10"):
         return resized(_read_torchvision(name, split, config.data_dir), config.image_size)
     if name.startswith("folder:"):
-        images = _read_folder(Path(name[len("folder:"):]), split, config.image_size or 28)
+        images = _read_folder(Path(name[len("folder:"):]), split, config.image_size or 28, channels)
         return images if lazy else ImageSet(images[:], images.labels, images.class_names)
     raise ValueError(f"unknown dataset {name!r}: use fashion-mnist, mnist, cifar10 or folder:PATH")
 
@@ -158,7 +159,7 @@ def _image_files(root):
     return walk(root, "")
 
 
-def _read_folder(root, split, image_size):
+def _read_folder(root, split, image_size, channels=None):
     from PIL import Image, UnidentifiedImageError
 
     if not root.is_dir():
@@ -169,7 +170,7 @@ def _read_folder(root, split, image_size):
         # Sub-folders are classes, as in torchvision's ImageFolder; a flat folder is one class (".").
         parent = relative.rpartition("/")[0] or "."
         parent_id = parent_ids.setdefault(parent, len(parent_ids))
-        if (i % 10 == 9) == (split == "test"):
+        if split == "all" or (i % 10 == 9) == (split == "test"):
             paths.append(relative)
             parents.append(parent_id)
     if not parent_ids:
@@ -181,7 +182,7 @@ def _read_folder(root, split, image_size):
     class_of_parent = np.array([class_index[name] for name in parent_ids], dtype=np.int64)
     labels = torch.from_numpy(class_of_parent[np.frombuffer(parents, dtype=np.int64)])
     # Every file is checked (header and checksums, not decoded) before any work, and all bad ones named at once.
-    unreadable, mode = [], None
+    unreadable, mode = [], {None: None, 1: "L", 3: "RGB"}[channels]
     for relative in paths:
         path = root / relative
         try:

@@ -39,12 +39,14 @@ class IndexMapWriter:
     through a mapping stay in the process's resident memory while it is open.
     """
 
-    def __init__(self, directory, split, count, token_shape, codebook_size, top_shape=None):
+    def __init__(self, directory, split, count, token_shape, codebook_size, top_shape=None, extra=None):
         self.directory, self.split, self.count = Path(directory), split, int(count)
         dtype = smallest_uint_dtype(codebook_size)
         self.kinds = {"maps": (dtype, tuple(int(d) for d in token_shape)), "labels": (np.dtype(np.int64), ())}
         if top_shape is not None:  # a two-level tokenizer's top maps (the same codebook size)
             self.kinds["top_maps"] = (dtype, tuple(int(d) for d in top_shape))
+        # Other per-image arrays written beside the maps, {kind: (dtype, shape of one row)}: e.g. "sequences".
+        self.kinds.update({kind: (np.dtype(dtype), tuple(shape)) for kind, (dtype, shape) in (extra or {}).items()})
         self.written, self.files, self._handles, self._digests = 0, {}, {}, {}
 
     def __enter__(self):
@@ -68,9 +70,9 @@ class IndexMapWriter:
         self._handles[kind].write(data)
         self._digests[kind].update(data)
 
-    def write(self, maps, labels, top=None):
-        """Append a batch: maps (b, *token_shape) of ints below the codebook size, labels (b,), and for two
-        levels the top maps (b, *top_shape)."""
+    def write(self, maps, labels, top=None, extra=None):
+        """Append a batch: maps (b, *token_shape) of ints below the codebook size, labels (b,), for two
+        levels the top maps (b, *top_shape), and the rows of each extra kind {kind: (b, *shape)}."""
         dtype, shape = self.kinds["maps"]
         maps, labels = np.asarray(maps), np.asarray(labels)
         if maps.shape[1:] != shape or len(labels) != len(maps) or self.written + len(maps) > self.count:
@@ -79,10 +81,19 @@ class IndexMapWriter:
         if ("top_maps" in self.kinds) != (top is not None) or (
                 top is not None and np.asarray(top).shape != (len(maps), *self.kinds["top_maps"][1])):
             raise ValueError(f"top maps {None if top is None else np.asarray(top).shape} do not fit this writer")
+        declared = set(self.kinds) - {"maps", "labels", "top_maps"}
+        if set(extra or {}) != declared:
+            raise ValueError(f"a batch must bring {sorted(declared) or 'no other arrays'}, not {sorted(extra or {})}")
         self._write("maps", np.ascontiguousarray(maps.astype(dtype, copy=False)).tobytes())
         self._write("labels", np.ascontiguousarray(labels.astype(np.int64, copy=False)).tobytes())
         if top is not None:
             self._write("top_maps", np.ascontiguousarray(np.asarray(top).astype(dtype, copy=False)).tobytes())
+        for kind, rows in (extra or {}).items():
+            extra_dtype, extra_shape = self.kinds[kind]
+            rows = np.asarray(rows)
+            if rows.shape != (len(maps), *extra_shape):
+                raise ValueError(f"{kind} of shape {rows.shape} do not fit: ({len(maps)}, {extra_shape}) expected")
+            self._write(kind, np.ascontiguousarray(rows.astype(extra_dtype, copy=False)).tobytes())
         self.written += len(maps)
 
     def __exit__(self, kind, error, traceback):

@@ -10,3 +10,20 @@ def enlarged(images, min_side=84):
     reaches min_side; images that large already come back as they are."""
     factor = math.ceil(min_side / min(images.shape[-2:]))
     return images if factor <= 1 else F.interpolate(images, scale_factor=factor, mode="nearest")
+
+
+def save_mosaic(path, images, pad_value=1.0):
+    """A PNG of images (n, c, H, W) float in [0, 1], enlarged, in a square-ish grid."""
+    from torchvision.utils import make_grid, save_image  # seconds to import: not before there is work
+
+    mosaic = enlarged(images)
+    save_image(make_grid(mosaic, nrow=math.ceil(math.sqrt(len(mosaic))), padding=2, pad_value=pad_value), path,
+               format="PNG")
+
+
+def save_pngs(folder, images, first=0):
+    """One PNG per image (n, c, H, W) float in [0, 1], named by its index from first: 00000.png, 00001.png..."""
+    from torchvision.utils import save_image
+
+    for i, image in enumerate(images, start=first):
+        save_image(image, folder / f"{i:05d}.png", format="PNG")

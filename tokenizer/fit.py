@@ -2,6 +2,7 @@
 reconstruction picture. `python -m pipelines.fit_tokenizer` composes these with the shared training loop."""
 
 import contextlib
+import math
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from store.runs import atomic_path
 from tokenizer.discriminator import AdversarialTokenizer, TokenizerLossConfig, pixel_loss
 from tokenizer.quantizers import usage_stats
 from tokenizer.tokenizer import Tokenizer, psnr
+from training.shards import batches_in_order
 
 
 def trained_module(vqvae, loss):
@@ -41,34 +43,52 @@ def tokenizer_step(model, batch, step, loss=TokenizerLossConfig()):
     return total, {"loss": total.item(), **logs}
 
 
-def encode_split(tokenizer, data, batch_size, reconstruct, desc, writer=None):
+def encode_split(tokenizer, data, batch_size, reconstruct, desc, writer=None, accelerator=None):
     """Encode a split batch by batch: the usage histogram of each level of the hierarchy ({"bottom": counts},
     and "top" for two levels) and (if asked) the summed squared reconstruction error.
 
     data: an ImageSet (a lazy folder decodes each batch as it is sliced); writer: an IndexMapWriter that takes each
     batch's maps and labels as they come, so neither the split's images nor its maps are ever held whole.
+    accelerator: with several processes, each encodes its share of the batches (training.shards) and the writer
+    (the main process's) takes them all in order: the same bytes as one process writes.
     """
-    squared_error = 0.0
     depth, size = tokenizer.config.token_depth, tokenizer.codebook_size
     # Per level of the hierarchy, and within it per level of a residual quantizer.
     counts = {name: torch.zeros(depth, size, dtype=torch.long) for name in tokenizer.level_shapes}
     level_offsets = torch.arange(depth) * size
-    for start in tqdm(range(0, len(data), batch_size), desc=desc, leave=False, dynamic_ncols=True):
-        batch = data.images[start:start + batch_size].to(tokenizer.device).float() / 255
+
+    def work(start, stop):
+        batch = data.images[start:stop].to(tokenizer.device).float() / 255
+        batch_error = 0.0
         if reconstruct:
             tokens, _, batch_error = tokenizer.reconstruct(batch)
-            squared_error += batch_error
         else:
             tokens = tokenizer.encode(batch)
-        by_level = dict(zip(counts, tokens)) if tokenizer.hierarchy == 2 else {"bottom": tokens}
+        levels = zip(counts, tokens) if tokenizer.hierarchy == 2 else [("bottom", tokens)]
+        return {name: level.cpu() for name, level in levels}, batch_error
+
+    squared_error = 0.0
+    batches = batches_in_order(accelerator, len(data), batch_size, work)
+    for start, (by_level, batch_error) in tqdm(batches, total=math.ceil(len(data) / batch_size), desc=desc,
+                                               leave=False, dynamic_ncols=True,
+                                               disable=accelerator is not None and not accelerator.is_main_process):
+        squared_error += batch_error
         for name, level in by_level.items():
-            codes = level.cpu().reshape(-1, depth) + level_offsets
+            codes = level.reshape(-1, depth) + level_offsets
             counts[name] += torch.bincount(codes.flatten(), minlength=depth * size).reshape(depth, size)
         if writer is not None:
             top = by_level.get("top")
-            writer.write(by_level["bottom"].cpu().numpy(), data.labels[start:start + batch_size].numpy(),
-                         None if top is None else top.cpu().numpy())
+            writer.write(by_level["bottom"].numpy(), data.labels[start:start + len(by_level["bottom"])].numpy(),
+                         None if top is None else top.numpy())
     return counts, squared_error
+
+
+def level_usage_stats(counts):
+    """Codebook health of encode_split's counts: the bottom level's usage_stats, and the top's prefixed "top_"."""
+    stats = usage_stats(counts["bottom"])
+    if "top" in counts:
+        stats.update({f"top_{k}": v for k, v in usage_stats(counts["top"]).items()})
+    return stats
 
 
 def dump(run_dir, data_config, batch_size, accelerator, splits=None):
@@ -94,11 +114,10 @@ def dump(run_dir, data_config, batch_size, accelerator, splits=None):
                                                             tokenizer.codebook_size,
                                                             tokenizer.level_shapes.get("top")))
             started = time.perf_counter()
-            counts, squared_error = encode_split(tokenizer, data, batch_size, split == "test", f"dump {split}", writer)
+            counts, squared_error = encode_split(tokenizer, data, batch_size, split == "test", f"dump {split}", writer,
+                                                 accelerator)
             seconds = time.perf_counter() - started
-            stats = usage_stats(counts["bottom"])
-            if "top" in counts:  # codebook health per level
-                stats.update({f"top_{k}": v for k, v in usage_stats(counts["top"]).items()})
+            stats = level_usage_stats(counts)
             stats["dump_images_per_s"] = len(data) / max(seconds, 1e-9)
             if split == "test":
                 stats["mse"] = squared_error / max(1, data.images.numel())

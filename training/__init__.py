@@ -1,7 +1,9 @@
-"""The one training loop both stages use (accelerate places the work; resume, progress, metrics, weight average)."""
+"""The one training loop both stages use (accelerate places the work; resume, progress, metrics, weight average),
+and batch work shared across processes in order (shards)."""
 
 from training.loop import (EpochPermutation, TrainConfig, WeightAverage, check_one_batch, decided_by_main,
                            learning_rate_at, make_accelerator, mean_items_per_s, train)
+from training.shards import batches_in_order
 
-__all__ = ["EpochPermutation", "TrainConfig", "WeightAverage", "check_one_batch", "decided_by_main",
+__all__ = ["EpochPermutation", "batches_in_order", "TrainConfig", "WeightAverage", "check_one_batch", "decided_by_main",
            "learning_rate_at", "make_accelerator", "mean_items_per_s", "train"]

@@ -6,6 +6,7 @@ atomically. A resumed run therefore takes the same steps on the same batches as 
 """
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -22,6 +23,9 @@ from tqdm.auto import tqdm
 from store.runs import load_tensors, read_metrics, save_tensors, write_metrics
 
 STATE_FILE = "training_state.safetensors"
+TRACKER_DIR = "trackers"  # RUN/trackers/<stage>/: where trackers that keep files (TensorBoard) write them
+# accelerate's tracker names (accelerate.utils.LoggerType), checked for their package when a run starts.
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
 
 
 @dataclass
@@ -40,6 +44,11 @@ class TrainConfig:
         "choices": ["no", "fp16", "bf16", "auto"]})
     log_every: int = field(default=50, metadata={"help": "steps between metrics lines"})
     checkpoint_every: int = field(default=500, metadata={"help": "steps between resumable checkpoints"})
+    log_with: str = field(default="none", metadata={
+        "help": "also send the metrics to this tracker of accelerate's (tensorboard: event files in RUN/trackers/; "
+                "wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio: their own places), beside "
+                "metrics.jsonl; the tracker's package must be installed (none: metrics.jsonl only)",
+        "choices": ["none", *TRACKERS]})
     ema_decay: float = field(default=0.0, metadata={
         "help": "also keep an exponential moving average of the weights with this decay per step, saved beside "
                 "the raw weights and used for evaluation and sampling (0: none)"})
@@ -52,6 +61,8 @@ class TrainConfig:
             raise ValueError(f"--learning-rate must be positive, not {self.learning_rate}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema-decay must lie in [0, 1), not {self.ema_decay}")
+        if self.log_with not in ("none", *TRACKERS):
+            raise ValueError(f"--log-with must be none or one of {', '.join(TRACKERS)}, not {self.log_with!r}")
         if self.mixed_precision == "auto":
             self.mixed_precision = "bf16" if computes_in_bf16() else "no"
 
@@ -114,10 +125,28 @@ def make_accelerator(config):
     # gradient; DDP must be told, or it stops at the second step waiting for them.
     # accelerate keeps one mixed-precision setting per process and refuses another: a second run in the same
     # process (a test, a notebook, a library caller) clears it first. The process group (PartialState) is kept.
+    if config.log_with != "none":  # accelerate itself would only warn and drop a tracker it cannot import
+        from accelerate.tracking import get_available_trackers
+
+        if config.log_with not in [str(tracker) for tracker in get_available_trackers()]:
+            raise ValueError(f"--log-with {config.log_with} needs its package: pip install {config.log_with}")
     if AcceleratorState._shared_state.get("_mixed_precision", config.mixed_precision) != config.mixed_precision:
         AcceleratorState._reset_state()
     return Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available(),
+                       log_with=None if config.log_with == "none" else [config.log_with],
+                       # accelerate wants a logging folder now; the run folder is decided later, and start_trackers
+                       # points the trackers at it before they open.
+                       project_dir=None if config.log_with == "none" else ".",
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+def start_trackers(accelerator, config, run_dir, project):
+    """Open the tracker config.log_with names (accelerate's), writing under run_dir/trackers/project."""
+    if config.log_with == "none":
+        return
+    accelerator.project_configuration.set_directories(run_dir)
+    accelerator.project_configuration.logging_dir = str(Path(run_dir) / TRACKER_DIR)
+    accelerator.init_trackers(project, config=dataclasses.asdict(config))
 
 
 def decided_by_main(accelerator, decide):
@@ -230,7 +259,7 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
     metrics as "test_<name>".
 
     Metrics are averaged over each log window (keys ending in 'restarts' are summed) and written to
-    run_dir/metrics.jsonl; the training state goes to run_dir/training_state.safetensors every
+    run_dir/metrics.jsonl, and to the tracker of config.log_with if any; the training state goes to run_dir/training_state.safetensors every
     checkpoint_every steps and at the end.
     """
     run_dir = Path(run_dir)
@@ -258,6 +287,7 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
     # Lines past the checkpoint belong to steps that will be taken again.
     metrics = [m for m in read_metrics(run_dir / "metrics.jsonl") if m.get("step", 0) <= step] if resume else []
 
+    start_trackers(accelerator, config, run_dir, description.removeprefix("fit ").replace(" ", "-"))
     bar = tqdm(total=total_steps, initial=step, desc=description, dynamic_ncols=True,
                disable=not accelerator.is_main_process)
     # The window's figures may start before a resume; items/s counts only the steps timed in this process.
@@ -299,6 +329,7 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
                 for key, values in window.items():
                     record[key] = sum(values) if key.endswith("restarts") else sum(values) / len(values)
                 metrics.append(record)
+                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
                 shown.update({k: f"{record[k]:.4g}" for k in window if not k.endswith("restarts")})
                 bar.set_postfix(shown)
                 if accelerator.is_main_process:
@@ -314,6 +345,7 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
                     results = {f"test_{k}": v for k, v in evaluate(evaluated).items()}
                 model.train()
                 metrics.append({"step": step, "epoch": step / steps_per_epoch, **results})
+                accelerator.log(results, step=step)
                 shown.update({k: f"{v:.4g}" for k, v in results.items()})
                 bar.set_postfix(shown)
                 if accelerator.is_main_process:
@@ -327,6 +359,8 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
             if step >= total_steps:
                 break
     bar.close()
+    for tracker in accelerator.trackers:  # (accelerator.end_training would also end the process group)
+        tracker.finish()
     model = accelerator.unwrap_model(model)
     model.eval()
     return model, metrics, None if average is None else average.state
