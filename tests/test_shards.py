@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_PRIOR, labelled_image_folder
-from pipelines import decode, encode, fit_prior, fit_tokenizer, sample
+from pipelines import decode, encode, evaluate, fit_prior, sample
+from test_evaluate import TINY_CLASSIFIER_FLAGS
 from training import batches_in_order
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -81,6 +82,19 @@ def test_two_processes_write_the_same_bytes_as_one(tokenizer_run, fashion_dir, t
         files_of(tmp_path / "sample-two", skip=("sample.json",))
     tokens = np.load(tmp_path / "sample-two" / "tokens" / "samples_maps.npy")
     assert len(np.unique(tokens.reshape(7, -1), axis=0)) == 7, "every batch drew grids of its own"
+
+    # evaluate: 50 samples in batches of 16; the same report and pictures, but for the timings. The classifier is
+    # trained once, by the main process, before the other reads it.
+    flags = ["--prior", tmp_path / "runs" / "prior" / "p", "--n-samples", 50, "--batch-size", 16, *TINY_CLASSIFIER_FLAGS]
+    evaluate.main([*flags, "--output-root", tmp_path / "one", "--out", tmp_path / "report-one"])
+    two_processes("pipelines.evaluate", *flags, "--output-root", tmp_path / "two", "--out", tmp_path / "report-two")
+    reports = [json.loads((tmp_path / f"report-{n}" / "report.json").read_text()) for n in ("one", "two")]
+    for report in reports:
+        del report["created"], report["seconds"], report["settings"]["threads"], report["settings"]["device"]
+        report["classifier"] = {k: report["classifier"][k] for k in ("weights_sha256", "trained_now", "test_accuracy")}
+    assert reports[0] == reports[1] and reports[0]["counts"]["samples"] == 50
+    assert files_of(tmp_path / "report-one", skip=("report.json", "report.html")) == \
+        files_of(tmp_path / "report-two", skip=("report.json", "report.html"))
 
 
 def test_an_error_in_one_process_stops_both_with_one_line(tokenizer_run, tmp_path):
