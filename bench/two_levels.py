@@ -54,8 +54,9 @@ def main():
              + (f" / {100 * tokenizer['test_top_codes_used']:.1f}%" if two_levels else "")),
             ("prior parameters", f"{prior['parameters']:,}"),
             ("bits per token (all / top / bottom)" if two_levels else "bits per token",
-             f"{prior['test_bits_per_token']:.3f}" + (f" / {prior['test_top_bits_per_token']:.3f} / "
-                                                      f"{prior['test_bottom_bits_per_token']:.3f}" if two_levels else "")),
+             f"{prior['test_bits_per_token']:.3f}" + (
+                 f" / {prior['test_top_bits_per_token']:.3f} / {prior['test_bottom_bits_per_token']:.3f}"
+                 if two_levels else "")),
             ("bits per image", f"{prior['test_bits_per_image']:.1f}"),
             ("tokenizer training (s)", f"{tokenizer['train_seconds_this_session']:.0f}"),
             ("prior training (s)", f"{prior['train_seconds_this_session']:.0f}")]

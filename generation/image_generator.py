@@ -107,7 +107,6 @@ class ImageGenerator:
         prefix = kwargs.pop("prefix", None)
         mine = math.ceil(math.ceil(n / batch_size) / (accelerator.num_processes if accelerator else 1))
         done = []  # this process's batches finished so far, for one progress count over all of them
-
         grid_ndim = len(self.model.config.token_shape)
 
         def rows(value, start, stop, ndim):
@@ -117,11 +116,13 @@ class ImageGenerator:
             return value[start:stop] if torch.is_tensor(value) and value.ndim == ndim else value
 
         def work(start, stop):
-            generator = torch.Generator(device=self.device).manual_seed(seed * BATCH_SEED_STRIDE + start // batch_size)
+            batch_seed = seed * BATCH_SEED_STRIDE + start // batch_size
+            generator = torch.Generator(device=self.device).manual_seed(batch_seed)
             report = None if progress is None else (
                 lambda positions, total: progress(len(done) * total + positions, mine * total))
             tokens = prior.generate(self.model, stop - start, labels=rows(labels, start, stop, 1), generator=generator,
-                                    progress=report, prefix=rows(prefix, start, stop, 1 + grid_ndim), **settings, **kwargs)
+                                    progress=report, prefix=rows(prefix, start, stop, 1 + grid_ndim), **settings,
+                                    **kwargs)
             done.append(start)
             return tuple(t.cpu() for t in tokens) if isinstance(tokens, tuple) else tokens.cpu()
 

@@ -52,7 +52,8 @@ def plain_tokens(path, shape, codebook_size, name):
     if tokens.dtype.kind not in "ui":
         raise ValueError(f"{name} {path} holds {tokens.dtype}, not integers")
     if tokens.shape[1:] != tuple(shape) or tokens.ndim != 1 + len(shape):
-        raise ValueError(f"{name} {path} has shape {tokens.shape}, the tokenizer takes (n, {', '.join(map(str, shape))})")
+        raise ValueError(f"{name} {path} has shape {tokens.shape}, the tokenizer takes "
+                         f"(n, {', '.join(map(str, shape))})")
     if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= codebook_size):
         raise ValueError(f"{name} {path} holds tokens {int(tokens.min())}..{int(tokens.max())}, outside the "
                          f"codebook's 0..{codebook_size - 1}")

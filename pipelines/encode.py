@@ -38,7 +38,8 @@ def build_parser():
     p = parser.add_argument
     p("--tokenizer", metavar="RUN_DIR", required=True, help="the tokenizer run to encode with")
     p("--images", metavar="PATH", required=True,
-      help=f"a folder of images, read recursively (sub-folders are classes), or a data set: {', '.join(NAMED_DATASETS)}")
+      help="a folder of images, read recursively (sub-folders are classes), or a data set: "
+           f"{', '.join(NAMED_DATASETS)}")
     p("--out", metavar="DIR", required=True, help="output folder, written whole or not at all")
     p("--overwrite", action="store_true", help="replace --out if it exists already (default: refuse)")
     p("--split", choices=SPLITS, default=None, help="a data set's split to encode (default: both)")

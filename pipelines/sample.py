@@ -32,9 +32,9 @@ def build_parser():
     p("--output-root", default="checkpoints", help="where runs are found and samples go (default: checkpoints)")
     p("--out", default=None, help="output folder (default: a new OUTPUT_ROOT/samples/<time>)")
     p("--overwrite", action="store_true", help="replace --out if it exists already (default: refuse)")
-    # torchrun's and accelerate launch's own parsers take --n for an abbreviation of theirs: --num-samples there.
+    # torchrun's own parser takes --n for an abbreviation of one of its flags: --num-samples there.
     p("--n", "--num-samples", dest="n", type=int, default=64,
-      help="number of samples (default: 64); under torchrun or accelerate launch write --num-samples")
+      help="number of samples (default: 64); under torchrun write --num-samples")
     p("--batch-size", type=int, default=64, help="grids sampled at once (default: 64)")
     p("--seed", type=int, default=0, help="the same seed on the same device gives the same images (default: 0)")
     cli.add_sampling_flags(parser)

@@ -76,7 +76,8 @@ class SequenceLayout:
             sequences = sequences[:, 1:-1]
         tokens = sequences.astype(np.int64) - self.vocab_offset
         if tokens.size and (tokens.min() < 0 or tokens.max() >= self.codebook_size):
-            raise ValueError(f"sequence tokens must lie in {self.vocab_offset}..{self.vocab_offset + self.codebook_size - 1}"
+            last = self.vocab_offset + self.codebook_size - 1
+            raise ValueError(f"sequence tokens must lie in {self.vocab_offset}..{last}"
                              f" (offset {self.vocab_offset}, {self.codebook_size} codes)")
         levels, start = [], 0
         for shape in self.level_shapes:

@@ -85,7 +85,8 @@ def test_two_processes_write_the_same_bytes_as_one(tokenizer_run, fashion_dir, t
 
     # evaluate: 50 samples in batches of 16; the same report and pictures, but for the timings. The classifier is
     # trained once, by the main process, before the other reads it.
-    flags = ["--prior", tmp_path / "runs" / "prior" / "p", "--n-samples", 50, "--batch-size", 16, *TINY_CLASSIFIER_FLAGS]
+    flags = ["--prior", tmp_path / "runs" / "prior" / "p", "--n-samples", 50, "--batch-size", 16,
+             *TINY_CLASSIFIER_FLAGS]
     evaluate.main([*flags, "--output-root", tmp_path / "one", "--out", tmp_path / "report-one"])
     two_processes("pipelines.evaluate", *flags, "--output-root", tmp_path / "two", "--out", tmp_path / "report-two")
     reports = [json.loads((tmp_path / f"report-{n}" / "report.json").read_text()) for n in ("one", "two")]

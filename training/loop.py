@@ -259,8 +259,8 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
     metrics as "test_<name>".
 
     Metrics are averaged over each log window (keys ending in 'restarts' are summed) and written to
-    run_dir/metrics.jsonl, and to the tracker of config.log_with if any; the training state goes to run_dir/training_state.safetensors every
-    checkpoint_every steps and at the end.
+    run_dir/metrics.jsonl, and to the tracker of config.log_with if any; the training state goes to
+    run_dir/training_state.safetensors every checkpoint_every steps and at the end.
     """
     run_dir = Path(run_dir)
     state_path = run_dir / STATE_FILE
