@@ -141,7 +141,8 @@ def main(argv=None):
             record_index_maps(folder, entries, metadata)
     if main_process:
         seconds, total = time.perf_counter() - started, sum(len(data) for data in splits.values())
-        counted = ", ".join(f"{len(data)} {name}" for name, data in splits.items())
+        counted = ", ".join(f"{len(data)}" + ("" if name == FOLDER_SPLIT else f" {name}")
+                            for name, data in splits.items())
         print(f"{counted} images -> {out} ({'x'.join(map(str, tokenizer.token_shape))} tokens each"
               + (f", sequences of {layout.length}" if layout else "")
               + f") in {seconds:.1f} s, {total / max(seconds, 1e-9):.0f} images/s")
