@@ -23,7 +23,7 @@ from evaluation.reference import load_or_train_classifier, predict
 from evaluation.report import plot_curves, plot_mosaic, plot_usage, write_html
 from generation import ImageGenerator, ProgressBar
 from store.images import load_images
-from store.runs import check_can_write_in, file_sha256, newest_run, read_json, read_metrics, staged_folder, write_json
+from store.runs import check_output_folder, file_sha256, newest_run, read_json, read_metrics, staged_folder, write_json
 from tokenizer import Tokenizer, psnr
 from training import batches_in_order
 
@@ -99,10 +99,8 @@ def evaluate(prior_dir=None, tokenizer_dir=None, *, output_root="checkpoints", o
     seconds = {}
     if batch_size < 1:
         raise ValueError(f"--batch-size must be positive, not {batch_size}")
-    if out is not None and Path(out).exists() and not overwrite:
-        raise ValueError(f"{out} exists already: pass --overwrite or another --out")
     if out is not None:
-        check_can_write_in(Path(out).parent)
+        check_output_folder(out, overwrite)
     if prior_dir is None and tokenizer_dir is None:
         prior_dir = newest_run(output_root, "prior")
 

@@ -11,7 +11,6 @@ decode.json.
 """
 
 import contextlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 from pipelines import cli
 from store.index_maps import read_index_maps
 from store.pictures import save_mosaic, save_pngs
-from store.runs import check_can_write_in, staged_folder, write_json
+from store.runs import check_output_folder, read_json, staged_folder, write_json
 from tokenizer import Tokenizer
 from training import TrainConfig, batches_in_order, make_accelerator
 
@@ -65,24 +64,23 @@ def read_tokens(args, tokenizer):
     path = Path(args.tokens)
     if not path.exists():
         raise ValueError(f"token file or folder {path} does not exist")
-    folder, split = (path, args.split) if path.is_dir() else (path.parent, None)
+    folder = path if path.is_dir() else path.parent
     meta_path = folder / "meta.json"
-    if path.is_file() and meta_path.exists():  # one of a maps folder's files: which split is it?
-        try:
-            splits = json.loads(meta_path.read_text()).get("splits", {})
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ValueError(f"{meta_path} is not valid JSON") from None
+    if path.is_dir() and not meta_path.exists():
+        raise ValueError(f"no index maps in {folder} (meta.json missing)")
+    # The splits of the maps folder the tokens are, or lie in; a plain .npy has none.
+    splits = read_json(meta_path).get("splits", {}) if meta_path.exists() else {}
+    if path.is_dir():
+        split = args.split
+    else:  # one of a maps folder's files: which split is it?
         split = next((name for name, entry in splits.items() if entry.get("maps", {}).get("file") == path.name), None)
     if split is not None or path.is_dir():
         if args.top_tokens:
             raise ValueError("--top-tokens goes with a plain .npy; a folder of index maps holds its own top maps")
         if split is None:
-            if not meta_path.exists():
-                raise ValueError(f"no index maps in {folder} (meta.json missing)")
-            names = list(json.loads(meta_path.read_text()).get("splits", {}))
-            if len(names) != 1:
-                raise ValueError(f"{folder} holds the splits {', '.join(names) or 'none'}: choose one with --split")
-            split = names[0]
+            if len(splits) != 1:
+                raise ValueError(f"{folder} holds the splits {', '.join(splits) or 'none'}: choose one with --split")
+            split = next(iter(splits))
         maps = read_index_maps(folder, split)
         if maps.meta["weights_sha256"] != tokenizer.weights_sha256:
             raise ValueError(f"the maps in {folder} were made by other tokenizer weights than those in "
@@ -109,9 +107,7 @@ def main(argv=None):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be positive, not {getattr(args, flag)}")
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ValueError(f"{out} exists already: pass --overwrite or another --out")
-    check_can_write_in(out.parent)
+    check_output_folder(out, args.overwrite)
     accelerator = make_accelerator(TrainConfig())
     tokenizer = Tokenizer.load(args.tokenizer, device=accelerator.device)
     levels, source = read_tokens(args, tokenizer)

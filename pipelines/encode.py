@@ -21,7 +21,7 @@ from pathlib import Path
 from pipelines import cli
 from store.images import DEBIAN_FASHION_MNIST_DIR, SPLITS, DataConfig, load_images
 from store.index_maps import IndexMapWriter, record_index_maps
-from store.runs import check_can_write_in, staged_folder
+from store.runs import check_output_folder, staged_folder
 from store.sequences import SequenceLayout
 from tokenizer import Tokenizer
 from tokenizer.fit import encode_split, level_usage_stats
@@ -90,9 +90,7 @@ def main(argv=None):
     if not args.sequences and (args.vocab_offset or args.begin_end_ids):
         raise ValueError("--vocab-offset and --begin-end-ids shape the sequences: add --sequences")
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ValueError(f"{out} exists already: pass --overwrite or another --out")
-    check_can_write_in(out.parent)
+    check_output_folder(out, args.overwrite)
     accelerator = make_accelerator(TrainConfig())
     tokenizer = Tokenizer.load(args.tokenizer, device=accelerator.device)
     channels, size, _ = tokenizer.image_shape

@@ -19,7 +19,7 @@ from pipelines import cli
 from store.images import read_image
 from store.index_maps import write_index_maps
 from store.pictures import save_mosaic, save_pngs
-from store.runs import check_can_write_in, newest_run, staged_folder, write_json
+from store.runs import check_output_folder, newest_run, staged_folder, write_json
 from training import TrainConfig, make_accelerator
 
 
@@ -58,9 +58,7 @@ def main(argv=None):
         raise ValueError(f"--batch-size must be positive, not {args.batch_size}")
     prior_dir = Path(args.prior) if args.prior else newest_run(args.output_root, "prior")
     out = Path(args.out) if args.out else Path(args.output_root) / "samples" / time.strftime("%Y%m%d-%H%M%S")
-    if out.exists() and not args.overwrite:
-        raise ValueError(f"{out} exists already: pass --overwrite or another --out")
-    check_can_write_in(out.parent)
+    check_output_folder(out, args.overwrite)
     started = time.perf_counter()
     generator = ImageGenerator.load(prior_dir, device)
     tokenizer, run = generator.tokenizer, generator.run
@@ -88,8 +86,8 @@ def main(argv=None):
             bar.close()
         sample_seconds = time.perf_counter() - started
     started = time.perf_counter()
+    images = generator.decode(tokens, args.batch_size, accelerator)
     top, tokens = tokens if isinstance(tokens, tuple) else (None, tokens)  # the bottom grids, and the top's
-    images = generator.decode(tokens if top is None else (top, tokens), args.batch_size, accelerator)
     decode_seconds = time.perf_counter() - started
     if not accelerator.is_main_process:
         return

@@ -47,6 +47,7 @@ class IndexMapWriter:
             self.kinds["top_maps"] = (dtype, tuple(int(d) for d in top_shape))
         # Other per-image arrays written beside the maps, {kind: (dtype, shape of one row)}: e.g. "sequences".
         self.kinds.update({kind: (np.dtype(dtype), tuple(shape)) for kind, (dtype, shape) in (extra or {}).items()})
+        self.extra_kinds = set(extra or {})
         self.written, self.files, self._handles, self._digests = 0, {}, {}, {}
 
     def __enter__(self):
@@ -81,9 +82,9 @@ class IndexMapWriter:
         if ("top_maps" in self.kinds) != (top is not None) or (
                 top is not None and np.asarray(top).shape != (len(maps), *self.kinds["top_maps"][1])):
             raise ValueError(f"top maps {None if top is None else np.asarray(top).shape} do not fit this writer")
-        declared = set(self.kinds) - {"maps", "labels", "top_maps"}
-        if set(extra or {}) != declared:
-            raise ValueError(f"a batch must bring {sorted(declared) or 'no other arrays'}, not {sorted(extra or {})}")
+        if set(extra or {}) != self.extra_kinds:
+            raise ValueError(f"a batch must bring {sorted(self.extra_kinds) or 'no other arrays'}, "
+                             f"not {sorted(extra or {})}")
         self._write("maps", np.ascontiguousarray(maps.astype(dtype, copy=False)).tobytes())
         self._write("labels", np.ascontiguousarray(labels.astype(np.int64, copy=False)).tobytes())
         if top is not None:

@@ -175,24 +175,32 @@ def load_state_strict(model, state, path):
         raise ValueError(f"weights in {path} do not fit the model in its config.json ({first[-1].strip()})") from None
 
 
+def refuse_existing(path, overwrite=False, exists="pass --overwrite or another --out"):
+    """A one-line ValueError (with the advice `exists`) when path exists and is not to be overwritten."""
+    if Path(path).exists() and not overwrite:
+        raise ValueError(f"{path} exists already: {exists}")
+
+
+def check_output_folder(path, overwrite=False):
+    """Before any work: a one-line ValueError when the output folder path exists (unless overwrite) or nothing
+    could be written where it goes."""
+    refuse_existing(path, overwrite)
+    check_can_write_in(Path(path).parent)
+
+
 @contextlib.contextmanager
 def staged_folder(path, overwrite=False, exists="pass --overwrite or another --out"):
     """Yield an empty temporary folder beside path; when the block succeeds it takes an ordinary folder's mode and
     is renamed onto path, so path is never seen half-written. An existing path is refused (with the advice
     `exists`) before and after the block, unless overwrite, when it is replaced."""
     path = Path(path)
-
-    def refuse_existing():
-        if path.exists() and not overwrite:
-            raise ValueError(f"{path} exists already: {exists}")
-
-    refuse_existing()
+    refuse_existing(path, overwrite, exists)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(**_temporary_name(path)))
     try:
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
         yield staging
-        refuse_existing()
+        refuse_existing(path, overwrite, exists)
         if path.exists():
             shutil.rmtree(path)
         os.rename(staging, path)

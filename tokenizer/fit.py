@@ -16,7 +16,7 @@ from store.runs import atomic_path
 from tokenizer.discriminator import AdversarialTokenizer, TokenizerLossConfig, pixel_loss
 from tokenizer.quantizers import usage_stats
 from tokenizer.tokenizer import Tokenizer, psnr
-from training.shards import batches_in_order
+from training import batches_in_order
 
 
 def trained_module(vqvae, loss):

@@ -24,7 +24,7 @@ from store.runs import load_tensors, read_metrics, save_tensors, write_metrics
 
 STATE_FILE = "training_state.safetensors"
 TRACKER_DIR = "trackers"  # RUN/trackers/<stage>/: where trackers that keep files (TensorBoard) write them
-# accelerate's tracker names (accelerate.utils.LoggerType), checked for their package when a run starts.
+# accelerate's tracker names (accelerate.utils.LoggerType); make_accelerator checks the chosen one's package.
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
 
 
@@ -120,16 +120,16 @@ class EpochPermutation(Sampler):
 
 
 def make_accelerator(config):
-    # Without a GPU, accelerate only forms a process group (gloo) under torchrun when told it runs on the CPU.
-    # The gated prior's last block has a horizontal output (h_out) that nothing reads, so its weights never get a
-    # gradient; DDP must be told, or it stops at the second step waiting for them.
-    # accelerate keeps one mixed-precision setting per process and refuses another: a second run in the same
-    # process (a test, a notebook, a library caller) clears it first. The process group (PartialState) is kept.
     if config.log_with != "none":  # accelerate itself would only warn and drop a tracker it cannot import
         from accelerate.tracking import get_available_trackers
 
         if config.log_with not in [str(tracker) for tracker in get_available_trackers()]:
             raise ValueError(f"--log-with {config.log_with} needs its package: pip install {config.log_with}")
+    # Without a GPU, accelerate only forms a process group (gloo) under torchrun when told it runs on the CPU.
+    # The gated prior's last block has a horizontal output (h_out) that nothing reads, so its weights never get a
+    # gradient; DDP must be told, or it stops at the second step waiting for them.
+    # accelerate keeps one mixed-precision setting per process and refuses another: a second run in the same
+    # process (a test, a notebook, a library caller) clears it first. The process group (PartialState) is kept.
     if AcceleratorState._shared_state.get("_mixed_precision", config.mixed_precision) != config.mixed_precision:
         AcceleratorState._reset_state()
     return Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available(),
