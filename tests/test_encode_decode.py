@@ -189,3 +189,18 @@ def test_decode_refuses_maps_of_other_weights_and_takes_a_plain_array(tokenizer_
     decode.main(["--tokenizer", tokenizer_run, "--tokens", tmp_path / "plain.npy", "--out", tmp_path / "plain"])
     expected = Tokenizer.load(tokenizer_run).decode(torch.from_numpy(plain))
     assert np.array_equal(png_pixels(tmp_path / "plain" / "images" / "00002.png"), as_png_bytes(expected[2, 0]))
+
+
+def test_encode_and_decode_refuse_an_existing_out_or_one_under_a_file(tokenizer_run, folder, tmp_path, capsys):
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    (tmp_path / "a-file").write_text("")
+    commands = [(encode.main, ["--tokenizer", tokenizer_run, "--images", folder]),
+                (decode.main, ["--tokenizer", tokenizer_run, "--tokens", tokenizer_run / "maps", "--split", "test"])]
+    for main, args in commands:
+        for out, message in ((existing, "exists already: pass --overwrite"),
+                             (tmp_path / "a-file" / "out", "is not a directory")):
+            status, _, err = run_in_process(main, [*args, "--out", out], capsys)
+            assert status == 2 and len(err) == 1 and message in err[0], err
+        assert (existing / "keep.txt").read_text() == "mine" and sorted(existing.iterdir()) == [existing / "keep.txt"]
