@@ -128,12 +128,17 @@ def kill_after_first_checkpoint(module, args, run_dir, env=None):
 def resume_matches_uninterrupted(module, flags, stage_dir, files=("model.safetensors",)):
     """Kill `python -m module flags` (run "killed" under stage_dir) at its first checkpoint, resume it to the end,
     run the same flags uninterrupted (run "whole"), and assert the files are equal; returns both run dirs.
-    The commands run in-process after the kill, so the environment is this process's."""
+    The commands run in-process after the kill, so the environment is this process's (its thread count too)."""
     import importlib
     import signal
 
+    import torch
+
     killed, whole = Path(stage_dir) / "killed", Path(stage_dir) / "whole"
-    assert kill_after_first_checkpoint(module, [*flags, "--run-name", "killed"], killed) == -signal.SIGKILL
+    # The killed process computes at this process's thread count: on some CPUs (AVX2) oneDNN's convolution weight
+    # gradients sum in a thread-dependent order, and the resume and the uninterrupted run happen in this process.
+    threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+    assert kill_after_first_checkpoint(module, [*flags, "--run-name", "killed"], killed, threads) == -signal.SIGKILL
     assert not (killed / "model.safetensors").exists(), "the run finished before it could be killed"
     main = importlib.import_module(module).main
     main(["--resume", killed])

@@ -8,7 +8,7 @@ import prior
 from conftest import TINY_PRIOR, resume_matches_uninterrupted, run_module
 from pipelines import fit_prior
 from store.index_maps import MapDataset, read_index_maps, write_index_maps
-from store.runs import file_sha256, load_tensors
+from store.runs import file_sha256, load_tensors, save_tensors
 
 
 def test_fit_prior_writes_a_run_that_names_its_tokenizer(tokenizer_run, tmp_path):
@@ -70,6 +70,23 @@ def test_killed_prior_run_resumes_to_the_same_weights(tokenizer_run, tmp_path):
              "--ema-decay", "0.95"]
     resume_matches_uninterrupted("pipelines.fit_prior", flags, tmp_path / "runs" / "prior",
                                  ("model.safetensors", "model_ema.safetensors"))
+
+
+def test_a_resume_at_another_thread_count_says_how_to_match_the_uninterrupted_run(tokenizer_run, tmp_path, capsys):
+    from safetensors import safe_open
+
+    fit_prior.main([*TINY_PRIOR, "--tokenizer", tokenizer_run, "--output-root", tmp_path / "runs", "--run-name", "p"])
+    state_path = tmp_path / "runs" / "prior" / "p" / "training_state.safetensors"
+    with safe_open(state_path, framework="pt") as f:
+        meta = json.loads(f.metadata()["training"])
+    assert meta["threads"] == torch.get_num_threads()
+    meta["threads"] += 1
+    save_tensors(state_path, load_tensors(state_path), metadata={"training": json.dumps(meta)})
+    capsys.readouterr()
+    fit_prior.main(["--resume", state_path.parent])
+    assert (f"checkpointed at {meta['threads']} CPU thread(s) and resumes at {torch.get_num_threads()}: "
+            f"for weights bit-identical to an uninterrupted run, resume with OMP_NUM_THREADS={meta['threads']}"
+            in capsys.readouterr().err)
 
 
 def _corrupt(tokenizer_run, case):

@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,12 +210,16 @@ def save_training_state(path, model, optimizers, step, scaler=None, log_window=N
         meta["average_updates"] = average.updates
     meta["step"] = step
     meta["log_window"] = log_window or {}
+    # On some CPUs (oneDNN's convolution weight gradients on AVX2) the sums depend on the thread count: a resume
+    # at another count is told so.
+    meta["threads"] = torch.get_num_threads()
     meta["scaler"] = scaler.state_dict() if scaler is not None else None
     save_tensors(path, tensors, metadata={"training": json.dumps(meta)})
 
 
 def load_training_state(path, model, optimizers, scaler=None, average=None):
-    """Restore what save_training_state wrote; returns (the step to continue from, the log window)."""
+    """Restore what save_training_state wrote; returns (the step to continue from, the log window, the CPU thread
+    count it was saved at, None for states saved before it was recorded)."""
     from safetensors import safe_open
 
     tensors = load_tensors(path)
@@ -246,7 +251,7 @@ def load_training_state(path, model, optimizers, scaler=None, average=None):
         torch.cuda.set_rng_state_all(cuda_states)
     if scaler is not None and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
-    return meta["step"], meta.get("log_window", {})
+    return meta["step"], meta.get("log_window", {}), meta.get("threads")
 
 
 def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, description="train",
@@ -277,7 +282,8 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
     step, window = 0, {}
     average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
     if resume and state_path.exists():
-        step, window = load_training_state(state_path, model, optimizers, accelerator.scaler, average)
+        step, window, threads = load_training_state(state_path, model, optimizers, accelerator.scaler, average)
+        warn_of_other_threads(threads, accelerator)
     model, *optimizers, loader = accelerator.prepare(model, *optimizers, loader)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
@@ -364,6 +370,19 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
     model = accelerator.unwrap_model(model)
     model.eval()
     return model, metrics, None if average is None else average.state
+
+
+def warn_of_other_threads(saved_threads, accelerator):
+    """One line on stderr when a run resumes on the CPU at another thread count than its checkpoint was made at:
+    oneDNN's convolution weight gradients sum in a thread-dependent order on some CPUs (AVX2 without AVX512), so
+    the resumed run's weights may then differ in the last bits from an uninterrupted run's, and drift from there."""
+    threads = torch.get_num_threads()
+    if saved_threads is None or saved_threads == threads or accelerator.device.type != "cpu":
+        return
+    if accelerator.is_main_process:
+        sys.stderr.write(f"note: this run was checkpointed at {saved_threads} CPU thread(s) and resumes at {threads}: "
+                         f"for weights bit-identical to an uninterrupted run, resume with "
+                         f"OMP_NUM_THREADS={saved_threads}\n")
 
 
 def mean_items_per_s(metrics):
