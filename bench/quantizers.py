@@ -18,7 +18,7 @@ from pipelines import fit_prior, fit_tokenizer
 from store.runs import write_json
 
 PRIOR_AS_MEASURED = ["--arch", "gated", "--hidden-channels", "64", "--num-layers", "5", "--condition", "none",
-                     "--learning-rate", "1e-3", "--mixed-precision", "no", "--ema-decay", "0"]
+                     "--learning-rate", "1e-3", "--mixed-precision", "no", "--weight-ema-decay", "0"]
 
 # (name, fit_tokenizer flags): every quantizer, the vq options the issue compares (EMA vs loss updates, cosine
 # codes, the rotation trick), and fsq and binary with the entropy penalty (0.001: at 1 epoch fsq then used 99.7% of

@@ -29,7 +29,7 @@ BEST_GUIDANCE = 1.5  # the best of GUIDED for the chosen prior; the other sampli
 TUNED = [(f"guidance {BEST_GUIDANCE:g}, {name}", {"guidance_scale": BEST_GUIDANCE, **settings}) for name, settings in [
     ("temperature 0.9", {"temperature": 0.9}), ("temperature 0.95", {"temperature": 0.95}),
     ("top-k 64", {"top_k": 64}), ("top-p 0.95", {"top_p": 0.95})]]
-CONDITIONAL = ["--condition", "class", "--label-dropout", "0.1", "--ema-decay", "0.999"]
+CONDITIONAL = ["--condition", "class", "--label-dropout", "0.1", "--weight-ema-decay", "0.999"]
 FAST = ["--mixed-precision", "bf16"]
 PIXELCNN = ["--arch", "pixelcnn", "--hidden-channels", "112", "--num-layers", "8"]
 GATED = ["--arch", "gated", "--hidden-channels", "64", "--num-layers", "5"]  # the default prior before this table
@@ -42,7 +42,7 @@ PRIORS = [
     ("probe-pixelcnn", [*CONDITIONAL, *FAST, "--epochs", "1", "--learning-rate", "1e-3", *PIXELCNN], []),
     ("probe-pixelcnn-lr4e-3", [*CONDITIONAL, *FAST, "--epochs", "1", "--learning-rate", "4e-3", *PIXELCNN], []),
     # The defaults before this table: gated, float32, 4 epochs at 1e-3, unconditional, no average.
-    ("uncond", [*GATED, "--condition", "none", "--ema-decay", "0", "--mixed-precision", "no",
+    ("uncond", [*GATED, "--condition", "none", "--weight-ema-decay", "0", "--mixed-precision", "no",
                 "--epochs", "4", "--learning-rate", "1e-3"], [("plain", {})]),
     ("cond", [*GATED, *CONDITIONAL, "--mixed-precision", "no", "--epochs", "4", "--learning-rate", "1e-3"],
      [(f"guidance {s:g}", {"guidance_scale": s}) for s in (1.0, 1.25, 1.5, 1.75, 2.0, 3.0)]
@@ -55,8 +55,8 @@ PRIORS = [
        {"guidance_scale": BEST_GUIDANCE, "prior_weights": "model.safetensors"})]),
     ("pixelcnn-7ep-lr6e-3", [*PIXELCNN, *CONDITIONAL, *FAST, "--epochs", "7", "--learning-rate", "6e-3"],
      [("guidance 1.5", {"guidance_scale": 1.5}), ("guidance 1.5, seed 1", {"guidance_scale": 1.5, "seed": 1})]),
-    ("pixelcnn-7ep-dropout0.2", [*PIXELCNN, "--condition", "class", "--label-dropout", "0.2", "--ema-decay", "0.999",
-                                 *FAST, "--epochs", "7", "--learning-rate", "4e-3"],
+    ("pixelcnn-7ep-dropout0.2", [*PIXELCNN, "--condition", "class", "--label-dropout", "0.2",
+                                 "--weight-ema-decay", "0.999", *FAST, "--epochs", "7", "--learning-rate", "4e-3"],
      [("guidance 1.5", {"guidance_scale": 1.5}), ("guidance 1.5, seed 1", {"guidance_scale": 1.5, "seed": 1})]),
     ("gated-6ep", [*GATED, *CONDITIONAL, *FAST, "--epochs", "6", "--learning-rate", "4e-3"],
      [(f"guidance {s:g}", {"guidance_scale": s}) for s in (1.25, 1.5, 1.75, 2.0)]

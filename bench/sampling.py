@@ -75,7 +75,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.prior:
-        model, _ = prior.load(args.prior)
+        model = Prior.load(args.prior)
     else:
         model = Prior(PriorConfig()).eval()
     big = Prior(dataclasses.replace(model.config, grid_height=16, grid_width=16)).eval()

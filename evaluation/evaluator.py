@@ -23,7 +23,8 @@ from evaluation.reference import load_or_train_classifier, predict
 from evaluation.report import plot_curves, plot_mosaic, plot_usage, write_html
 from generation import ImageGenerator, ProgressBar
 from store.images import load_images
-from store.runs import check_output_folder, file_sha256, newest_run, read_json, read_metrics, staged_folder, write_json
+from store.runs import (check_output_folder, file_sha256, newest_run, read_json, read_metrics, staged_folder,
+                        weights_file, write_json)
 from tokenizer import Tokenizer, psnr
 from training import batches_in_order
 
@@ -70,7 +71,7 @@ def _reconstruct(tokenizer, images, batch_size, progress, accelerator=None):
 def _check_same_tokenizer(prior_dir, generator, tokenizer_dir):
     """A tokenizer run named beside a prior must be the one the prior was trained for: that path, or its weights."""
     trained_for = Path(generator.run.tokenizer.run)
-    weights = Path(tokenizer_dir) / "model.safetensors"
+    weights = Path(tokenizer_dir) / weights_file(tokenizer_dir)
     if Path(tokenizer_dir).resolve() != trained_for.resolve() and not (
             weights.exists() and file_sha256(weights) == generator.run.tokenizer.weights_sha256):
         raise ValueError(f"prior {prior_dir} was trained for tokenizer {trained_for}, not {tokenizer_dir}")

@@ -2,7 +2,8 @@
 
 A prior run is a complete generator on its own: it carries a copy of its tokenizer's config and weights
 (RUN/tokenizer/), so a prior run folder copied anywhere still samples. Runs made before it carried one find the
-tokenizer run by the path they recorded. Either way the tokenizer's weights must be those whose maps the prior was trained on (SHA-256).
+tokenizer run by the path they recorded. Either way the tokenizer's weights must be those whose maps the prior was
+trained on (SHA-256).
 """
 
 import math
@@ -12,9 +13,11 @@ import torch
 from tqdm.auto import tqdm
 
 import prior
+from prior import PriorRun
 from prior.generate import check_count
 from prior.run import TOKENIZER_COPY
 from prior.sampling import resolve_labels, settings_for
+from store.runs import MODEL_WEIGHTS, weights_file
 from tokenizer import Tokenizer
 from training import batches_in_order
 
@@ -29,8 +32,8 @@ def load_tokenizer_of(prior_dir, run, device="cpu"):
     if run.tokenizer is None:
         raise ValueError(f"{prior_dir / 'config.json'} does not name the tokenizer it was trained for")
     carried = prior_dir / TOKENIZER_COPY
-    tokenizer_dir = carried if (carried / "model.safetensors").exists() else Path(run.tokenizer.run)
-    if not (tokenizer_dir / "model.safetensors").exists():
+    tokenizer_dir = carried if (carried / MODEL_WEIGHTS).exists() else Path(run.tokenizer.run)
+    if not (tokenizer_dir / MODEL_WEIGHTS).exists():
         raise ValueError(f"the tokenizer this prior was trained for, {tokenizer_dir}, is missing")
     tokenizer = Tokenizer.load(tokenizer_dir, device=device)
     if tokenizer.weights_sha256 != run.tokenizer.weights_sha256:
@@ -73,9 +76,9 @@ class ImageGenerator:
     def load(cls, prior_dir, device="cpu", weights=None):
         """The prior (its averaged weights if kept, or the weights file named) and the tokenizer it was trained
         for; a missing or changed tokenizer is a one-line error."""
-        model, run = prior.load(prior_dir, device, weights)
-        return cls(model, load_tokenizer_of(prior_dir, run, device), run, prior_dir,
-                   prior.run.weights_file(prior_dir, weights))
+        run = PriorRun.load(prior_dir)
+        model = run.model_class.load(prior_dir, device, weights)
+        return cls(model, load_tokenizer_of(prior_dir, run, device), run, prior_dir, weights_file(prior_dir, weights))
 
     @property
     def device(self):

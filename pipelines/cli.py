@@ -33,6 +33,15 @@ def add_config_flags(parser, config_cls, title, skip=(), defaults=None):
     return group
 
 
+def add_renamed_flag(parser, former, now):
+    """Accept the former spelling of a flag only to say, in one line, what it is called now."""
+    class Renamed(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            parser.error(f"{former} is now {now}")
+
+    parser.add_argument(former, action=Renamed, nargs="?", help=argparse.SUPPRESS)
+
+
 def add_run_flags(parser, stage, resume_note="other flags are ignored"):
     """The flags every training command shares: where runs go, the new run's name, and --resume."""
     run = parser.add_argument_group("run")

@@ -17,17 +17,17 @@ import torch
 from pipelines import cli
 from prior import PriorConfig, PriorRun
 from prior.fit import bits_per_token, prior_step, read_maps_for
-from prior.run import AVERAGED_WEIGHTS, TokenizerReference, tokenizer_copy
+from prior.run import TokenizerReference, tokenizer_copy
 from store.index_maps import MapDataset
 from store.runs import (check_resumable, create_run_dir, new_run_dir, newest_run, remove_stale_temporaries,
-                        save_tensors, write_json)
+                        save_run_weights, write_json)
 from training import TrainConfig, check_one_batch, decided_by_main, make_accelerator, mean_items_per_s, train
 
 DERIVED_FROM_MAPS = ("codebook_size", "grid_height", "grid_width", "num_classes", "depth")
 # From BENCHMARKS.md ("Sample quality: the levers"): the learning rate of 1e-3 used before was 4x too low (1-epoch
 # probes: 6.68 bits at 1e-3, 6.08 at 4e-3, 6.04 at 8e-3); bf16 where the hardware has it trains 1.4-1.6x faster at
 # the same bits, so the default prior's 7 epochs take ~8 minutes on 2 CPU cores; the averaged weights sample better.
-PRIOR_TRAIN_DEFAULTS = {"epochs": 7, "learning_rate": 4e-3, "mixed_precision": "auto", "ema_decay": 0.999}
+PRIOR_TRAIN_DEFAULTS = {"epochs": 7, "learning_rate": 4e-3, "mixed_precision": "auto", "weight_ema_decay": 0.999}
 DEFAULT_LABEL_DROPOUT = 0.1
 
 
@@ -49,6 +49,7 @@ def build_parser():
                           "differ in the last bits with it)")
     cli.add_config_flags(parser, PriorConfig, "model", skip=DERIVED_FROM_MAPS)
     cli.add_config_flags(parser, TrainConfig, "training", defaults=PRIOR_TRAIN_DEFAULTS)
+    cli.add_renamed_flag(parser, "--ema-decay", "--weight-ema-decay")
     return parser
 
 
@@ -127,11 +128,10 @@ def main(argv=None):
                                      resume=bool(args.resume), description="fit prior", evaluate=evaluate)
     train_seconds = time.perf_counter() - started
     if accelerator.is_main_process:
-        save_tensors(run_dir / "model.safetensors", model.state_dict())
+        save_run_weights(run_dir, model.state_dict(), averaged)
         raw = bits_per_token(model, test_set, eval_batch_size, accelerator.device, conditional)
         bits = raw
-        if averaged is not None:  # the weights sampled from (prior.load prefers them)
-            save_tensors(run_dir / AVERAGED_WEIGHTS, averaged)
+        if averaged is not None:  # the weights sampled from (Prior.load prefers them)
             model.load_state_dict(averaged)
             bits = bits_per_token(model, test_set, eval_batch_size, accelerator.device, conditional)
         test_bits = bits["bits_per_token"]

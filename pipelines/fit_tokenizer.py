@@ -15,12 +15,13 @@ import torch
 
 from pipelines import cli
 from store.images import DEBIAN_FASHION_MNIST_DIR, DataConfig, ImageDataset, load_images
-from store.runs import check_resumable, create_run_dir, new_run_dir, remove_stale_temporaries, save_tensors, write_json
+from store.runs import (check_resumable, create_run_dir, new_run_dir, remove_stale_temporaries, save_run_weights,
+                        write_json)
 from tokenizer import TokenizerConfig, TokenizerRun
 from tokenizer.model import build_tokenizer_model
 from tokenizer.discriminator import TokenizerLossConfig
 from tokenizer.fit import (check_discriminator_start, dump, save_reconstructions, tokenizer_step,
-                           trained_module)
+                           tokenizer_weights, trained_module)
 from tokenizer.run import DUMP_BATCH_SIZE
 from training import (TrainConfig, check_one_batch, decided_by_main, make_accelerator,
                       mean_items_per_s, train)
@@ -45,8 +46,9 @@ def build_parser():
                          defaults={"fashion_mnist_dir": os.environ.get("FASHION_MNIST_DIR", DEBIAN_FASHION_MNIST_DIR)})
     cli.add_config_flags(parser, TokenizerConfig, "model", skip=DERIVED_FROM_DATA)
     cli.add_config_flags(parser, TokenizerLossConfig, "loss (VQGAN's adversarial loss is off by default)")
-    # The EMA codebook already averages what the tokens depend on; a weight average is the prior's.
-    cli.add_config_flags(parser, TrainConfig, "training", skip=("ema_decay",), defaults=TOKENIZER_TRAIN_DEFAULTS)
+    cli.add_config_flags(parser, TrainConfig, "training", defaults=TOKENIZER_TRAIN_DEFAULTS)
+    # --ema-decay was the codebook's decay here and the weight average's in fit_prior: each has a name of its own.
+    cli.add_renamed_flag(parser, "--ema-decay", "--codebook-ema-decay")
     return parser
 
 
@@ -101,11 +103,12 @@ def main(argv=None):
                       f"{run.model.grid_size}, {run.model.codebook_size} codes -> {run_dir}")
     started = time.perf_counter()
     step = functools.partial(tokenizer_step, loss=run.loss)
-    _, metrics, _ = train(model, ImageDataset(train_set), step, run.train, run_dir, accelerator,
-                          resume=bool(args.resume), description="fit tokenizer")
+    _, metrics, averaged = train(model, ImageDataset(train_set), step, run.train, run_dir, accelerator,
+                                 resume=bool(args.resume), description="fit tokenizer")
     train_seconds = time.perf_counter() - started
-    if accelerator.is_main_process:
-        save_tensors(run_dir / "model.safetensors", vqvae.state_dict())
+    if accelerator.is_main_process:  # the dump below encodes with the averaged weights when they are kept
+        save_run_weights(run_dir, vqvae.state_dict(),
+                         None if averaged is None else tokenizer_weights(averaged, run.loss))
     accelerator.wait_for_everyone()
 
     # The splits already listed and checked are reused: a folder is not walked and verified twice.

@@ -1,7 +1,7 @@
 """Stage two: an autoregressive PixelCNN prior over token grids, and sampling from it."""
 
 from prior.generate import generate
-from prior.model import Prior, PriorConfig
-from prior.run import PriorRun, load
+from prior.model import Prior, PriorConfig, TwoLevelPrior
+from prior.run import PriorRun
 
-__all__ = ["Prior", "PriorConfig", "PriorRun", "generate", "load"]
+__all__ = ["Prior", "PriorConfig", "PriorRun", "TwoLevelPrior", "generate"]

@@ -9,14 +9,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from store.index_maps import read_index_maps
-from store.runs import file_sha256
+from store.runs import MODEL_WEIGHTS, file_sha256, weights_file
 
 
 def read_maps_for(tokenizer_dir):
     """The tokenizer run's (train, test) maps, refused in one line when not made by that run's weights."""
-    weights = Path(tokenizer_dir) / "model.safetensors"
+    weights = Path(tokenizer_dir) / weights_file(tokenizer_dir)
     if not weights.exists():
-        raise ValueError(f"tokenizer run {tokenizer_dir} has no model.safetensors")
+        raise ValueError(f"tokenizer run {tokenizer_dir} has no {MODEL_WEIGHTS}")
     weights_sha256 = file_sha256(weights)
     splits = [read_index_maps(Path(tokenizer_dir) / "maps", split) for split in ("train", "test")]
     if any(maps.meta["weights_sha256"] != weights_sha256 for maps in splits):

@@ -13,6 +13,7 @@ PixelCNN orders R, G, B: level g is predicted from every earlier position and fr
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from prior.layers import GatedBlock, MaskedConv2d, Pointwise, ResidualBlock
+from store.runs import config_from_dict, load_run_model, weights_file
 
 ARCHS = ("gated", "pixelcnn")
 
@@ -142,6 +144,12 @@ class Prior(nn.Module):
         self.head = nn.Sequential(nn.ReLU(), Pointwise(c, c, depth), nn.ReLU(),
                                   Pointwise(c, depth * config.codebook_size, depth))
 
+    @classmethod
+    def load(cls, run_dir, device="cpu", weights=None):
+        """The prior of a prior run directory, in eval mode on device, with the averaged weights when the run kept
+        them (or the weights file named). A two-level run holds a TwoLevelPrior: TwoLevelPrior.load."""
+        return load_prior(cls, run_dir, device, weights)
+
     def num_parameters(self):
         return sum(p.numel() for p in self.parameters())
 
@@ -212,8 +220,31 @@ class TwoLevelPrior(nn.Module):
         self.top, self.bottom = Prior(top_config), Prior(bottom_config)
         self.config = bottom_config
 
+    @classmethod
+    def load(cls, run_dir, device="cpu", weights=None):
+        """The pair of priors of a two-level prior run directory, as Prior.load loads a one-level run's."""
+        return load_prior(cls, run_dir, device, weights)
+
     def num_parameters(self):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, tokens, labels=None, top=None):
         return self.bottom(tokens, labels, top), self.top(top, labels)
+
+
+def load_prior(cls, run_dir, device, weights):
+    """Prior.load and TwoLevelPrior.load: the model config.json describes ("model", and "top" for two levels),
+    refused in one line when it is the other kind."""
+    source = Path(run_dir) / "config.json"
+
+    def build(config):
+        two_levels = isinstance(config, dict) and config.get("top") is not None
+        if two_levels != (cls is TwoLevelPrior):
+            kind, loader = ("two levels", "TwoLevelPrior") if two_levels else ("one level", "Prior")
+            raise ValueError(f"the prior run in {run_dir} models {kind} of codes: load it with {loader}.load")
+        model = config_from_dict(PriorConfig, config.get("model"), source, "prior")
+        return TwoLevelPrior(config_from_dict(PriorConfig, config["top"], source, "prior"), model) if two_levels \
+            else Prior(model)
+
+    _, model = load_run_model(run_dir, build, weights_file(run_dir, weights))
+    return model.to(device)

@@ -1,18 +1,17 @@
-"""What a prior run saves in its config.json, as one dataclass with one load(), and loading the run's model."""
+"""What a prior run saves in its config.json, as one dataclass with one load(), and the tokenizer copy it carries."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prior.model import Prior, PriorConfig, TwoLevelPrior
-from store.runs import RunConfig, load_run_model
+from store.runs import AVERAGED_WEIGHTS, MODEL_WEIGHTS, RunConfig
 from training import TrainConfig
 
-# A run that keeps an exponential moving average of its weights writes it here, beside model.safetensors.
-AVERAGED_WEIGHTS = "model_ema.safetensors"
 # The copy of its tokenizer run that a prior run carries (about 1 MB): enough to decode its samples and report on its
 # tokenizer wherever the prior run is copied, without the maps.
 TOKENIZER_COPY = "tokenizer"
-CARRIED_TOKENIZER_FILES = ("config.json", "model.safetensors", "results.json", "metrics.jsonl", "maps/meta.json")
+CARRIED_TOKENIZER_FILES = ("config.json", MODEL_WEIGHTS, AVERAGED_WEIGHTS, "results.json", "metrics.jsonl",
+                           "maps/meta.json")
 
 
 @dataclass
@@ -38,8 +37,13 @@ class PriorRun(RunConfig):
     # With a two-level tokenizer: the top prior's config (model is then the bottom prior's, conditioned on the top).
     top: PriorConfig | None = None
 
+    @property
+    def model_class(self):
+        """What the run trains: a Prior, or with a top config a TwoLevelPrior."""
+        return Prior if self.top is None else TwoLevelPrior
+
     def build(self):
-        """The untrained model the run describes: a Prior, or a TwoLevelPrior."""
+        """The untrained model the run describes."""
         return Prior(self.model) if self.top is None else TwoLevelPrior(self.top, self.model)
 
 
@@ -47,21 +51,3 @@ def tokenizer_copy(tokenizer_dir):
     """{path inside a new prior run: file of the tokenizer run} for the copy the prior run carries."""
     return {f"{TOKENIZER_COPY}/{name}": Path(tokenizer_dir) / name for name in CARRIED_TOKENIZER_FILES}
 
-
-def weights_file(run_dir, weights=None):
-    """The weights file that sampling reads: the averaged weights when the run kept them, else the raw ones;
-    weights names the file to force one."""
-    if weights is not None:
-        return weights
-    return AVERAGED_WEIGHTS if (Path(run_dir) / AVERAGED_WEIGHTS).exists() else "model.safetensors"
-
-
-def load(run_dir, device="cpu", weights=None):
-    """(Prior (or TwoLevelPrior) in eval mode, its PriorRun) from a prior run directory, with the weights
-    weights_file() picks."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ValueError(f"run directory {run_dir} does not exist")
-    run = PriorRun.load(run_dir)
-    _, model = load_run_model(run_dir, lambda _: run.build(), weights_file(run_dir, weights))
-    return model.to(device), run

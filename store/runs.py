@@ -20,7 +20,8 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-# A run that keeps an exponential moving average of its weights writes it here, beside model.safetensors.
+# A run's weights, and the exponential moving average of them that a run keeping one writes beside them.
+MODEL_WEIGHTS = "model.safetensors"
 AVERAGED_WEIGHTS = "model_ema.safetensors"
 
 
@@ -106,6 +107,13 @@ def save_tensors(path, tensors, metadata=None):
         Path(tmp).write_bytes(data)
 
 
+def save_run_weights(run_dir, weights, averaged=None):
+    """A finished run's weights (a state dict), and the average of them it kept, if any, beside them."""
+    save_tensors(Path(run_dir) / MODEL_WEIGHTS, weights)
+    if averaged is not None:
+        save_tensors(Path(run_dir) / AVERAGED_WEIGHTS, averaged)
+
+
 def load_tensors(path):
     """Read a safetensors file (never a pickle); a missing, truncated or foreign file is a one-line ValueError."""
     path = Path(path)
@@ -117,7 +125,15 @@ def load_tensors(path):
         raise ValueError(f"weights file {path} is not a readable safetensors file ({error})") from None
 
 
-def read_model_files(run_dir, weights="model.safetensors"):
+def weights_file(run_dir, weights=None):
+    """The weights file a run is used with (sampled, encoded, evaluated): its averaged weights when it kept them,
+    else the raw ones; weights names a file to force one."""
+    if weights is not None:
+        return weights
+    return AVERAGED_WEIGHTS if (Path(run_dir) / AVERAGED_WEIGHTS).exists() else MODEL_WEIGHTS
+
+
+def read_model_files(run_dir, weights=MODEL_WEIGHTS):
     """(config dict, state dict) of a run directory: config.json and its weights file."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -125,7 +141,7 @@ def read_model_files(run_dir, weights="model.safetensors"):
     return read_json(run_dir / "config.json"), load_tensors(run_dir / weights)
 
 
-def load_run_model(run_dir, build, weights="model.safetensors"):
+def load_run_model(run_dir, build, weights=MODEL_WEIGHTS):
     """(config.json as a dict, the model in eval mode) of a run directory: build(config dict) -> an nn.Module, into
     which the weights file is loaded strictly."""
     config, state = read_model_files(run_dir, weights)
@@ -135,14 +151,18 @@ def load_run_model(run_dir, build, weights="model.safetensors"):
 
 
 def config_from_dict(cls, values, source, kind):
-    """cls(**values), with fields that are dataclasses built from their nested dicts the same way; a missing or
-    unknown key is one ValueError naming source (e.g. "RUN/config.json is not a prior run config (...)")."""
+    """cls(**values), with fields that are dataclasses built from their nested dicts the same way, and keys a class
+    lists in FORMER_NAMES read under their new names; a missing or unknown key is one ValueError naming source
+    (e.g. "RUN/config.json is not a prior run config (...)")."""
     try:
         if not isinstance(values, dict):
             raise TypeError(f"expected a JSON object, found {type(values).__name__}")
         hints = typing.get_type_hints(cls)
+        # Fields renamed since older config.json files were written: {former name: name now}.
+        former_names = getattr(cls, "FORMER_NAMES", {})
         built = {}
         for name, value in values.items():
+            name = former_names.get(name, name)
             # A field typed as a dataclass, or as one or None (X | None), is built from its nested dict.
             nested = [t for t in (hints.get(name), *typing.get_args(hints.get(name))) if dataclasses.is_dataclass(t)]
             if nested and isinstance(value, dict):
@@ -160,6 +180,8 @@ class RunConfig:
 
     @classmethod
     def load(cls, run_dir):
+        if not Path(run_dir).is_dir():
+            raise ValueError(f"run directory {run_dir} does not exist")
         path = Path(run_dir) / "config.json"
         return config_from_dict(cls, read_json(path), path, cls.kind)
 
@@ -253,7 +275,7 @@ def check_can_write_in(path):
             return
 
 
-def newest_run(root, stage, must_have="model.safetensors"):
+def newest_run(root, stage, must_have=MODEL_WEIGHTS):
     """The most recently modified complete run under root/stage."""
     parent = Path(root) / stage
     runs = [d for d in parent.iterdir() if (d / must_have).exists()] if parent.is_dir() else []

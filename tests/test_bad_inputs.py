@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 import prior
+from prior import Prior, TwoLevelPrior
 from conftest import TINY_PRIOR, TINY_TOKENIZER, make_fashion_dir, run_module
 from pipelines import fit_prior, fit_tokenizer
 from store.index_maps import read_index_maps
@@ -239,6 +240,8 @@ COMMAND_CASES = [
          lambda w, d: tok_args(d, "--quantizer", "residual", "--depth", "2", "--code-dim", "4")),
     Case("tokenizer-binary-not-power-of-two", TOK, "power-of-two codebook size, not 30",
          lambda w, d: tok_args(d, "--quantizer", "binary", "--codebook-size", "30")),
+    Case("tokenizer-former-ema-decay-flag", TOK, "--ema-decay is now --codebook-ema-decay",
+         lambda w, d: tok_args(d, "--ema-decay", "0.9")),
     Case("tokenizer-negative-epochs", TOK, "--epochs must be positive", lambda w, d: tok_args(d, "--epochs", "-1")),
     Case("tokenizer-size-not-divisible-by-factor", TOK, "not divisible by the downsampling factor 8",
          lambda w, d: tok_args(d, "--downsample", "8")),
@@ -269,6 +272,8 @@ COMMAND_CASES = [
          lambda w, d: prior_args(w, d, tokenizer=d / "nowhere")),
     Case("prior-no-tokenizer-run", PRIOR, "no finished tokenizer run",
          lambda w, d: [*TINY_PRIOR, "--output-root", d / "out"]),
+    Case("prior-former-ema-decay-flag", PRIOR, "--ema-decay is now --weight-ema-decay",
+         lambda w, d: prior_args(w, d, "--ema-decay", "0.999")),
     Case("prior-label-dropout-out-of-range", PRIOR, "--label-dropout must lie in [0, 1)",
          lambda w, d: prior_args(w, d, "--condition", "class", "--label-dropout", "1.5")),
     Case("prior-batch-larger-than-maps", PRIOR, "fewer than one batch",
@@ -422,10 +427,12 @@ LIBRARY_CASES = [
     ("decode-negative-token", _loaded_tokenizer, lambda t: t.decode(torch.full((1, 7, 7), -1)), r"0\.\.31"),
     ("decode-float-tokens", _loaded_tokenizer, lambda t: t.decode(torch.zeros(1, 7, 7)), "integer"),
     ("decode-wrong-grid", _loaded_tokenizer, lambda t: t.decode(torch.zeros(1, 8, 8, dtype=torch.long)), "shape"),
-    ("prior-load-pickle", copy_of("prior", pickled="model_ema.safetensors"), prior.load, "not a readable safetensors"),
-    ("prior-load-truncated", copy_of("prior", truncated="model_ema.safetensors"), prior.load,
+    ("prior-load-pickle", copy_of("prior", pickled="model_ema.safetensors"), Prior.load, "not a readable safetensors"),
+    ("prior-load-truncated", copy_of("prior", truncated="model_ema.safetensors"), Prior.load,
      "not a readable safetensors"),
-    ("prior-load-tokenizer-run", lambda w, d: w.tokenizer, prior.load, "is not a prior config"),
+    ("prior-load-tokenizer-run", lambda w, d: w.tokenizer, Prior.load, "is not a prior config"),
+    ("two-level-prior-load-of-a-one-level-run", _shared_prior, TwoLevelPrior.load,
+     "models one level of codes: load it with Prior.load"),
     ("load-tensors-pickle", copy_of("prior", pickled="training_state.safetensors"),
      lambda run: load_tensors(run / "training_state.safetensors"), "not a readable safetensors"),
     ("read-maps-without-meta", lambda w, d: d, lambda folder: read_index_maps(folder, "train"), "meta.json missing"),
@@ -440,7 +447,7 @@ LIBRARY_CASES = [
     ("sample-tokenizer-changed", _retrained_pair, lambda p: sample_images(p, 2), "changed since the prior"),
     ("sample-older-run-tokenizer-changed", _retrained_pair_of_an_older_run, lambda p: sample_images(p, 2),
      "changed since the prior"),
-    ("prior-sample-top-k-zero", _shared_prior, lambda p: prior.generate(prior.load(p)[0], 2, top_k=0), "top_k"),
+    ("prior-sample-top-k-zero", _shared_prior, lambda p: prior.generate(Prior.load(p), 2, top_k=0), "top_k"),
 ]
 
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-import prior
+from prior import Prior
 from conftest import TINY_PRIOR, resume_matches_uninterrupted, run_module
 from pipelines import fit_prior
 from store.index_maps import MapDataset, read_index_maps, write_index_maps
-from store.runs import file_sha256, load_tensors, save_tensors
+from store.runs import file_sha256, load_tensors, save_tensors, weights_file
 
 
 def test_fit_prior_writes_a_run_that_names_its_tokenizer(tokenizer_run, tmp_path):
@@ -50,24 +50,24 @@ def test_labelled_maps_give_a_conditional_prior_with_label_dropout_by_default(to
 
 def test_the_weight_average_is_saved_beside_the_raw_weights_and_is_what_loads(tokenizer_run, tmp_path):
     fit_prior.main([*TINY_PRIOR, "--epochs", "2", "--tokenizer", tokenizer_run, "--output-root", tmp_path / "runs",
-                    "--run-name", "ema", "--ema-decay", "0.9"])
+                    "--run-name", "ema", "--weight-ema-decay", "0.9"])
     run_dir = tmp_path / "runs" / "prior" / "ema"
     raw, averaged = load_tensors(run_dir / "model.safetensors"), load_tensors(run_dir / "model_ema.safetensors")
     assert raw.keys() == averaged.keys()
     assert not all(torch.equal(raw[k], averaged[k]) for k in raw), "the average is the raw weights"
-    model, _ = prior.load(run_dir)
-    assert prior.run.weights_file(run_dir) == "model_ema.safetensors"
+    model = Prior.load(run_dir)
+    assert weights_file(run_dir) == "model_ema.safetensors"
     assert all(torch.equal(v, averaged[k]) for k, v in model.state_dict().items())
     results = json.loads((run_dir / "results.json").read_text())
     assert results["test_bits_per_token"] != results["test_bits_per_token_raw_weights"]
-    raw_model, _ = prior.load(run_dir, weights="model.safetensors")
+    raw_model = Prior.load(run_dir, weights="model.safetensors")
     assert all(torch.equal(v, raw[k]) for k, v in raw_model.state_dict().items())
 
 
 def test_killed_prior_run_resumes_to_the_same_weights(tokenizer_run, tmp_path):
     flags = [*TINY_PRIOR, "--epochs", "12", "--checkpoint-every", "5", "--tokenizer", tokenizer_run,
              "--output-root", tmp_path / "runs", "--condition", "class", "--label-dropout", "0.3",
-             "--ema-decay", "0.95"]
+             "--weight-ema-decay", "0.95"]
     resume_matches_uninterrupted("pipelines.fit_prior", flags, tmp_path / "runs" / "prior",
                                  ("model.safetensors", "model_ema.safetensors"))
 

@@ -56,6 +56,31 @@ def test_dump_only_rewrites_the_same_maps(tokenizer_run):
     read_index_maps(tokenizer_run / "maps", "train")
 
 
+def test_a_weight_average_is_what_the_tokenizer_encodes_with_from_the_dump_to_sampling(fashion_dir, tmp_path):
+    from generation import ImageGenerator
+    from store.runs import file_sha256, load_tensors
+
+    root = tmp_path / "runs"
+    fit_tokenizer.main([*TINY_TOKENIZER, "--epochs", "2", "--weight-ema-decay", "0.9", "--output-root", root,
+                        "--run-name", "avg"])
+    run_dir = root / "tokenizer" / "avg"
+    raw, averaged = load_tensors(run_dir / "model.safetensors"), load_tensors(run_dir / "model_ema.safetensors")
+    assert raw.keys() == averaged.keys() and not all(torch.equal(raw[k], averaged[k]) for k in raw)
+    tokenizer = Tokenizer.load(run_dir)
+    assert tokenizer.weights_sha256 == file_sha256(run_dir / "model_ema.safetensors")
+    assert all(torch.equal(v, averaged[k]) for k, v in tokenizer.model.state_dict().items())
+    maps = read_index_maps(run_dir / "maps", "test")
+    assert maps.meta["weights_sha256"] == tokenizer.weights_sha256
+    images = torch.from_numpy(synthetic_images(64, seed=1)[0]).permute(0, 3, 1, 2)
+    assert torch.equal(tokenizer.encode(images), torch.from_numpy(maps.maps.astype(np.int64)))
+    assert Tokenizer.load(run_dir, weights="model.safetensors").weights_sha256 == file_sha256(run_dir /
+                                                                                              "model.safetensors")
+    # The prior trains on those maps, carries the averaged weights, and samples through them.
+    fit_prior.main([*TINY_PRIOR, "--tokenizer", run_dir, "--output-root", root, "--run-name", "p"])
+    assert (root / "prior" / "p" / "tokenizer" / "model_ema.safetensors").is_file()
+    assert ImageGenerator.load(root / "prior" / "p").tokenizer.weights_sha256 == tokenizer.weights_sha256
+
+
 def test_killed_run_resumes_to_the_same_weights(fashion_dir, tmp_path):
     flags = [*TINY_TOKENIZER, "--epochs", "12", "--checkpoint-every", "5", "--output-root", tmp_path / "runs"]
     killed, _ = resume_matches_uninterrupted("pipelines.fit_tokenizer", flags, tmp_path / "runs" / "tokenizer")

@@ -118,6 +118,17 @@ def test_a_config_is_read_back_into_nested_dataclasses_or_refused_in_one_line(tm
         assert "\n" not in str(error.value)
 
 
+def test_config_files_written_before_a_field_was_renamed_load_under_the_new_name(tmp_path):
+    from prior.run import PriorRun
+    from tokenizer import TokenizerRun
+
+    (tmp_path / "config.json").write_text(json.dumps({"model": {"ema_decay": 0.95}, "train": {"ema_decay": 0.5}}))
+    run = TokenizerRun.load(tmp_path)
+    assert run.model.codebook_ema_decay == 0.95 and run.train.weight_ema_decay == 0.5
+    (tmp_path / "config.json").write_text(json.dumps({"model": {"codebook_size": 8}, "train": {"ema_decay": 0.999}}))
+    assert PriorRun.load(tmp_path).train.weight_ema_decay == 0.999
+
+
 # ---------------------------------------------------------------------------------------------------- index maps
 
 @pytest.mark.parametrize("shape,codebook_size,dtype", [((10, 7, 7), 32, np.uint8), ((6, 4, 4, 3), 1000, np.uint16),

@@ -53,8 +53,8 @@ def test_the_weight_average_warms_up_its_decay_and_copies_integer_buffers():
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, math.nan])
 def test_a_decay_outside_zero_to_one_is_refused(bad):
-    with pytest.raises(ValueError, match="--ema-decay must lie in"):
-        TrainConfig(ema_decay=bad)
+    with pytest.raises(ValueError, match="--weight-ema-decay must lie in"):
+        TrainConfig(weight_ema_decay=bad)
 
 
 @pytest.mark.parametrize("native", [True, False])

@@ -13,6 +13,7 @@ import prior
 from conftest import TINY_PRIOR, TINY_TOKENIZER, resume_matches_uninterrupted
 from generation import ImageGenerator
 from pipelines import fit_prior, fit_tokenizer
+from prior import Prior, PriorRun
 from prior.model import PriorConfig, TwoLevelPrior
 from store.images import DataConfig, load_images
 from store.index_maps import read_index_maps
@@ -43,7 +44,9 @@ def test_the_maps_of_both_levels_are_the_librarys_tokens(two_level_run, fashion_
 def test_a_two_level_prior_samples_both_levels_and_completes_the_rows_of_both(two_level_run, tmp_path):
     fit_prior.main([*TINY_PRIOR, "--tokenizer", two_level_run, "--output-root", tmp_path / "runs", "--run-name", "p"])
     run_dir = tmp_path / "runs" / "prior" / "p"
-    model, run = prior.load(run_dir)
+    model, run = TwoLevelPrior.load(run_dir), PriorRun.load(run_dir)
+    with pytest.raises(ValueError, match="models two levels of codes: load it with TwoLevelPrior.load"):
+        Prior.load(run_dir)
     assert isinstance(model, TwoLevelPrior) and run.top.token_shape == (4, 4)
     assert run.model.condition_shape == (4, 4) and run.model.num_classes == 10
     generator = ImageGenerator.load(run_dir)
@@ -62,7 +65,7 @@ def generate_pair(model, top, bottom, keep_rows):
 
 def test_a_killed_two_level_prior_run_resumes_to_the_same_weights(two_level_run, tmp_path):
     flags = [*TINY_PRIOR, "--epochs", "12", "--checkpoint-every", "5", "--tokenizer", two_level_run,
-             "--output-root", tmp_path / "runs", "--ema-decay", "0.95"]
+             "--output-root", tmp_path / "runs", "--weight-ema-decay", "0.95"]
     resume_matches_uninterrupted("pipelines.fit_prior", flags, tmp_path / "runs" / "prior",
                                  ("model.safetensors", "model_ema.safetensors"))
 

@@ -25,6 +25,14 @@ def trained_module(vqvae, loss):
     return AdversarialTokenizer(vqvae, loss) if loss.adversarial else vqvae
 
 
+def tokenizer_weights(state, loss):
+    """The VQ-VAE's own entries of a state dict of the module trained_module() gave (an AdversarialTokenizer's
+    without its discriminator's), e.g. of its averaged weights."""
+    if not loss.adversarial:
+        return state
+    return {name.removeprefix("vqvae."): value for name, value in state.items() if name.startswith("vqvae.")}
+
+
 def check_discriminator_start(loss, train_config, train_items, processes=1):
     """A one-line refusal of a --discriminator-start the run would never reach."""
     total_steps = train_config.epochs * (train_items // (train_config.batch_size * processes))

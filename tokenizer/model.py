@@ -127,7 +127,8 @@ class TokenizerConfig:
     codebook_update: str = field(default="ema", metadata={
         "help": "how codes learn: ema (moving averages of assigned vectors) or loss (codebook loss, optimizer)",
         "choices": ["ema", "loss"]})
-    ema_decay: float = field(default=0.99, metadata={"help": "decay of the EMA codebook statistics"})
+    codebook_ema_decay: float = field(default=0.99, metadata={
+        "help": "decay of the EMA codebook statistics (with --codebook-update ema)"})
     cosine: bool = field(default=False, metadata={"help": "l2-normalise codes and encoder outputs before the lookup"})
     kmeans_init: bool = field(default=False, metadata={"help": "initialise the codebook by k-means on the first batch"})
     dead_code_threshold: float = field(default=1.0, metadata={
@@ -135,6 +136,9 @@ class TokenizerConfig:
     entropy_weight: float = field(default=0.0, metadata={
         "help": "fsq and binary: weight of the entropy penalty of lookup-free quantization, which spreads the "
                 "tokens over all codes (0: none)"})
+
+    # Fields renamed since older config.json files were written: {former name: name now}.
+    FORMER_NAMES = {"ema_decay": "codebook_ema_decay"}
 
     def __post_init__(self):
         if self.image_channels not in (1, 3):
@@ -224,7 +228,7 @@ def build_quantizer(config):
         return SimVQ(config.latent_dim, config.codebook_size, code_dim=config.code_dim, beta=config.beta,
                      cosine=config.cosine, estimator=config.estimator,
                      dead_code_threshold=config.dead_code_threshold)
-    options = dict(beta=config.beta, codebook_update=config.codebook_update, decay=config.ema_decay,
+    options = dict(beta=config.beta, codebook_update=config.codebook_update, decay=config.codebook_ema_decay,
                    kmeans_init=config.kmeans_init, dead_code_threshold=config.dead_code_threshold)
     if config.quantizer == "residual":
         return ResidualQuantizer(config.latent_dim, config.codebook_size, config.depth, estimator=config.estimator,

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from store.runs import file_sha256, load_run_model
+from store.runs import file_sha256, load_run_model, weights_file
 from tokenizer.model import build_tokenizer_model
 from tokenizer.run import TokenizerRun
 
@@ -30,13 +30,14 @@ class Tokenizer:
         self.run = run  # the TokenizerRun it was loaded from (data set, training), or None
 
     @classmethod
-    def load(cls, run_dir, device="cpu"):
+    def load(cls, run_dir, device="cpu", weights=None):
+        """The tokenizer of a run directory, with its averaged weights when it kept them (or the weights file
+        named); weights_sha256 is that file's."""
         run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise ValueError(f"run directory {run_dir} does not exist")
         run = TokenizerRun.load(run_dir)
-        _, model = load_run_model(run_dir, lambda _: build_tokenizer_model(run.model))
-        return cls(model.to(device), file_sha256(run_dir / "model.safetensors"), run_dir, run)
+        weights = weights_file(run_dir, weights)
+        _, model = load_run_model(run_dir, lambda _: build_tokenizer_model(run.model), weights)
+        return cls(model.to(device), file_sha256(run_dir / weights), run_dir, run)
 
     @property
     def device(self):

@@ -50,9 +50,12 @@ class TrainConfig:
                 "wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio: their own places), beside "
                 "metrics.jsonl; the tracker's package must be installed (none: metrics.jsonl only)",
         "choices": ["none", *TRACKERS]})
-    ema_decay: float = field(default=0.0, metadata={
+    weight_ema_decay: float = field(default=0.0, metadata={
         "help": "also keep an exponential moving average of the weights with this decay per step, saved beside "
-                "the raw weights and used for evaluation and sampling (0: none)"})
+                "the raw weights as model_ema.safetensors and used from then on (evaluation, sampling, encoding) "
+                "(0: none)"})
+    # Fields renamed since older config.json files were written: {former name: name now}.
+    FORMER_NAMES = {"ema_decay": "weight_ema_decay"}
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "log_every", "checkpoint_every"):
@@ -60,8 +63,8 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ValueError(f"--learning-rate must be positive, not {self.learning_rate}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"--ema-decay must lie in [0, 1), not {self.ema_decay}")
+        if not 0 <= self.weight_ema_decay < 1:
+            raise ValueError(f"--weight-ema-decay must lie in [0, 1), not {self.weight_ema_decay}")
         if self.log_with not in ("none", *TRACKERS):
             raise ValueError(f"--log-with must be none or one of {', '.join(TRACKERS)}, not {self.log_with!r}")
         if self.mixed_precision == "auto":
@@ -257,7 +260,7 @@ def load_training_state(path, model, optimizers, scaler=None, average=None):
 def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, description="train",
           evaluate=None):
     """Fit model on dataset; step_fn(model, batch, step) -> (loss, {name: float}). Returns (the unwrapped model, the
-    metrics records, the averaged weights as a state dict or None when config.ema_decay is 0).
+    metrics records, the averaged weights as a state dict or None when config.weight_ema_decay is 0).
 
     evaluate(model) -> {name: float}, if given, runs at the end of every epoch (in eval mode, without
     gradients), on the averaged weights when they are kept; its figures go on the progress bar and into the
@@ -280,7 +283,7 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
     optimizers = [torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, **options)
                   for params, options in groups]
     step, window = 0, {}
-    average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
+    average = WeightAverage(model, config.weight_ema_decay) if config.weight_ema_decay else None
     if resume and state_path.exists():
         step, window, threads = load_training_state(state_path, model, optimizers, accelerator.scaler, average)
         warn_of_other_threads(threads, accelerator)
