@@ -111,7 +111,7 @@ def main():
         tokenizer_dir, prior_dir = fit(name, flags, args)
         evaluation = None
         if not args.skip_evaluation:
-            from evaluation import evaluate
+            from evaluation import EvaluationConfig, evaluate
 
             out = Path(args.output_root) / "bench-quantizers" / f"evaluation-{name}"
             # A finished evaluation of the same size is reused, so that a killed benchmark resumes where it was.
@@ -119,8 +119,8 @@ def main():
             if previous is not None and previous["counts"]["samples"] == args.n_samples:
                 evaluation = previous
             else:
-                evaluation = evaluate(prior_dir=prior_dir, out=out, overwrite=True, n_samples=args.n_samples,
-                                      output_root=args.output_root)
+                evaluation = evaluate(prior_dir, config=EvaluationConfig(n_samples=args.n_samples), out=out,
+                                      overwrite=True, output_root=args.output_root)
         row = figures(name, tokenizer_dir, prior_dir, evaluation)
         row["wall_seconds_this_run"] = time.perf_counter() - started
         write_json(Path(args.output_root) / "bench-quantizers" / f"{name}.json", row)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from evaluation import evaluate
+from evaluation import EvaluationConfig, evaluate
 from store.runs import write_json
 
-# (name, fit_prior flags, [(sampling name, evaluate() keyword arguments)]). "raw" evaluates the raw weights of a
+# (name, fit_prior flags, [(sampling name, EvaluationConfig fields)]). "raw" evaluates the raw weights of a
 # run that also kept an average; every other row samples what `python -m pipelines.sample` would. A prior with no
 # samplings is a short probe: its row has the test bits per token and the training time only.
 GUIDED = [(f"guidance {s:g}", {"guidance_scale": s}) for s in (1.0, 1.25, 1.4, 1.5, 1.6, 1.75, 2.0, 2.5, 3.0)]
@@ -84,8 +84,8 @@ def evaluated(prior_name, prior_dir, sampling_name, settings, args):
         previous = read(out / "report.json")
         if previous["counts"]["samples"] == args.n_samples:
             return previous
-    return evaluate(prior_dir=prior_dir, out=out, overwrite=True, n_samples=args.n_samples,
-                    output_root=args.output_root, **settings)
+    return evaluate(prior_dir, config=EvaluationConfig(n_samples=args.n_samples, **settings), out=out,
+                    overwrite=True, output_root=args.output_root)
 
 
 def row_of(prior_name, sampling_name, prior_dir, report):

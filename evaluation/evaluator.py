@@ -5,28 +5,31 @@ MSE and PSNR, the classifier's accuracy on test images, on reconstructions and (
 samples against the class asked for, and the prior's test bits per token. With an output folder, it holds
 report.json, report.html and the pictures it shows, built in a temporary folder and renamed into place.
 
-    from evaluation import evaluate
-    report = evaluate(prior_dir="checkpoints/prior/RUN", n_samples=2000)  # the dict of report.json
+    from evaluation import EvaluationConfig, evaluate
+    report = evaluate("checkpoints/prior/RUN", config=EvaluationConfig(n_samples=2000))  # the dict of report.json
 """
 
 import contextlib
 import dataclasses
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from evaluation.classifier import ClassifierConfig
 from evaluation.frechet import feature_statistics, frechet_distance
-from evaluation.reference import load_or_train_classifier, predict
+from evaluation.reference import ClassifierTrainConfig, classifier_dir, load_or_train_classifier, predict
 from evaluation.report import plot_curves, plot_mosaic, plot_usage, write_html
-from generation import ImageGenerator, ProgressBar
+from generation import ImageGenerator, ProgressBar, check_memory
+from prior.sampling import ClassLabels, check_count
 from store.images import load_images
 from store.runs import (check_output_folder, file_sha256, newest_run, read_json, read_metrics, staged_folder,
                         weights_file, write_json)
 from tokenizer import Tokenizer, psnr
-from training import batches_in_order
+from training import batches_in_order, check_seed
 
 TOKENIZER_PANELS = [("loss", "step", [("loss", "train")], True), ("MSE", "step", [("mse", "train")], True),
                     ("perplexity", "step", [("perplexity", "train")], False),
@@ -77,140 +80,122 @@ def _check_same_tokenizer(prior_dir, generator, tokenizer_dir):
         raise ValueError(f"prior {prior_dir} was trained for tokenizer {trained_for}, not {tokenizer_dir}")
 
 
-def evaluate(prior_dir=None, tokenizer_dir=None, *, output_root="checkpoints", out=None, overwrite=False,
-             n_samples=10000, batch_size=500, seed=0, label=None, temperature=None, top_k=None, top_p=None,
-             guidance_scale=None, classifier_config=None, classifier_train=None, device="cpu", progress=True,
-             prior_weights=None, accelerator=None):
+@dataclass
+class EvaluationConfig:
+    """What evaluate() samples and how; the sampling settings left None take SamplingConfig's defaults, as
+    `python -m pipelines.sample` does."""
+    n_samples: int = 10000  # grids sampled from the prior (a class-conditional one: the training split's mix)
+    batch_size: int = 500  # grids sampled at once, and images per batch through the tokenizer and classifier
+    seed: int = 0
+    label: str | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    guidance_scale: float | None = None
+    prior_weights: str | None = None  # the prior's weights file (default: its averaged weights when kept)
+    # When a reference classifier is first trained for the data set: its width and feature_dim (the image shape
+    # and class count come from the data), and how it is trained.
+    classifier: ClassifierConfig | None = None
+    classifier_train: ClassifierTrainConfig | None = None
+
+    def __post_init__(self):
+        check_count(self.n_samples, self.batch_size)
+        check_seed(self.seed)
+
+
+def evaluate(prior_dir=None, tokenizer_dir=None, config=None, *, output_root="checkpoints", out=None,
+             overwrite=False, device="cpu", progress=True, accelerator=None):
     """Evaluate a prior run and its tokenizer (or, with tokenizer_dir alone, the tokenizer); returns the report.
 
     With neither run given, the newest prior under output_root is evaluated. The reference classifier is read
     from (or trained once into) output_root/classifiers/<data set>. With out, the report folder (report.json,
-    report.html, pictures) is written there, refusing an existing folder unless overwrite. Samples are drawn as
-    `python -m pipelines.sample` draws them (ImageGenerator.sample_tokens): label None is the training mix of
-    classes for a conditional prior, and settings left None take SamplingConfig's defaults. prior_weights names
-    the prior's weights file to evaluate (default: its averaged weights when kept, as sample uses).
+    report.html, pictures) is written there, refusing an existing folder unless overwrite, and refusing always a
+    folder that is, lies inside or holds what the evaluation reads. Samples are drawn as `python -m
+    pipelines.sample` draws them (ImageGenerator.request), by config (an EvaluationConfig).
 
     accelerator: under `accelerate launch`/`torchrun`, the processes share the sampling, decoding and
     reconstruction batches (every process gets the same report; only the main one writes the folder and trains a
     missing classifier).
     """
+    config = config or EvaluationConfig()
     main_process = accelerator is None or accelerator.is_main_process
     progress = progress and main_process
     started_all = time.perf_counter()
     seconds = {}
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be positive, not {batch_size}")
-    if out is not None:
-        check_output_folder(out, overwrite)
     if prior_dir is None and tokenizer_dir is None:
         prior_dir = newest_run(output_root, "prior")
 
     started = time.perf_counter()
-    generator = asked = settings = None
-    if prior_dir is not None:
-        prior_dir = Path(prior_dir)
-        generator = ImageGenerator.load(prior_dir, device, prior_weights)
-        tokenizer = generator.tokenizer
-        if tokenizer_dir is not None:
-            _check_same_tokenizer(prior_dir, generator, tokenizer_dir)
-        # The label is resolved now, before minutes of work; the other sampling arguments are checked where the
-        # samples are drawn, which comes before the classifier and the features.
-        asked, settings = generator.request(n_samples, label, temperature=temperature, top_k=top_k, top_p=top_p,
-                                            guidance_scale=guidance_scale)
-    else:
-        tokenizer = Tokenizer.load(tokenizer_dir, device=device)
-    data_config = tokenizer.run.data
+    runs = _load_runs(prior_dir, tokenizer_dir, config, device)
+    data_config = runs.tokenizer.run.data
+    if out is not None:  # before any work, and never over what is read
+        check_output_folder(out, overwrite, inputs=[*runs.directories(), classifier_dir(output_root, data_config),
+                                                    *data_config.sources()])
     seconds["load_runs"] = time.perf_counter() - started
 
     started = time.perf_counter()
     train_set, test_set = load_images(data_config, "train"), load_images(data_config, "test")
-    tokenizer.check_images(test_set.images.shape[1:], data_config.dataset)
-    num_classes = generator.model.config.num_classes if generator is not None else 0
-    if num_classes and list(generator.run.class_names or []) != list(test_set.class_names):
+    runs.tokenizer.check_images(test_set.images.shape[1:], data_config.dataset)
+    if runs.num_classes and list(runs.generator.run.class_names or []) != list(test_set.class_names):
         raise ValueError(f"the classes of prior {prior_dir} are not those of {data_config.dataset}: "
                          "its samples' classes cannot be checked")
     seconds["load_data"] = time.perf_counter() - started
 
     samples = None
-    if generator is not None:
+    if runs.generator is not None:
+        # The images are joined from their batches (two copies for a moment), and their features kept.
+        feature_dim = (config.classifier or ClassifierConfig()).feature_dim
+        check_memory(config.n_samples * (2 * runs.generator.bytes_per_sample() + 4 * feature_dim),
+                     f"{config.n_samples} samples with their tokens, images and features",
+                     "evaluate fewer (n_samples, --n-samples)")
         started = time.perf_counter()
-        bar = ProgressBar(desc="sample", unit="pos", leave=False, dynamic_ncols=True, disable=not progress)
-        try:
-            # The request resolved above, drawn as sample_tokens draws it.
-            tokens = generator.draw(n_samples, asked, settings, seed=seed, batch_size=batch_size, progress=bar,
-                                    accelerator=accelerator)
-        finally:
-            bar.close()
-        # Tokens are opaque here: (n, h, w) or (n, h, w, depth), handed to the tokenizer as they are.
-        samples = generator.decode(tokens, batch_size, accelerator)
+        samples = _draw_samples(runs, config, progress, accelerator)
         seconds["sample_and_decode"] = time.perf_counter() - started
 
     started = time.perf_counter()
     with accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext():
         reference = load_or_train_classifier(data_config, output_root, train_set=train_set, test_set=test_set,
-                                             model_config=classifier_config, train_config=classifier_train,
+                                             model_config=config.classifier, train_config=config.classifier_train,
                                              device=device, progress=progress)
-    classifier = reference.model
     seconds["classifier"] = time.perf_counter() - started
 
     def features_of(images, desc):
-        return predict(classifier, images, batch_size, desc if progress else None)
+        return predict(reference.model, images, config.batch_size, desc if progress else None)
 
     started = time.perf_counter()
-    train_features, _ = features_of(train_set.images, "features train")
-    test_features, test_predicted = features_of(test_set.images, "features test")
-    test_stats = feature_statistics(test_features)
-    figures = {"classifier_test_accuracy": (test_predicted == test_set.labels).float().mean().item(),
-               "fd_train_vs_test": frechet_distance(feature_statistics(train_features), test_stats)}
+    figures, test_stats = _real_figures(features_of, train_set, test_set)
     seconds["features_real"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    reconstructions, squared_error = _reconstruct(tokenizer, test_set.images, batch_size, progress, accelerator)
-    mse = squared_error / test_set.images.numel()
-    recon_features, recon_predicted = features_of(reconstructions, "features reconstructions")
-    figures.update({"fd_reconstructions_vs_test": frechet_distance(feature_statistics(recon_features), test_stats),
-                    "reconstruction_mse": mse, "reconstruction_psnr": psnr(mse),
-                    "classifier_accuracy_on_reconstructions":
-                        (recon_predicted == test_set.labels).float().mean().item()})
+    reconstructions, reconstruction_figures = _reconstruction_figures(runs.tokenizer, test_set, features_of, test_stats,
+                                                                      config.batch_size, progress, accelerator)
+    figures.update(reconstruction_figures)
     seconds["reconstructions"] = time.perf_counter() - started
 
-    per_class = None
-    figures.update(fd_samples_vs_test=None, fd_samples_over_reconstructions=None, classifier_accuracy_on_samples=None)
+    started = time.perf_counter()
+    sample_figures, per_class = _sample_figures(samples, runs.asked, features_of, test_stats, test_set.class_names,
+                                                figures["fd_reconstructions_vs_test"])
+    figures.update(sample_figures)
     if samples is not None:
-        started = time.perf_counter()
-        sample_features, sample_predicted = features_of(samples, "features samples")
-        if len(samples) >= 2:
-            figures["fd_samples_vs_test"] = frechet_distance(feature_statistics(sample_features), test_stats)
-            figures["fd_samples_over_reconstructions"] = (figures["fd_samples_vs_test"]
-                                                          / max(figures["fd_reconstructions_vs_test"], 1e-12))
-        if asked is not None:
-            hits = (sample_predicted == asked).float()
-            figures["classifier_accuracy_on_samples"] = hits.mean().item()
-            per_class = {name: hits[asked == c].mean().item() if (asked == c).any() else None
-                         for c, name in enumerate(test_set.class_names)}
         seconds["features_samples"] = time.perf_counter() - started
-
-    figures.update(_figures_of_results(prior_dir / "results.json", {
-        "prior_test_bits_per_token": "test_bits_per_token", "prior_test_bits_per_image": "test_bits_per_image"})
-                   if prior_dir is not None else {"prior_test_bits_per_token": None, "prior_test_bits_per_image": None})
-    figures.update(_figures_of_results(tokenizer.run_dir / "results.json", {
-        "codebook_perplexity_test": "test_perplexity", "codes_used_test": "test_codes_used"}))
+    figures.update(_run_figures(prior_dir, runs.tokenizer))
     seconds["total"] = time.perf_counter() - started_all
 
     report = {
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         # The tokenizer run the prior was trained for (its weights may be read from the copy the prior carries).
-        "runs": {"tokenizer": str(tokenizer.run_dir.resolve()) if generator is None else generator.run.tokenizer.run,
-                 "tokenizer_loaded_from": str(tokenizer.run_dir.resolve()),
-                 "tokenizer_weights_sha256": tokenizer.weights_sha256,
-                 "prior": None if prior_dir is None else str(prior_dir.resolve()),
-                 "prior_weights": None if generator is None else generator.weights},
+        "runs": {"tokenizer": str(runs.tokenizer.run_dir.resolve()) if runs.generator is None
+                 else runs.generator.run.tokenizer.run,
+                 "tokenizer_loaded_from": str(runs.tokenizer.run_dir.resolve()),
+                 "tokenizer_weights_sha256": runs.tokenizer.weights_sha256,
+                 "prior": None if prior_dir is None else str(Path(prior_dir).resolve()),
+                 "prior_weights": None if runs.generator is None else runs.generator.weights},
         "dataset": dataclasses.asdict(data_config),
         "classifier": reference.describe(),
-        "settings": {"n_samples": n_samples if generator is not None else 0, "batch_size": batch_size, "seed": seed,
-                     **(settings or {}), "label": label,
-                     "sampled_class_counts": None if asked is None else torch.bincount(
-                         asked, minlength=num_classes).tolist(),
+        "settings": {"n_samples": config.n_samples if runs.generator is not None else 0,
+                     "batch_size": config.batch_size, "seed": config.seed, **(runs.settings or {}),
+                     "label": config.label,
+                     "sampled_class_counts": None if runs.asked is None else runs.asked.counts(),
                      "device": str(device), "threads": torch.get_num_threads()},
         "counts": {"train": len(train_set), "test": len(test_set), "samples": 0 if samples is None else len(samples)},
         "figures": figures,
@@ -218,8 +203,103 @@ def evaluate(prior_dir=None, tokenizer_dir=None, *, output_root="checkpoints", o
         "seconds": seconds,
     }
     if out is not None and main_process:
-        write_report(out, overwrite, report, tokenizer.run_dir, prior_dir, test_set, reconstructions, samples, asked)
+        write_report(out, overwrite, report, runs.tokenizer.run_dir, prior_dir, test_set, reconstructions, samples,
+                     None if runs.asked is None else runs.asked[:])
     return report
+
+
+@dataclass
+class _Runs:
+    """What an evaluation reads: the tokenizer, and with a prior its generator, the class ids asked for (ClassLabels
+    or None) and the sampling settings."""
+    tokenizer: Tokenizer
+    generator: ImageGenerator | None = None
+    asked: ClassLabels | None = None
+    settings: dict | None = None
+    tokenizer_dirs: tuple = ()  # every tokenizer run read (a prior's copy, a tokenizer run named beside it)
+
+    @property
+    def num_classes(self):
+        return self.generator.model.config.num_classes if self.generator is not None else 0
+
+    def directories(self):
+        return [*(() if self.generator is None else (self.generator.run_dir,)), *self.tokenizer_dirs]
+
+
+def _load_runs(prior_dir, tokenizer_dir, config, device):
+    """The runs to evaluate, and the sampling request resolved now, before minutes of work (the other sampling
+    arguments are checked where the samples are drawn, which comes before the classifier and the features)."""
+    if prior_dir is None:
+        tokenizer = Tokenizer.load(tokenizer_dir, device=device)
+        return _Runs(tokenizer, tokenizer_dirs=(tokenizer.run_dir,))
+    generator = ImageGenerator.load(prior_dir, device, config.prior_weights)
+    if tokenizer_dir is not None:
+        _check_same_tokenizer(prior_dir, generator, tokenizer_dir)
+    asked, settings = generator.request(config.n_samples, config.label, temperature=config.temperature,
+                                        top_k=config.top_k, top_p=config.top_p, guidance_scale=config.guidance_scale)
+    named = () if tokenizer_dir is None else (Path(tokenizer_dir),)
+    return _Runs(generator.tokenizer, generator, asked, settings, (generator.tokenizer.run_dir, *named))
+
+
+def _draw_samples(runs, config, progress, accelerator):
+    """The samples' images (n, c, H, W) float on the CPU, drawn as sample draws them (the request resolved)."""
+    bar = ProgressBar(desc="sample", unit="pos", leave=False, dynamic_ncols=True, disable=not progress)
+    try:
+        batches = runs.generator.draw_batches(config.n_samples, runs.asked, runs.settings, seed=config.seed,
+                                              batch_size=config.batch_size, progress=bar, accelerator=accelerator,
+                                              decode=True)
+        return torch.cat([images for _, _, images in batches])
+    finally:
+        bar.close()
+
+
+def _real_figures(features_of, train_set, test_set):
+    """The classifier's test accuracy and the floor (train vs test), and the test features' statistics."""
+    train_features, _ = features_of(train_set.images, "features train")
+    test_features, test_predicted = features_of(test_set.images, "features test")
+    test_stats = feature_statistics(test_features)
+    return {"classifier_test_accuracy": (test_predicted == test_set.labels).float().mean().item(),
+            "fd_train_vs_test": frechet_distance(feature_statistics(train_features), test_stats)}, test_stats
+
+
+def _reconstruction_figures(tokenizer, test_set, features_of, test_stats, batch_size, progress, accelerator):
+    """(the test split's reconstructions, their figures: Frechet distance, MSE, PSNR, classifier accuracy)."""
+    reconstructions, squared_error = _reconstruct(tokenizer, test_set.images, batch_size, progress, accelerator)
+    mse = squared_error / test_set.images.numel()
+    features, predicted = features_of(reconstructions, "features reconstructions")
+    return reconstructions, {
+        "fd_reconstructions_vs_test": frechet_distance(feature_statistics(features), test_stats),
+        "reconstruction_mse": mse, "reconstruction_psnr": psnr(mse),
+        "classifier_accuracy_on_reconstructions": (predicted == test_set.labels).float().mean().item()}
+
+
+def _sample_figures(samples, asked, features_of, test_stats, class_names, fd_reconstructions):
+    """(the samples' figures, None where there are no samples; the classifier's accuracy per class asked for)."""
+    figures = dict(fd_samples_vs_test=None, fd_samples_over_reconstructions=None, classifier_accuracy_on_samples=None)
+    if samples is None:
+        return figures, None
+    features, predicted = features_of(samples, "features samples")
+    if len(samples) >= 2:
+        figures["fd_samples_vs_test"] = frechet_distance(feature_statistics(features), test_stats)
+        figures["fd_samples_over_reconstructions"] = figures["fd_samples_vs_test"] / max(fd_reconstructions, 1e-12)
+    if asked is None:
+        return figures, None
+    asked = asked[:]
+    hits = (predicted == asked).float()
+    figures["classifier_accuracy_on_samples"] = hits.mean().item()
+    return figures, {name: hits[asked == c].mean().item() if (asked == c).any() else None
+                     for c, name in enumerate(class_names)}
+
+
+def _run_figures(prior_dir, tokenizer):
+    """The figures the runs' own results.json files hold: the prior's test bits, the tokenizer's codebook use."""
+    prior_figures = {"prior_test_bits_per_token": "test_bits_per_token",
+                     "prior_test_bits_per_image": "test_bits_per_image"}
+    figures = _figures_of_results(Path(prior_dir) / "results.json", prior_figures) if prior_dir is not None \
+        else dict.fromkeys(prior_figures)
+    figures.update(_figures_of_results(tokenizer.run_dir / "results.json", {
+        "codebook_perplexity_test": "test_perplexity", "codes_used_test": "test_codes_used"}))
+    return figures
 
 
 def write_report(out, overwrite, report, tokenizer_dir, prior_dir, test_set, reconstructions, samples, asked):

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from evaluation.classifier import Classifier, ClassifierConfig
 from store.images import load_images
 from store.runs import config_from_dict, file_sha256, load_run_model, read_json, save_tensors, write_json
+from training import check_seed
 
 DERIVED_FROM_DATA = ("image_channels", "image_size", "num_classes")
 
@@ -40,6 +41,7 @@ class ClassifierTrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
         if not self.classifier_learning_rate > 0:
             raise ValueError(f"--classifier-learning-rate must be positive, not {self.classifier_learning_rate}")
+        check_seed(self.classifier_seed, "--classifier-seed")
 
 
 @dataclass

@@ -14,14 +14,14 @@ from tqdm.auto import tqdm
 
 import prior
 from prior import PriorRun
-from prior.generate import check_count
+from prior.generate import batch_progress
 from prior.run import TOKENIZER_COPY
-from prior.sampling import resolve_labels, settings_for
+from prior.sampling import ClassLabels, check_count, resolve_labels, settings_for
 from store.runs import MODEL_WEIGHTS, weights_file
 from tokenizer import Tokenizer
-from training import batches_in_order
+from training import MAX_SEED, batches_in_order, check_seed
 
-# Batch k of a draw with seed s uses a generator seeded with s * BATCH_SEED_STRIDE + k.
+# Batch k of a draw with seed s uses a generator seeded with s * BATCH_SEED_STRIDE + k (modulo 2**64).
 BATCH_SEED_STRIDE = 1_000_003
 
 
@@ -84,9 +84,29 @@ class ImageGenerator:
     def device(self):
         return self.tokenizer.device
 
+    def bytes_per_sample(self):
+        """Bytes one drawn sample takes in memory: its tokens (int64, every level) and its image (float32)."""
+        tokens = sum(math.prod(shape) for shape in self.tokenizer.level_shapes.values())
+        return 8 * tokens + 4 * math.prod(self.tokenizer.image_shape)
+
+    def batch_bytes(self, batch_size):
+        """Bytes a batch of batch_size samples takes at its peak, estimated from below from the configs: the cached
+        sampler's state (every layer's input over the padded grid, twice over for guidance's no-label half), the
+        tokenizer decoder's widest maps, and the samples themselves."""
+        prior_bytes = 0
+        for config in (self.model.top.config, self.model.bottom.config) if self.run.top is not None \
+                else (self.model.config,):
+            pad = config.first_kernel_size // 2
+            grid = (config.grid_height + pad) * (config.grid_width + 2 * pad)
+            prior_bytes += 2 * 4 * grid * config.hidden_channels * config.num_layers
+        tokenizer = self.tokenizer.config
+        decoder_bytes = 2 * 4 * (tokenizer.image_size // 2) ** 2 * max(tokenizer.widths)
+        return batch_size * (prior_bytes + decoder_bytes + self.bytes_per_sample())
+
     def request(self, n, label=None, *, temperature=None, top_k=None, top_p=None, guidance_scale=None):
-        """(labels (n,) or None, generate()'s settings) for a user's request: label None is the training split's
-        class mix for a conditional prior, "none" its no-label draw; settings left None take SamplingConfig's."""
+        """(labels (ClassLabels of n) or None, generate()'s settings) for a user's request: label None is the
+        training split's class mix for a conditional prior, "none" its no-label draw; settings left None take
+        SamplingConfig's."""
         labels = resolve_labels(label, n, self.run.class_names, self.run.class_counts)
         settings = settings_for(labels, temperature=temperature, top_k=top_k, top_p=top_p,
                                 guidance_scale=guidance_scale)
@@ -94,45 +114,55 @@ class ImageGenerator:
 
     def sample_tokens(self, n, label=None, *, seed=0, batch_size=64, progress=None, temperature=None, top_k=None,
                       top_p=None, guidance_scale=None, **kwargs):
-        """(tokens (n, h, w[, depth]), the labels asked for (n,) or None, the settings used), drawn as `python -m
-        pipelines.sample` draws them. kwargs go to prior.generate: sampler, prefix, keep_rows."""
+        """(tokens (n, h, w[, depth]), the labels asked for (ClassLabels) or None, the settings used), drawn as
+        `python -m pipelines.sample` draws them. kwargs go to prior.generate: sampler, prefix, keep_rows."""
         labels, settings = self.request(n, label, temperature=temperature, top_k=top_k, top_p=top_p,
                                         guidance_scale=guidance_scale)
         return self.draw(n, labels, settings, seed=seed, batch_size=batch_size, progress=progress, **kwargs), \
             labels, settings
 
-    def draw(self, n, labels, settings, *, seed=0, batch_size=64, progress=None, accelerator=None, **kwargs):
-        """Tokens of a request() already resolved, batch by batch: batch k is prior.generate with a generator seeded
+    def draw(self, n, labels, settings, **kwargs):
+        """The tokens of a request() already resolved, all n at once: draw_batches' tokens joined."""
+        batches = [tokens for _, tokens, _ in self.draw_batches(n, labels, settings, **kwargs)]
+        if isinstance(batches[0], tuple):
+            return tuple(torch.cat(level) for level in zip(*batches))
+        return torch.cat(batches)
+
+    def draw_batches(self, n, labels, settings, *, seed=0, batch_size=64, progress=None, accelerator=None,
+                     decode=False, **kwargs):
+        """Yield (start, tokens, images or None) for each batch of a request() already resolved, in order, so that a
+        caller can write them as they come and hold one batch. Batch k is prior.generate with a generator seeded
         from (seed, k) alone, so that any batch can be drawn on any process (accelerator: several share the
-        batches, every one receives all the grids) and the grids depend on (seed, n, batch_size) only.
-        kwargs go to prior.generate: sampler, prefix (sliced per batch), keep_rows."""
+        batches, every one receives all of them) and the grids depend on (seed, n, batch_size) only; decode: the
+        batch's images (b, c, H, W) float on the CPU too. kwargs go to prior.generate: sampler, prefix (sliced per
+        batch), keep_rows."""
         check_count(n, batch_size)
+        check_seed(seed)
         prefix = kwargs.pop("prefix", None)
         mine = math.ceil(math.ceil(n / batch_size) / (accelerator.num_processes if accelerator else 1))
         done = []  # this process's batches finished so far, for one progress count over all of them
         grid_ndim = len(self.model.config.token_shape)
 
         def rows(value, start, stop, ndim):
-            """The batch's rows of per-sample labels (ndim 1) or prefixes (ndim 1 + grid's); others as they are."""
+            """The batch's rows of per-sample labels (ndim 1) or prefixes (ndim 1 + grid's); a pair of levels per
+            level; one label or one grid for all as it is."""
             if isinstance(value, (tuple, list)):
                 return tuple(rows(v, start, stop, ndim) for v in value)
-            return value[start:stop] if torch.is_tensor(value) and value.ndim == ndim else value
+            per_sample = isinstance(value, ClassLabels) or (torch.is_tensor(value) and value.ndim == ndim)
+            return value[start:stop] if per_sample else value
 
         def work(start, stop):
-            batch_seed = seed * BATCH_SEED_STRIDE + start // batch_size
+            batch_seed = (seed * BATCH_SEED_STRIDE + start // batch_size) % (MAX_SEED + 1)
             generator = torch.Generator(device=self.device).manual_seed(batch_seed)
-            report = None if progress is None else (
-                lambda positions, total: progress(len(done) * total + positions, mine * total))
             tokens = prior.generate(self.model, stop - start, labels=rows(labels, start, stop, 1), generator=generator,
-                                    progress=report, prefix=rows(prefix, start, stop, 1 + grid_ndim), **settings,
-                                    **kwargs)
+                                    progress=batch_progress(progress, len(done), mine),
+                                    prefix=rows(prefix, start, stop, 1 + grid_ndim), **settings, **kwargs)
             done.append(start)
-            return tuple(t.cpu() for t in tokens) if isinstance(tokens, tuple) else tokens.cpu()
+            images = self.tokenizer.decode(tokens).float().cpu() if decode else None
+            return (tuple(t.cpu() for t in tokens) if isinstance(tokens, tuple) else tokens.cpu()), images
 
-        batches = [tokens for _, tokens in batches_in_order(accelerator, n, batch_size, work)]
-        if isinstance(batches[0], tuple):
-            return tuple(torch.cat(level) for level in zip(*batches))
-        return torch.cat(batches)
+        for start, (tokens, images) in batches_in_order(accelerator, n, batch_size, work):
+            yield start, tokens, images
 
     def decode(self, tokens, batch_size=500, accelerator=None):
         """Images (n, c, H, W) float on the CPU of token grids (or pairs of grids), decoded batch by batch (shared

@@ -1,15 +1,53 @@
-"""The one place that turns config dataclasses into flags and a user's mistake into one line on stderr."""
+"""The one place for flags: every flag that two commands share is declared here, once, with one meaning, and config
+dataclasses become flags here; and the one error boundary, where a user's mistake becomes one line on stderr."""
 
 import argparse
 import dataclasses
+import os
 import sys
+import time
 import typing
+from pathlib import Path
+
+import torch
 
 from prior.sampling import NO_LABEL, SamplingConfig
+from store.images import DATASETS, DEBIAN_FASHION_MNIST_DIR, DataConfig
+from training import MAX_SEED, TrainConfig
+
+# ------------------------------------------------------------------------------------------------- value types
 
 
-def add_config_flags(parser, config_cls, title, skip=(), defaults=None):
-    """One --kebab-case flag per dataclass field, with the field's metadata help and its default.
+def positive_int(text):
+    """An argparse type: an integer >= 1."""
+    return _int_in(text, 1, None, "a positive integer")
+
+
+def non_negative_int(text):
+    return _int_in(text, 0, None, "an integer >= 0")
+
+
+def seed(text):
+    """An argparse type: a seed torch's generators take, 0 .. 2**64 - 1."""
+    return _int_in(text, 0, MAX_SEED, "an integer from 0 to 2**64 - 1")
+
+
+def _int_in(text, low, high, what):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}") from None
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"must be {what}, not {text}")
+    return value
+
+
+# -------------------------------------------------------------------------------------------- config dataclasses
+
+
+def add_config_flags(parser, config_cls, title, skip=(), only=None, defaults=None):
+    """One --kebab-case flag per dataclass field (only those named in `only`, if given), with the field's metadata
+    help and its default.
 
     defaults: {field: value} for a command whose defaults differ from the dataclass's (the prior trains longer).
     """
@@ -17,7 +55,7 @@ def add_config_flags(parser, config_cls, title, skip=(), defaults=None):
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
-        if f.name in skip:
+        if f.name in skip or (only is not None and f.name not in only):
             continue
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
@@ -33,6 +71,12 @@ def add_config_flags(parser, config_cls, title, skip=(), defaults=None):
     return group
 
 
+def config_from_args(config_cls, args, **overrides):
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if hasattr(args, f.name)}
+    values.update(overrides)
+    return config_cls(**values)
+
+
 def add_renamed_flag(parser, former, now):
     """Accept the former spelling of a flag only to say, in one line, what it is called now."""
     class Renamed(argparse.Action):
@@ -42,11 +86,20 @@ def add_renamed_flag(parser, former, now):
     parser.add_argument(former, action=Renamed, nargs="?", help=argparse.SUPPRESS)
 
 
+# ------------------------------------------------------------------------------------------ runs and outputs
+
+
+def add_output_root_flag(parser):
+    parser.add_argument("--output-root", default="checkpoints",
+                        help="the folder of runs: new runs, samples, reports and reference classifiers go under it "
+                             "(OUTPUT_ROOT/<stage>/<name>), and a run not named is the newest found there "
+                             "(default: checkpoints)")
+
+
 def add_run_flags(parser, stage, resume_note="other flags are ignored"):
     """The flags every training command shares: where runs go, the new run's name, and --resume."""
     run = parser.add_argument_group("run")
-    run.add_argument("--output-root", default="checkpoints",
-                     help=f"runs go to OUTPUT_ROOT/{stage}/RUN_NAME (default: checkpoints)")
+    add_output_root_flag(run)
     run.add_argument("--run-name", default=None, help="name of the new run (default: a timestamp)")
     run.add_argument("--resume", metavar="RUN_DIR", default=None,
                      help=f"continue a killed run from its last checkpoint, with the config it was started with "
@@ -54,10 +107,63 @@ def add_run_flags(parser, stage, resume_note="other flags are ignored"):
     return run
 
 
+def add_run_choice_flag(parser, stage, use, default=None):
+    """--tokenizer or --prior: the run a command reads; default None makes the flag required."""
+    parser.add_argument(f"--{stage}", metavar="RUN_DIR", required=default is None, default=None,
+                        help=f"the {stage} run to {use}" + (f" (default: {default})" if default else ""))
+
+
+def add_output_flags(parser, kind=None):
+    """--out and --overwrite; with kind, --out defaults to a new OUTPUT_ROOT/<kind>/<time> (output_folder())."""
+    parser.add_argument("--out", metavar="DIR", required=kind is None, default=None,
+                        help="output folder, written whole or not at all; never one of the command's inputs, nor a "
+                             "folder holding one" + (f" (default: a new OUTPUT_ROOT/{kind}/<time>)" if kind else ""))
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out if it is a folder that exists already (default: refuse)")
+
+
+def output_folder(args, kind):
+    """The --out of add_output_flags(parser, kind): as given, or a new OUTPUT_ROOT/<kind>/<time>."""
+    return Path(args.out) if args.out else Path(args.output_root) / kind / time.strftime("%Y%m%d-%H%M%S")
+
+
+def add_data_flags(parser, skip=()):
+    """The data set's flags (DataConfig); FASHION_MNIST_DIR in the environment moves --fashion-mnist-dir's default
+    (the tests point it at small synthetic files)."""
+    defaults = {"fashion_mnist_dir": os.environ.get("FASHION_MNIST_DIR", DEBIAN_FASHION_MNIST_DIR)}
+    return add_config_flags(parser, DataConfig, "data", skip=skip, defaults=defaults)
+
+
+# ---------------------------------------------------------------------------------------- work and sampling
+
+
+def add_batch_size_flag(parser, items, default):
+    parser.add_argument("--batch-size", type=positive_int, default=default,
+                        help=f"{items} at once (default: {default})")
+
+
+def add_mosaic_flag(parser, default=64):
+    parser.add_argument("--mosaic", type=positive_int, default=default,
+                        help=f"images shown in grid.png, the first ones, enlarged (default: {default})")
+
+
+def add_mixed_precision_flag(parser, default):
+    add_config_flags(parser, TrainConfig, "precision", only=("mixed_precision",),
+                     defaults={"mixed_precision": default})
+
+
+def add_sample_count_flag(parser, default):
+    # torchrun's own parser takes --n for an abbreviation of one of its flags: --num-samples there.
+    parser.add_argument("--n", "--num-samples", "--n-samples", dest="n_samples", type=positive_int, default=default,
+                        help=f"number of samples (default: {default}); under torchrun write --num-samples")
+
+
 def add_sampling_flags(parser):
-    """The flags of how tokens are drawn, shared with pipelines.evaluate; their defaults are SamplingConfig's."""
+    """The flags of what is drawn and how, shared by sample and evaluate; their defaults are SamplingConfig's."""
     defaults = SamplingConfig()
     p = parser.add_argument
+    p("--seed", type=seed, default=0,
+      help="sampling seed: the same seed, --n and --batch-size on the same device give the same samples (default: 0)")
     p("--temperature", type=float, default=None,
       help=f"divide the logits by this; < 1 is more conservative (default: {defaults.temperature})")
     p("--top-k", type=int, default=None,
@@ -72,10 +178,11 @@ def add_sampling_flags(parser):
            f"with label dropout (default: {defaults.guidance_scale} where there are labels, else 1)")
 
 
-def config_from_args(config_cls, args, **overrides):
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if hasattr(args, f.name)}
-    values.update(overrides)
-    return config_cls(**values)
+def dataset_help():
+    return f"a folder of images, read recursively (sub-folders are classes), or a data set: {', '.join(DATASETS)}"
+
+
+# --------------------------------------------------------------------------------------------- errors
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -87,13 +194,23 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run(main):
-    """Call main(); a ValueError or OSError from bad input becomes one line on stderr and exit status 2."""
+    """Call main(); a ValueError or OSError from bad input, or memory that ran out, becomes one line on stderr and
+    exit status 2."""
     try:
         main()
     except (ValueError, OSError) as error:
-        message = " ".join(str(error).split()) or type(error).__name__
-        sys.stderr.write(f"error: {message}\n")
-        sys.exit(2)
+        fail(" ".join(str(error).split()) or type(error).__name__)
+    except (MemoryError, torch.OutOfMemoryError) as error:
+        fail(f"out of memory ({' '.join(str(error).split())[:200] or 'no detail'}): lower --batch-size or the count")
+    except RuntimeError as error:
+        if "can't allocate memory" not in str(error) and "out of memory" not in str(error):
+            raise
+        fail(f"out of memory ({' '.join(str(error).split())[:200]}): lower --batch-size or the count")
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
+
+
+def fail(message):
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(2)

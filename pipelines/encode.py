@@ -13,21 +13,18 @@ image i. --sequences adds <split>_sequences.npy, the flat raster-order rows a la
 
 import contextlib
 import dataclasses
-import hashlib
-import os
 import time
 from pathlib import Path
 
 from pipelines import cli
-from store.images import DEBIAN_FASHION_MNIST_DIR, SPLITS, DataConfig, load_images
-from store.index_maps import IndexMapWriter, record_index_maps
+from store.images import DATASETS, SPLITS, DataConfig, load_images
+from store.index_maps import IndexMapWriter, record_index_maps, sources_text, write_sources
 from store.runs import check_output_folder, staged_folder
-from store.sequences import SequenceLayout
+from store.sequences import SequenceLayout, SequenceWriter
 from tokenizer import Tokenizer
-from tokenizer.fit import encode_split, level_usage_stats
+from tokenizer.encoding import encode_split, level_usage_stats
 from training import TrainConfig, make_accelerator
 
-NAMED_DATASETS = ("fashion-mnist", "mnist", "cifar10")
 FOLDER_SPLIT = "images"
 
 
@@ -35,17 +32,13 @@ def build_parser():
     parser = cli.ArgumentParser(prog="python -m pipelines.encode",
                                 description="Encode a folder of images (or a named data set) into token maps, "
                                             "and optionally flat token sequences.")
+    cli.add_run_choice_flag(parser, "tokenizer", "encode with")
     p = parser.add_argument
-    p("--tokenizer", metavar="RUN_DIR", required=True, help="the tokenizer run to encode with")
     p("--images", metavar="PATH", required=True,
-      help="a folder of images, read recursively (sub-folders are classes), or a data set: "
-           f"{', '.join(NAMED_DATASETS)}")
-    p("--out", metavar="DIR", required=True, help="output folder, written whole or not at all")
-    p("--overwrite", action="store_true", help="replace --out if it exists already (default: refuse)")
+      help="a folder of images, read recursively (sub-folders are classes), or a data set: " + ", ".join(DATASETS))
+    cli.add_output_flags(parser)
     p("--split", choices=SPLITS, default=None, help="a data set's split to encode (default: both)")
-    p("--image-size", type=int, default=0,
-      help="resize every image to this size, square (default: the size the tokenizer takes; another size is refused)")
-    p("--batch-size", type=int, default=256, help="images encoded at once (default: 256)")
+    cli.add_batch_size_flag(parser, "images encoded", 256)
     p("--sequences", action="store_true",
       help="also write <split>_sequences.npy: each image's tokens in raster order (a two-level map's top grid first)")
     p("--vocab-offset", type=int, default=0,
@@ -54,63 +47,35 @@ def build_parser():
     p("--begin-end-ids", action="store_true",
       help="with --sequences, put a begin-of-image id (offset + codebook size) before each sequence and an "
            "end-of-image id (offset + codebook size + 1) after it")
-    p("--data-dir", default="data", help="where mnist and cifar10 are downloaded to (default: data)")
-    # FASHION_MNIST_DIR in the environment moves the default, as for fit_tokenizer.
-    default_fashion = os.environ.get("FASHION_MNIST_DIR", DEBIAN_FASHION_MNIST_DIR)
-    p("--fashion-mnist-dir", default=default_fashion,
-      help=f"the folder of the Fashion-MNIST .gz files (default: {default_fashion})")
+    cli.add_data_flags(parser, skip=("dataset",))
     return parser
-
-
-def sources_lines(paths):
-    """The text of <split>_sources.txt: one relative path per line; a path that would break the lines is refused."""
-    lines = []
-    for path in paths:
-        if "\n" in path or "\r" in path:
-            raise ValueError(f"image file name {path!r} holds a line break: rename it to list it in a sources file")
-        lines.append(path)
-    return "".join(f"{line}\n" for line in lines).encode("utf-8", "surrogateescape")
-
-
-class SequenceWriter:
-    """An IndexMapWriter that also writes each batch's sequences (store.sequences) beside its maps."""
-
-    def __init__(self, writer, layout):
-        self.writer, self.layout = writer, layout
-
-    def write(self, maps, labels, top=None):
-        levels = [maps] if top is None else [top, maps]
-        self.writer.write(maps, labels, top, extra={"sequences": self.layout.to_sequences(levels)})
 
 
 def main(argv=None):
     args = build_parser().parse_args(None if argv is None else [str(a) for a in argv])
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be positive, not {args.batch_size}")
     if not args.sequences and (args.vocab_offset or args.begin_end_ids):
         raise ValueError("--vocab-offset and --begin-end-ids shape the sequences: add --sequences")
-    out = Path(args.out)
-    check_output_folder(out, args.overwrite)
     accelerator = make_accelerator(TrainConfig())
     tokenizer = Tokenizer.load(args.tokenizer, device=accelerator.device)
     channels, size, _ = tokenizer.image_shape
-    layout = SequenceLayout(tokenizer.codebook_size, tuple(tokenizer.level_shapes.values()), args.vocab_offset,
-                            args.begin_end_ids) if args.sequences else None
-
-    folder_source = args.images not in NAMED_DATASETS
+    folder_source = args.images not in DATASETS
     images_path = args.images.removeprefix("folder:")
     if folder_source and args.split:
         raise ValueError("--split chooses a data set's split; a folder is encoded whole")
     dataset = f"folder:{images_path}" if folder_source else args.images
-    data_config = DataConfig(dataset=dataset, data_dir=args.data_dir, image_size=args.image_size or size,
-                             fashion_mnist_dir=args.fashion_mnist_dir)
+    data_config = cli.config_from_args(DataConfig, args, dataset=dataset, image_size=args.image_size or size)
+    out = Path(args.out)
+    check_output_folder(out, args.overwrite, inputs=[tokenizer.run_dir, *data_config.sources()])
+    layout = SequenceLayout(tokenizer.codebook_size, tuple(tokenizer.level_shapes.values()), args.vocab_offset,
+                            args.begin_end_ids) if args.sequences else None
+
     # Every file is listed and checked (unreadable ones named in one line) before any work; decoded batch by batch.
     names = [FOLDER_SPLIT] if folder_source else [args.split] if args.split else list(SPLITS)
     splits = {name: load_images(data_config, "all" if folder_source else name, lazy=True, channels=channels)
               for name in names}
     for data in splits.values():
         tokenizer.check_images(data.images.shape[1:], args.images)
-    sources = {name: sources_lines(data.paths) for name, data in splits.items()} if folder_source else {}
+    sources = {name: sources_text(data.paths) for name, data in splits.items()} if folder_source else {}
 
     main_process = accelerator.is_main_process
     started = time.perf_counter()
@@ -124,13 +89,10 @@ def main(argv=None):
                 counts, _ = encode_split(tokenizer, data, args.batch_size, False, f"encode {name}",
                                          writer if layout is None or writer is None else SequenceWriter(writer, layout),
                                          accelerator)
-            if not main_process:
-                continue
-            entry = writer.entry(level_usage_stats(counts))
-            if name in sources:
-                (folder / f"{name}_sources.txt").write_bytes(sources[name])  # (the staged folder is renamed whole)
-                entry["sources"] = {"file": f"{name}_sources.txt", "sha256": hashlib.sha256(sources[name]).hexdigest()}
-            entries[name] = entry
+            if main_process:
+                entries[name] = writer.entry(level_usage_stats(counts))
+                if name in sources:  # row i of the tokens is the image on line i
+                    entries[name].update(write_sources(folder, name, sources[name]))
         if main_process:
             metadata = tokenizer.map_metadata(dataset, splits[names[0]].class_names)
             metadata.update(source={"images": str(Path(images_path).resolve()) if folder_source else args.images,

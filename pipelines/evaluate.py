@@ -7,12 +7,9 @@
 The figures and the report are evaluation.evaluate's; this command parses flags, calls it, prints one line.
 """
 
-import time
-from pathlib import Path
-
 import torch
 
-from evaluation import evaluate
+from evaluation import EvaluationConfig, evaluate
 from evaluation.classifier import ClassifierConfig
 from evaluation.reference import DERIVED_FROM_DATA, ClassifierTrainConfig
 from pipelines import cli
@@ -24,28 +21,19 @@ def build_parser():
         prog="python -m pipelines.evaluate",
         description="Evaluate a tokenizer, a prior and its samples with a reference classifier's features; "
                     "write report.json and report.html.")
-    p = parser.add_argument
-    p("--prior", metavar="RUN_DIR", default=None,
-      help="prior run to evaluate (default: the newest under OUTPUT_ROOT/prior, unless --tokenizer alone is given)")
-    p("--tokenizer", metavar="RUN_DIR", default=None,
-      help="tokenizer run to evaluate (default: the one the prior was trained for); alone, without --prior, "
-           "only the tokenizer is evaluated")
-    p("--output-root", default="checkpoints",
-      help="where runs are found, reference classifiers kept (OUTPUT_ROOT/classifiers) and reports written "
-           "(default: checkpoints)")
-    p("--out", default=None, help="output folder (default: a new OUTPUT_ROOT/evaluations/<time>)")
-    p("--overwrite", action="store_true", help="replace --out if it exists already (default: refuse)")
-    p("--n-samples", type=int, default=10000,
-      help="grids to sample from the prior, drawn as `python -m pipelines.sample` draws them: a class-conditional "
-           "prior's classes in the mix of the training split unless --label says otherwise (default: 10000)")
-    p("--batch-size", type=int, default=500,
-      help="grids sampled at once, and images per batch through the tokenizer and classifier (default: 500)")
-    p("--seed", type=int, default=0, help="sampling seed; the same seed on the same device gives the same report "
-                                          "(default: 0)")
+    cli.add_run_choice_flag(parser, "prior", "evaluate",
+                            default="the newest under OUTPUT_ROOT/prior, unless --tokenizer alone is given")
+    cli.add_run_choice_flag(parser, "tokenizer", "evaluate (alone, without --prior, only the tokenizer is evaluated)",
+                            default="the one the prior was trained for")
+    cli.add_output_root_flag(parser)
+    cli.add_output_flags(parser, "evaluations")
+    cli.add_sample_count_flag(parser, 10000)
+    cli.add_batch_size_flag(parser, "grids sampled, and images through the tokenizer and classifier,", 500)
     cli.add_sampling_flags(parser)
-    p("--threads", type=int, default=0,
-      help="CPU threads for torch (default: 0, torch's own choice); on a CPU shared with other jobs, 1 avoids "
-           "threads waiting on each other (10x faster classifier training measured on 2 busy cores)")
+    parser.add_argument("--threads", type=cli.non_negative_int, default=0,
+                        help="CPU threads for torch (default: 0, torch's own choice); on a CPU shared with other "
+                             "jobs, 1 avoids threads waiting on each other (10x faster classifier training measured "
+                             "on 2 busy cores)")
     cli.add_config_flags(parser, ClassifierConfig, "reference classifier (used only when one is first trained for "
                                                    "the data set)", skip=DERIVED_FROM_DATA)
     group = cli.add_config_flags(parser, ClassifierTrainConfig, "reference classifier training")
@@ -55,21 +43,15 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(None if argv is None else [str(a) for a in argv])
-    if args.threads < 0:
-        raise ValueError(f"--threads must be 0 (torch's choice) or positive, not {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     # Only width and feature_dim count: the image shape and class count are replaced by the data's.
-    classifier_config = cli.config_from_args(ClassifierConfig, args)
-    classifier_train = cli.config_from_args(ClassifierTrainConfig, args)
+    config = cli.config_from_args(EvaluationConfig, args, classifier=cli.config_from_args(ClassifierConfig, args),
+                                  classifier_train=cli.config_from_args(ClassifierTrainConfig, args))
     accelerator = make_accelerator(TrainConfig())
-    out = Path(args.out) if args.out else Path(args.output_root) / "evaluations" / time.strftime("%Y%m%d-%H%M%S")
-    report = evaluate(args.prior, args.tokenizer, output_root=args.output_root, out=out, overwrite=args.overwrite,
-                      n_samples=args.n_samples, batch_size=args.batch_size, seed=args.seed, label=args.label,
-                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                      guidance_scale=args.guidance_scale, classifier_config=classifier_config,
-                      classifier_train=classifier_train, device=accelerator.device,
-                      accelerator=accelerator)
+    out = cli.output_folder(args, "evaluations")
+    report = evaluate(args.prior, args.tokenizer, config, output_root=args.output_root, out=out,
+                      overwrite=args.overwrite, device=accelerator.device, accelerator=accelerator)
     if not accelerator.is_main_process:
         return
     f = report["figures"]

@@ -7,24 +7,22 @@
 """
 
 import functools
-import os
 import time
 from pathlib import Path
 
 import torch
 
 from pipelines import cli
-from store.images import DEBIAN_FASHION_MNIST_DIR, DataConfig, ImageDataset, load_images
-from store.runs import (check_resumable, create_run_dir, new_run_dir, remove_stale_temporaries, save_run_weights,
-                        write_json)
+from store.images import DataConfig, ImageDataset, load_images
+from store.runs import check_resumable, remove_stale_temporaries, save_run_weights, write_json
 from tokenizer import TokenizerConfig, TokenizerRun
+from tokenizer.encoding import dump
+from tokenizer.fit import (check_discriminator_start, save_reconstructions, tokenizer_step, tokenizer_weights,
+                           trained_module)
+from tokenizer.losses import TokenizerLossConfig
 from tokenizer.model import build_tokenizer_model
-from tokenizer.discriminator import TokenizerLossConfig
-from tokenizer.fit import (check_discriminator_start, dump, save_reconstructions, tokenizer_step,
-                           tokenizer_weights, trained_module)
 from tokenizer.run import DUMP_BATCH_SIZE
-from training import (TrainConfig, check_one_batch, decided_by_main, make_accelerator,
-                      mean_items_per_s, train)
+from training import TrainConfig, check_one_batch, make_accelerator, mean_items_per_s, open_run_dir, train
 
 DERIVED_FROM_DATA = ("image_channels", "image_size")
 # Peak learning rate 3e-3 beat 2e-3 at the same 15 epochs on Fashion-MNIST: test MSE 0.00352 vs 0.00360.
@@ -38,12 +36,10 @@ def build_parser():
     run = cli.add_run_flags(parser, "tokenizer", "other model, data and training flags are ignored")
     run.add_argument("--dump-only", metavar="RUN_DIR", default=None,
                      help="skip training: write the index maps again from a finished run's weights")
-    run.add_argument("--dump-batch-size", type=int, default=None,
+    run.add_argument("--dump-batch-size", type=cli.positive_int, default=None,
                      help=f"images per batch when dumping (default: {DUMP_BATCH_SIZE}; --dump-only: the run's own). "
                           "config.json keeps it: another batch size can flip the token of a near-tie")
-    # FASHION_MNIST_DIR in the environment moves the default (tests point it at small synthetic files).
-    cli.add_config_flags(parser, DataConfig, "data",
-                         defaults={"fashion_mnist_dir": os.environ.get("FASHION_MNIST_DIR", DEBIAN_FASHION_MNIST_DIR)})
+    cli.add_data_flags(parser)
     cli.add_config_flags(parser, TokenizerConfig, "model", skip=DERIVED_FROM_DATA)
     cli.add_config_flags(parser, TokenizerLossConfig, "loss (VQGAN's adversarial loss is off by default)")
     cli.add_config_flags(parser, TrainConfig, "training", defaults=TOKENIZER_TRAIN_DEFAULTS)
@@ -55,20 +51,11 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(None if argv is None else [str(a) for a in argv])
     if args.dump_only:
-        run_dir = Path(args.dump_only)
-        run = TokenizerRun.load(run_dir)
-        accelerator = make_accelerator(TrainConfig())
-        if accelerator.is_main_process:
-            remove_stale_temporaries(run_dir / "maps")
-        batch_size = run.dump_batch_size if args.dump_batch_size is None else args.dump_batch_size
-        _, results = dump(run_dir, run.data, batch_size, accelerator)
-        accelerator.print(f"index maps written to {run_dir / 'maps'}: {results}")
+        dump_again(Path(args.dump_only), args.dump_batch_size)
         return
-
     if args.resume:
-        run_dir = Path(args.resume)
-        check_resumable(run_dir)
-        run = TokenizerRun.load(run_dir)
+        check_resumable(args.resume)
+        run = TokenizerRun.load(args.resume)
     train_config = run.train if args.resume else cli.config_from_args(TrainConfig, args)
     accelerator = make_accelerator(train_config)
     data_config = run.data if args.resume else cli.config_from_args(DataConfig, args)
@@ -90,14 +77,8 @@ def main(argv=None):
     torch.manual_seed(run.train.seed)
     vqvae = build_tokenizer_model(run.model)
     model = trained_module(vqvae, run.loss)  # trained in place: vqvae holds the trained weights afterwards
-    if not args.resume:
-        run_dir = decided_by_main(accelerator, lambda: new_run_dir(args.output_root, "tokenizer", args.run_name))
-    if accelerator.is_main_process:
-        if args.resume:
-            remove_stale_temporaries(run_dir)  # what a killed writer left
-        else:
-            create_run_dir(run_dir, run.to_dict())
-    accelerator.wait_for_everyone()
+    run_dir = open_run_dir(accelerator, "tokenizer", run.to_dict(), resume_dir=args.resume and Path(args.resume),
+                           output_root=args.output_root, run_name=args.run_name)
 
     accelerator.print(f"tokenizer: {vqvae.num_parameters():,} parameters, grid {run.model.grid_size}x"
                       f"{run.model.grid_size}, {run.model.codebook_size} codes -> {run_dir}")
@@ -123,6 +104,16 @@ def main(argv=None):
         test = results["test"]
         accelerator.print(f"test MSE {test['mse']:.5f}, PSNR {test['psnr']:.2f} dB, perplexity "
                           f"{test['perplexity']:.1f}, codes used {100 * test['codes_used']:.1f}% -> {run_dir}")
+
+
+def dump_again(run_dir, batch_size=None):
+    """--dump-only: the maps of a finished run written again from its weights (at its own batch size unless told)."""
+    run = TokenizerRun.load(run_dir)
+    accelerator = make_accelerator(TrainConfig())
+    if accelerator.is_main_process:
+        remove_stale_temporaries(run_dir / "maps")
+    _, results = dump(run_dir, run.data, run.dump_batch_size if batch_size is None else batch_size, accelerator)
+    accelerator.print(f"index maps written to {run_dir / 'maps'}: {results}")
 
 
 if __name__ == "__main__":

@@ -8,112 +8,137 @@
 As a library: generation.ImageGenerator.load("checkpoints/prior/RUN").sample(16, temperature=0.9)
 """
 
+import contextlib
+import itertools
+import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from generation import ImageGenerator, ProgressBar
+from generation import ImageGenerator, ProgressBar, check_memory
 from pipelines import cli
 from store.images import read_image
-from store.index_maps import write_index_maps
+from store.index_maps import IndexMapWriter, record_index_maps
 from store.pictures import save_mosaic, save_pngs
-from store.runs import check_output_folder, newest_run, staged_folder, write_json
+from store.runs import check_disk_space, check_output_folder, newest_run, staged_folder, write_json
 from training import TrainConfig, make_accelerator
+
+NO_LABEL_ID = -1  # the label written beside a grid drawn with no class asked for
 
 
 def build_parser():
     parser = cli.ArgumentParser(prog="python -m pipelines.sample",
                                 description="Sample token grids from a prior, decode them, and write images.")
-    p = parser.add_argument
-    p("--prior", metavar="RUN_DIR", default=None,
-      help="prior run to sample from (default: the newest under OUTPUT_ROOT/prior)")
-    p("--output-root", default="checkpoints", help="where runs are found and samples go (default: checkpoints)")
-    p("--out", default=None, help="output folder (default: a new OUTPUT_ROOT/samples/<time>)")
-    p("--overwrite", action="store_true", help="replace --out if it exists already (default: refuse)")
-    # torchrun's own parser takes --n for an abbreviation of one of its flags: --num-samples there.
-    p("--n", "--num-samples", dest="n", type=int, default=64,
-      help="number of samples (default: 64); under torchrun write --num-samples")
-    p("--batch-size", type=int, default=64, help="grids sampled at once (default: 64)")
-    p("--seed", type=int, default=0, help="the same seed on the same device gives the same images (default: 0)")
+    cli.add_run_choice_flag(parser, "prior", "sample from", default="the newest under OUTPUT_ROOT/prior")
+    cli.add_output_root_flag(parser)
+    cli.add_output_flags(parser, "samples")
+    cli.add_sample_count_flag(parser, 64)
+    cli.add_batch_size_flag(parser, "grids sampled and decoded", 64)
     cli.add_sampling_flags(parser)
+    cli.add_mosaic_flag(parser)
+    p = parser.add_argument
     p("--complete", metavar="IMAGE", default=None,
       help="an image to complete: keep its first --keep-rows token rows and sample the rest")
-    p("--keep-rows", type=int, default=None, help="token rows of --complete to keep (default: half the grid)")
+    p("--keep-rows", type=cli.non_negative_int, default=None,
+      help="token rows of --complete to keep (default: half the grid)")
     p("--sampler", choices=["cached", "naive"], default="cached",
       help="cached: fast generation (Ramachandran et al. 2017); naive: the whole network per position; "
            "both give the same grids (default: cached)")
-    p("--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="through accelerate (default: no)")
+    cli.add_mixed_precision_flag(parser, "no")
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(None if argv is None else [str(a) for a in argv])
-    accelerator = make_accelerator(TrainConfig(mixed_precision=args.mixed_precision))
+    precision = TrainConfig(mixed_precision=args.mixed_precision)  # "auto" resolved for this machine
+    accelerator = make_accelerator(precision)
     device = accelerator.device
-    if args.n < 1:
-        raise ValueError(f"--n must be positive, not {args.n}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be positive, not {args.batch_size}")
+    if args.keep_rows is not None and not args.complete:
+        raise ValueError("--keep-rows needs --complete IMAGE")
     prior_dir = Path(args.prior) if args.prior else newest_run(args.output_root, "prior")
-    out = Path(args.out) if args.out else Path(args.output_root) / "samples" / time.strftime("%Y%m%d-%H%M%S")
-    check_output_folder(out, args.overwrite)
+    out = cli.output_folder(args, "samples")
     started = time.perf_counter()
     generator = ImageGenerator.load(prior_dir, device)
     tokenizer, run = generator.tokenizer, generator.run
+    check_output_folder(out, args.overwrite, inputs=[prior_dir, tokenizer.run_dir, args.complete])
+    n, batch_size = args.n_samples, args.batch_size
+    # Held at once: a batch, and the images of the mosaic. Written: a PNG per image, the tokens and labels.
+    check_memory(generator.batch_bytes(min(batch_size, n)) + args.mosaic * generator.bytes_per_sample(),
+                 f"a batch of {min(batch_size, n)} samples", "lower --batch-size")
+    token_bytes = sum(math.prod(shape) for shape in tokenizer.level_shapes.values()) * 2 + 8
+    check_disk_space(out.parent, n * token_bytes, n + 8, f"{n} samples",
+                     "sample fewer (--n), or write them elsewhere (--out)")
     completion, original = {}, None
     if args.complete:
         original = read_image(args.complete, *tokenizer.image_shape[:2]).to(device)
         keep_rows = tokenizer.grid_shape[0] // 2 if args.keep_rows is None else args.keep_rows
         encoded = tokenizer.encode(original)  # a pair (top, bottom) for a two-level tokenizer
-        prefix = tuple(level.expand(args.n, *level.shape[1:]) for level in encoded) if isinstance(encoded, tuple) \
-            else encoded.expand(args.n, *tokenizer.token_shape)
+        prefix = tuple(level.expand(n, *level.shape[1:]) for level in encoded) if isinstance(encoded, tuple) \
+            else encoded.expand(n, *tokenizer.token_shape)
         completion = {"prefix": prefix, "keep_rows": keep_rows}
-    elif args.keep_rows is not None:
-        raise ValueError("--keep-rows needs --complete IMAGE")
+    labels, settings = generator.request(n, args.label, temperature=args.temperature, top_k=args.top_k,
+                                         top_p=args.top_p, guidance_scale=args.guidance_scale)
     load_seconds = time.perf_counter() - started
 
-    bar = ProgressBar(desc="sample", unit="pos", dynamic_ncols=True, disable=not accelerator.is_main_process)
-    with accelerator.autocast():
-        started = time.perf_counter()
-        try:
-            tokens, labels, settings = generator.sample_tokens(
-                args.n, args.label, seed=args.seed, batch_size=args.batch_size, progress=bar, sampler=args.sampler,
-                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                guidance_scale=args.guidance_scale, accelerator=accelerator, **completion)
-        finally:
-            bar.close()
-        sample_seconds = time.perf_counter() - started
+    main_process = accelerator.is_main_process
+    bar = ProgressBar(desc="sample", unit="pos", dynamic_ncols=True, disable=not main_process)
+    shown = []  # the samples of the mosaic
+    seconds = {"load": load_seconds, "sample": 0.0, "write": 0.0}
     started = time.perf_counter()
-    images = generator.decode(tokens, args.batch_size, accelerator)
-    top, tokens = tokens if isinstance(tokens, tuple) else (None, tokens)  # the bottom grids, and the top's
-    decode_seconds = time.perf_counter() - started
-    if not accelerator.is_main_process:
-        return
-
-    with staged_folder(out, args.overwrite) as folder:
-        save_mosaic(folder / "grid.png",
-                    images if original is None else torch.cat([original.float().cpu() / 255, images]))
-        (folder / "images").mkdir()
-        save_pngs(folder / "images", images)
-        asked = np.full(len(tokens), -1, dtype=np.int64) if labels is None else labels.numpy()  # -1: no label
-        write_index_maps(folder / "tokens", "samples", tokens.cpu().numpy(), asked,
-                         tokenizer.map_metadata("samples", run.class_names),
-                         top=None if top is None else top.cpu().numpy())
+    with accelerator.autocast():
+        # Each batch is drawn, decoded and written (by the main process) before the next one: memory stays flat in
+        # --n. The first is drawn before the output folder is made: a setting generate() refuses writes nothing.
+        batches = generator.draw_batches(n, labels, settings, seed=args.seed, batch_size=batch_size, progress=bar,
+                                         accelerator=accelerator, decode=True, sampler=args.sampler, **completion)
+        try:
+            first = next(batches)
+        except BaseException:
+            bar.close()
+            raise
+    with staged_folder(out, args.overwrite) if main_process else contextlib.nullcontext() as folder:
+        with (IndexMapWriter(folder / "tokens", "samples", n, tokenizer.token_shape, tokenizer.codebook_size,
+                             tokenizer.level_shapes.get("top")) if main_process
+              else contextlib.nullcontext()) as writer, accelerator.autocast():
+            if main_process:
+                (folder / "images").mkdir()
+            try:
+                for start, tokens, images in itertools.chain([first], batches):
+                    written = time.perf_counter()
+                    if main_process:
+                        write_batch(folder, writer, start, tokens, images, labels)
+                        shown.append(images[:max(0, args.mosaic - sum(len(s) for s in shown))])
+                    seconds["write"] += time.perf_counter() - written
+            finally:
+                bar.close()
+            seconds["sample"] = time.perf_counter() - started - seconds["write"]
+        if not main_process:
+            return
+        # With --complete the original comes first.
+        save_mosaic(folder / "grid.png", torch.cat(shown if original is None else [original.float().cpu() / 255,
+                                                                                    *shown]))
+        record_index_maps(folder / "tokens", {"samples": writer.entry()},
+                          tokenizer.map_metadata("samples", run.class_names))
         write_json(folder / "sample.json", {
             "prior_run": str(prior_dir.resolve()), "tokenizer_run": str(tokenizer.run_dir.resolve()),
-            "n": args.n, "batch_size": args.batch_size, "seed": args.seed, "device": str(device),
-            "mixed_precision": args.mixed_precision, "label": args.label,
-            "label_name": None if labels is None or args.label is None else run.class_names[int(labels[0])],
-            "class_counts": None if labels is None
-            else np.bincount(labels.numpy(), minlength=len(run.class_names)).tolist(),
+            "n": n, "batch_size": batch_size, "seed": args.seed, "device": str(device),
+            "mixed_precision": precision.mixed_precision, "label": args.label,
+            "label_name": None if labels is None or args.label is None else run.class_names[int(labels[0:1][0])],
+            "class_counts": None if labels is None else labels.counts(),
             **settings, "sampler": args.sampler, "complete": args.complete,
-            "keep_rows": completion.get("keep_rows", 0),
-            "seconds": {"load": load_seconds, "sample": sample_seconds, "decode": decode_seconds},
-            "grids_per_s": args.n / max(sample_seconds, 1e-9)})
-    accelerator.print(f"{args.n} samples in {sample_seconds:.2f} s ({args.n / max(sample_seconds, 1e-9):.0f} grids/s) "
-                      f"-> {out}/grid.png")
+            "keep_rows": completion.get("keep_rows", 0), "seconds": seconds,
+            "grids_per_s": n / max(seconds["sample"], 1e-9)})
+    print(f"{n} samples in {seconds['sample']:.2f} s ({n / max(seconds['sample'], 1e-9):.0f} grids/s, decoded) "
+          f"-> {out}/grid.png")
+
+
+def write_batch(folder, writer, start, tokens, images, labels):
+    """A batch of samples into the folder: its PNGs (images/<index>.png), its tokens and the labels asked for
+    (NO_LABEL_ID where none was) into the index maps."""
+    save_pngs(folder / "images", images, first=start)
+    top, bottom = tokens if isinstance(tokens, tuple) else (None, tokens)
+    asked = torch.full((len(bottom),), NO_LABEL_ID) if labels is None else labels[start:start + len(bottom)]
+    writer.write(bottom.numpy(), asked.numpy(), None if top is None else top.numpy())
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from einops import rearrange
 
 from prior.layers import as_map, bias_at, bias_of_position
 from prior.model import TwoLevelPrior
+from prior.sampling import ClassLabels, check_count, is_int, settings_for
 
 SAMPLERS = ("naive", "cached")
 
@@ -181,10 +182,6 @@ def _pick(logits, uniform, temperature, top_k, top_p):
     return token.clamp_(max=logits.shape[-1] - 1)
 
 
-def _is_int(x):
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
 def _is_real(x):
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
@@ -208,14 +205,6 @@ def _check_tokens(name, tokens, codebook_size):
                          f"{tokens.min().item()}..{tokens.max().item()}")
 
 
-def check_count(n, batch_size=None):
-    """One ValueError for a number of grids that is not a positive integer, or such a batch size (None: all n)."""
-    if not _is_int(n) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
-        raise ValueError(f"batch size must be positive, not {batch_size!r}")
-
-
 def check_args(model, n, labels=None, temperature=1.0, top_k=None, top_p=None, guidance_scale=1.0, prefix=None,
                keep_rows=0, sampler="cached", progress=None, generator=None, batch_size=None, condition=None):
     """Raise one ValueError for the first bad argument; return labels (n,) or None, prefix (n, *token_shape) or
@@ -227,7 +216,7 @@ def check_args(model, n, labels=None, temperature=1.0, top_k=None, top_p=None, g
     check_count(n, batch_size)
     if not _is_real(temperature) or not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if top_k is not None and (not _is_int(top_k) or not 1 <= top_k <= k):
+    if top_k is not None and (not is_int(top_k) or not 1 <= top_k <= k):
         raise ValueError(f"top_k must be an integer in 1..{k} (the codebook size) or None, got {top_k!r}")
     if top_p is not None and (not _is_real(top_p) or not 0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
@@ -236,7 +225,7 @@ def check_args(model, n, labels=None, temperature=1.0, top_k=None, top_p=None, g
     if labels is not None:
         if not classes:
             raise ValueError("labels given to an unconditional prior (num_classes = 0)")
-        labels = torch.as_tensor(labels)
+        labels = labels[:] if isinstance(labels, ClassLabels) else torch.as_tensor(labels)
         if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
             raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
         if labels.dim() == 0:
@@ -251,7 +240,7 @@ def check_args(model, n, labels=None, temperature=1.0, top_k=None, top_p=None, g
             raise ValueError(f"guidance_scale must be 1 for an unconditional prior, got {guidance_scale}")
         if labels is None:
             raise ValueError(f"guidance_scale {guidance_scale} needs labels to guide towards")
-    if not _is_int(keep_rows) or not 0 <= keep_rows <= h:
+    if not is_int(keep_rows) or not 0 <= keep_rows <= h:
         raise ValueError(f"keep_rows must be an integer in 0..{h} (the grid height), got {keep_rows!r}")
     if keep_rows and prefix is None:
         raise ValueError(f"keep_rows = {keep_rows} needs a prefix to keep the rows of")
@@ -275,17 +264,19 @@ def check_args(model, n, labels=None, temperature=1.0, top_k=None, top_p=None, g
 
 
 @torch.no_grad()
-def generate(model, n, *, labels=None, temperature=1.0, top_k=None, top_p=None, guidance_scale=1.0,
+def generate(model, n, *, labels=None, temperature=None, top_k=None, top_p=None, guidance_scale=None,
              prefix=None, keep_rows=0, sampler="cached", generator=None, batch_size=None, progress=None,
              condition=None):
     """Sample n token grids (n, grid_height, grid_width[, depth]) from a Prior, on the model's device: the one
     generation entry point (every sampler, setting and batch size goes through here, and is checked once).
 
-    labels: an int or (n,) class ids in 0..num_classes - 1 for a conditional prior; None samples it with
-        "no label". guidance_scale s: logits = uncond + s * (cond - uncond), the classifier-free guidance of
+    labels: an int, (n,) class ids in 0..num_classes - 1 or ClassLabels, for a conditional prior; None samples it
+        with "no label". guidance_scale s: logits = uncond + s * (cond - uncond), the classifier-free guidance of
         Ho & Salimans 2022; s = 1 is plain conditional sampling.
     temperature divides the logits; top_k keeps the k likeliest tokens; top_p keeps the smallest set of
         likeliest tokens whose mass reaches top_p (nucleus sampling). Filters apply after guidance.
+    Settings left None take SamplingConfig's defaults (prior/sampling.py), guidance only where labels are given:
+        generate() draws what `python -m pipelines.sample` draws.
     prefix (n, *token_shape) or token_shape and keep_rows R: the first R rows are copied from prefix and only
         the rest is sampled; prefix rows from R on are not read.
     sampler: 'cached' (fast) or 'naive' (the reference); both give the same grids for the same generator.
@@ -300,25 +291,34 @@ def generate(model, n, *, labels=None, temperature=1.0, top_k=None, top_p=None, 
     them, with the same labels and settings; prefix is then a pair (top, bottom) and keep_rows counts bottom rows
     (the top keeps the rows those cover whole).
     """
+    settings = settings_for(labels, temperature=temperature, top_k=top_k, top_p=top_p, guidance_scale=guidance_scale)
     if isinstance(model, TwoLevelPrior):
-        return _generate_two_levels(model, n, labels=labels, temperature=temperature, top_k=top_k, top_p=top_p,
-                                    guidance_scale=guidance_scale, prefix=prefix, keep_rows=keep_rows,
-                                    sampler=sampler, generator=generator, batch_size=batch_size, progress=progress,
-                                    condition=condition)
+        return _generate_two_levels(model, n, labels=labels, prefix=prefix, keep_rows=keep_rows, sampler=sampler,
+                                    generator=generator, batch_size=batch_size, progress=progress,
+                                    condition=condition, **settings)
+    temperature, top_k, top_p, guidance_scale = (settings[name] for name in ("temperature", "top_k", "top_p",
+                                                                             "guidance_scale"))
     labels, prefix, condition = check_args(model, n, labels, temperature, top_k, top_p, guidance_scale, prefix,
                                             keep_rows, sampler, progress, generator, batch_size, condition)
     batch_size = batch_size or n
-    positions = (model.config.grid_height - keep_rows) * model.config.grid_width
-    total = math.ceil(n / batch_size) * positions
+    batches = math.ceil(n / batch_size)
     grids = []
     for first, start in enumerate(range(0, n, batch_size)):
         size = min(batch_size, n - start)
-        report = None if progress is None else (lambda done, offset=first * positions: progress(offset + done, total))
+        report = batch_progress(progress, first, batches)
         grids.append(_generate_batch(
             model, size, None if labels is None else labels[start:start + size],
             None if prefix is None else prefix[start:start + size], keep_rows, temperature, top_k, top_p,
             guidance_scale, sampler, generator, report, None if condition is None else condition[start:start + size]))
     return torch.cat(grids)
+
+
+def batch_progress(progress, batch, batches):
+    """The progress callback of batch number `batch` of `batches` alike: its (done, total) within the batch is
+    reported as progress(batch * total + done, batches * total), one count over all of them (None: no progress)."""
+    if progress is None:
+        return None
+    return lambda done, total: progress(batch * total + done, batches * total)
 
 
 def _generate_two_levels(model, n, *, prefix, keep_rows, progress, condition, **settings):
@@ -333,7 +333,7 @@ def _generate_two_levels(model, n, *, prefix, keep_rows, progress, condition, **
         raise ValueError(f"progress must be a callable progress(done, total) or None, got {progress!r}")
     size = settings["batch_size"] or n
     # (The arguments themselves are checked by each level's generate(); a bad n or batch size stops there.)
-    batches = math.ceil(n / size) if _is_int(n) and n > 0 and _is_int(size) and size > 0 else 0
+    batches = math.ceil(n / size) if is_int(n) and n > 0 and is_int(size) and size > 0 else 0
     top_positions = batches * (top_config.grid_height - top_keep) * top_config.grid_width
     total = top_positions + batches * (config.grid_height - keep_rows) * config.grid_width
 
@@ -348,7 +348,7 @@ def _generate_two_levels(model, n, *, prefix, keep_rows, progress, condition, **
 
 def _generate_batch(model, n, labels, prefix, keep_rows, temperature, top_k, top_p, guidance_scale, sampler,
                     generator, progress, condition):
-    """One batch of generate(), its arguments already checked; progress(done positions of this batch)."""
+    """One batch of generate(), its arguments already checked; progress(done, total positions of this batch)."""
     config = model.config
     h, w, depth = config.grid_height, config.grid_width, config.depth
     device = model.embed.weight.device
@@ -382,7 +382,7 @@ def _generate_batch(model, n, labels, prefix, keep_rows, temperature, top_k, top
                 tokens[:, i, j, level] = _pick(logits, uniforms[:, i, j, level], temperature, top_k, top_p)
                 state.write(i, j, tokens[:, i, j].repeat(2, 1) if guided else tokens[:, i, j], level == depth - 1)
             if progress is not None:
-                progress(done + 1)
+                progress(done + 1, total)
     finally:
         model.train(was_training)
     return tokens if depth > 1 else tokens.squeeze(-1)

@@ -19,6 +19,8 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "test")
+# The data sets known by name; any other images are read as folder:PATH.
+DATASETS = ("fashion-mnist", "mnist", "cifar10")
 
 
 @dataclass
@@ -28,9 +30,17 @@ class DataConfig:
                 "or folder:PATH (any folder of images; every tenth file, sorted by path, is the test split)"})
     data_dir: str = field(default="data", metadata={"help": "where mnist and cifar10 are downloaded to"})
     image_size: int = field(default=0, metadata={
-        "help": "resize every image to this size, square (0: the data set's own size, 28 for folders)"})
+        "help": "resize every image to this size, square (0: as they are needed: to train, the data set's own size, "
+                "28 for folders; to encode, the size the tokenizer takes)"})
     fashion_mnist_dir: str = field(default=DEBIAN_FASHION_MNIST_DIR, metadata={
         "help": "the folder of the Fashion-MNIST .gz files (train-images-idx3-ubyte.gz ...)"})
+
+
+    def sources(self):
+        """The paths reading this data set reads: its folder, or where its files are kept."""
+        if self.dataset.startswith("folder:"):
+            return [Path(self.dataset[len("folder:"):])]
+        return [Path(self.fashion_mnist_dir if self.dataset == "fashion-mnist" else self.data_dir)]
 
 
 @dataclass
@@ -70,12 +80,12 @@ def load_images(config, split, lazy=False, channels=None):
         raise ValueError(f"--image-size must be positive (or 0: the data set's own size), not {config.image_size}")
     if name == "fashion-mnist":
         return resized(_read_fashion_mnist(Path(config.fashion_mnist_dir), split), config.image_size)
-    if name in ("mnist", "cifar10"):
+    if name in DATASETS:  # the others, through torchvision
         return resized(_read_torchvision(name, split, config.data_dir), config.image_size)
     if name.startswith("folder:"):
         images = _read_folder(Path(name[len("folder:"):]), split, config.image_size or 28, channels)
         return images if lazy else ImageSet(images[:], images.labels, images.class_names)
-    raise ValueError(f"unknown dataset {name!r}: use fashion-mnist, mnist, cifar10 or folder:PATH")
+    raise ValueError(f"unknown dataset {name!r}: use {', '.join(DATASETS)} or folder:PATH")
 
 
 def resized(image_set, size, chunk=4096):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from store.runs import atomic_path, file_sha256, write_json
+from store.runs import atomic_path, file_sha256, read_json, write_json
 
 
 def smallest_uint_dtype(codebook_size):
@@ -212,3 +212,112 @@ class MapDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         item = torch.from_numpy(self.maps[i].astype(np.int64)), int(self.labels[i])
         return item if self.top is None else (*item, torch.from_numpy(self.top[i].astype(np.int64)))
+
+
+# Token files other than a folder's own maps: the sources list of an encoded folder, and plain token arrays --------
+
+
+def sources_text(paths):
+    """The bytes of a <split>_sources.txt: the split's image paths (relative to the folder encoded), one per line,
+    so that token row i is the image on line i. A path that would break the lines is refused (before any work)."""
+    for path in paths:
+        if "\n" in path or "\r" in path:
+            raise ValueError(f"image file name {path!r} holds a line break: rename it to list it in a sources file")
+    return "".join(f"{path}\n" for path in paths).encode("utf-8", "surrogateescape")
+
+
+def write_sources(directory, split, data):
+    """<split>_sources.txt holding sources_text's bytes; returns the split's meta.json entry for it."""
+    name = f"{split}_sources.txt"
+    with atomic_path(Path(directory) / name) as tmp:
+        Path(tmp).write_bytes(data)
+    return {"sources": {"file": name, "sha256": hashlib.sha256(data).hexdigest()}}
+
+
+def read_sources(directory, split):
+    """The image paths of a split that pipelines.encode wrote from a folder, row for row, checked against the hash
+    meta.json records."""
+    index_maps = read_index_maps(directory, split)
+    entry = index_maps.meta["splits"][split].get("sources")
+    if entry is None:
+        raise ValueError(f"the {split!r} split of {directory} lists no sources (it was not encoded from a folder)")
+    path = Path(directory) / entry["file"]
+    if not path.exists() or file_sha256(path) != entry["sha256"]:
+        raise ValueError(f"sources file {path} is missing or does not match its recorded SHA-256")
+    return path.read_bytes().decode("utf-8", "surrogateescape").splitlines()
+
+
+NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
+
+
+def read_plain_tokens(path, shape, codebook_size, name="token file"):
+    """A plain .npy of token maps (n, *shape) in 0..codebook_size - 1, memory-mapped; any other file (a .npz, a
+    picture, a pickle, floats, another shape or range) is one ValueError that says what was expected."""
+    path = Path(path)
+    expected = f"a .npy array of integer tokens (n, {', '.join(map(str, shape))})"
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(NPY_MAGIC))
+    except OSError as error:
+        raise ValueError(f"{name} {path} cannot be read ({error.strerror or error}): {expected} is expected") from None
+    if magic.startswith(ZIP_MAGIC):
+        raise ValueError(f"{name} {path} is a .npz archive, and {expected} is expected: save the array alone with "
+                         "numpy.save(path, numpy.load(archive)[name])")
+    if magic != NPY_MAGIC:
+        raise ValueError(f"{name} {path} is not a .npy file: {expected} is expected")
+    try:
+        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise ValueError(f"{name} {path} is not a readable .npy file of integers ({error})") from None
+    if tokens.dtype.kind not in "ui":
+        raise ValueError(f"{name} {path} holds {tokens.dtype}, not integers: {expected} is expected")
+    if tokens.shape[1:] != tuple(shape) or tokens.ndim != 1 + len(shape):
+        raise ValueError(f"{name} {path} has shape {tokens.shape}, the tokenizer takes "
+                         f"(n, {', '.join(map(str, shape))})")
+    if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= codebook_size):
+        raise ValueError(f"{name} {path} holds tokens {int(tokens.min())}..{int(tokens.max())}, outside the "
+                         f"codebook's 0..{codebook_size - 1}")
+    return tokens
+
+
+def read_token_levels(path, level_shapes, codebook_size, weights_sha256, split=None, top_path=None):
+    """The token maps at path for a tokenizer (its level_shapes {"top"?, "bottom"}, codebook size and weights'
+    SHA-256), as a list per level, top first, of memory-mapped arrays, and a description of where they came from.
+
+    path: a folder of index maps (split: which one, needed when it holds several), one of its <split>_maps.npy
+    files, or a plain .npy (read_plain_tokens; top_path: the top maps of a two-level tokenizer, row for row).
+    Maps that other weights made are refused."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"token file or folder {path} does not exist")
+    folder = path if path.is_dir() else path.parent
+    meta_path = folder / "meta.json"
+    if path.is_dir() and not meta_path.exists():
+        raise ValueError(f"no index maps in {folder} (meta.json missing)")
+    # The splits of the maps folder the tokens are, or lie in; a plain .npy has none.
+    splits = read_json(meta_path).get("splits", {}) if meta_path.exists() else {}
+    if not path.is_dir():  # one of a maps folder's files: which split is it?
+        split = next((name for name, entry in splits.items() if entry.get("maps", {}).get("file") == path.name), None)
+    if split is not None or path.is_dir():
+        if top_path:
+            raise ValueError("top maps go with a plain .npy; a folder of index maps holds its own top maps")
+        if split is None:
+            if len(splits) != 1:
+                raise ValueError(f"{folder} holds the splits {', '.join(splits) or 'none'}: choose one with --split")
+            split = next(iter(splits))
+        maps = read_index_maps(folder, split)
+        if maps.meta["weights_sha256"] != weights_sha256:
+            raise ValueError(f"the maps in {folder} were made by other tokenizer weights than the tokenizer's "
+                             "(SHA-256 differs)")
+        return ([maps.maps] if maps.top is None else [maps.top, maps.maps]), f"{folder} ({split})"
+    bottom = read_plain_tokens(path, level_shapes["bottom"], codebook_size)
+    if "top" not in level_shapes:
+        if top_path:
+            raise ValueError("top maps given for a tokenizer with one level of codes")
+        return [bottom], str(path)
+    if not top_path:
+        raise ValueError("the tokenizer has two levels of codes: give the top maps too (--top-tokens)")
+    top = read_plain_tokens(top_path, level_shapes["top"], codebook_size, "top token file")
+    if len(top) != len(bottom):
+        raise ValueError(f"{len(top)} top maps and {len(bottom)} bottom maps: they must pair row for row")
+    return [top, bottom], f"{path} (top: {top_path})"

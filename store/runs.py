@@ -203,11 +203,34 @@ def refuse_existing(path, overwrite=False, exists="pass --overwrite or another -
         raise ValueError(f"{path} exists already: {exists}")
 
 
-def check_output_folder(path, overwrite=False):
-    """Before any work: a one-line ValueError when the output folder path exists (unless overwrite) or nothing
-    could be written where it goes."""
+def check_output_folder(path, overwrite=False, inputs=()):
+    """Before any work: a one-line ValueError when the output folder path is, lies inside or holds one of the
+    inputs (what the command reads: overwrite or not, a command never replaces or deletes its own input), is a
+    file, exists (unless overwrite), or lies where nothing could be written."""
+    out = Path(path).resolve()
+    for source in inputs:
+        if source is None:
+            continue
+        read = Path(source).resolve()
+        if out == read or read in out.parents or out in read.parents:
+            relation = "is" if out == read else "lies inside" if read in out.parents else "holds"
+            raise ValueError(f"--out {path} {relation} {source}, which this command reads: choose another --out")
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ValueError(f"--out {path} is a file, not a folder: choose another --out")
     refuse_existing(path, overwrite)
     check_can_write_in(Path(path).parent)
+
+
+def check_disk_space(folder, needed, files, what, advice):
+    """A one-line ValueError when `files` new files holding `needed` bytes in all (of `what`) cannot fit in the
+    file system of folder (made if need be): its free bytes (each file takes at least one block) or free inodes."""
+    existing = next(p for p in (Path(folder), *Path(folder).parents) if p.exists())
+    stats = os.statvfs(existing)
+    free, free_files = stats.f_bavail * stats.f_frsize, stats.f_favail
+    needed = max(needed, files * stats.f_frsize)
+    if needed > free or (stats.f_files and files > free_files):
+        raise ValueError(f"{what} need at least {needed:,} bytes in {files:,} files in {existing}, where "
+                         f"{free:,} bytes and {free_files:,} files are free: {advice}")
 
 
 @contextlib.contextmanager

@@ -5,10 +5,12 @@ end-of-image id (the two ids after the codebook's: offset + codebook_size and of
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from store.index_maps import smallest_uint_dtype
+from store.index_maps import read_index_maps, smallest_uint_dtype
+from store.runs import file_sha256
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,18 @@ class SequenceLayout:
     @property
     def length(self):
         return sum(int(np.prod(shape)) for shape in self.level_shapes) + (2 if self.begin_end_ids else 0)
+
+    @classmethod
+    def of_maps(cls, meta):
+        """The layout that meta.json of a maps folder describes under "sequences" (pipelines.encode --sequences)."""
+        described = meta.get("sequences")
+        if not described:
+            raise ValueError("these index maps have no sequences beside them (encode them with --sequences)")
+        depth = (meta.get("depth", 1),) if meta.get("depth", 1) > 1 else ()
+        shapes = [(meta["grid_height"], meta["grid_width"], *depth)]
+        if meta.get("levels", 1) == 2:
+            shapes.insert(0, (meta["top_grid_height"], meta["top_grid_width"], *depth))
+        return cls(meta["codebook_size"], tuple(shapes), described["vocab_offset"], described["begin_id"] is not None)
 
     def describe(self):
         """What meta.json records of the sequences."""
@@ -86,3 +100,31 @@ class SequenceLayout:
             start += size
         return levels
 
+
+
+class SequenceWriter:
+    """An IndexMapWriter that also writes each batch's sequences in a layout beside its maps; the writer must have
+    been made with extra={"sequences": (layout.dtype, (layout.length,))}."""
+
+    def __init__(self, writer, layout):
+        self.writer, self.layout = writer, layout
+
+    def write(self, maps, labels, top=None):
+        levels = [maps] if top is None else [top, maps]
+        self.writer.write(maps, labels, top, extra={"sequences": self.layout.to_sequences(levels)})
+
+
+def read_sequences(directory, split):
+    """(the split's sequences (n, length), memory-mapped, checked against their recorded SHA-256; their
+    SequenceLayout) of a folder that pipelines.encode --sequences wrote."""
+    index_maps = read_index_maps(directory, split)
+    layout = SequenceLayout.of_maps(index_maps.meta)
+    entry = index_maps.meta["splits"][split].get("sequences")
+    path = Path(directory) / entry["file"] if entry else None
+    if path is None or not path.exists() or file_sha256(path) != entry["sha256"]:
+        raise ValueError(f"the sequences of the {split!r} split in {directory} are missing or do not match their "
+                         "recorded SHA-256")
+    sequences = np.load(path, mmap_mode="r", allow_pickle=False)
+    if sequences.shape != (len(index_maps.maps), layout.length):
+        raise ValueError(f"{path} has shape {sequences.shape}, not ({len(index_maps.maps)}, {layout.length})")
+    return sequences, layout

@@ -1,6 +1,7 @@
 """Small data made on the spot: tests never need the internet or the full data sets."""
 
 import gzip
+import itertools
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -70,8 +72,6 @@ def make_fashion_dir(directory, n_train=256, n_test=64):
 @pytest.fixture(scope="module")
 def one_thread():
     """Tensors in the prior tests are tiny: on a CPU shared with other jobs a second OpenMP thread mostly waits."""
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -132,8 +132,6 @@ def resume_matches_uninterrupted(module, flags, stage_dir, files=("model.safeten
     import importlib
     import signal
 
-    import torch
-
     killed, whole = Path(stage_dir) / "killed", Path(stage_dir) / "whole"
     # The killed process computes at this process's thread count: on some CPUs (AVX2) oneDNN's convolution weight
     # gradients sum in a thread-dependent order, and the resume and the uninterrupted run happen in this process.
@@ -150,7 +148,6 @@ def resume_matches_uninterrupted(module, flags, stage_dir, files=("model.safeten
 
 def assert_same_weights(path_a, path_b):
     from safetensors.torch import load_file
-    import torch
 
     a, b = load_file(path_a), load_file(path_b)
     assert a.keys() == b.keys()
@@ -187,3 +184,61 @@ def run_in_process(main, args, capsys):
         status = exit_.code
     captured = capsys.readouterr()
     return status, captured.out.strip().splitlines(), captured.err.strip().splitlines()
+
+
+# Small priors for the sampling tests ------------------------------------------------------------------------
+
+def small_prior(arch="gated", h=7, w=7, num_classes=0, seed=0, **overrides):
+    """A small untrained prior whose logits vary enough that a wrong cache would change the samples."""
+    from prior import Prior, PriorConfig
+
+    torch.manual_seed(seed)
+    config = dict(arch=arch, codebook_size=16, grid_height=h, grid_width=w, embed_dim=8, hidden_channels=16,
+                  num_layers=3, first_kernel_size=5, kernel_size=3, num_classes=num_classes)
+    model = Prior(PriorConfig(**{**config, **overrides}))
+    with torch.no_grad():
+        model.head[-1].weight.mul_(4)
+    return model
+
+
+def seeded(seed=1):
+    return torch.Generator().manual_seed(seed)
+
+
+def conditioned_prior(arch, num_classes=0, h=7, w=7, top=(4, 4), seed=0):
+    """A small untrained prior conditioned on a token map (a two-level run's bottom prior), and maybe on classes."""
+    from prior import Prior, PriorConfig
+
+    torch.manual_seed(seed)
+    return Prior(PriorConfig(arch=arch, codebook_size=16, grid_height=h, grid_width=w, embed_dim=8,
+                             hidden_channels=16, num_layers=3, first_kernel_size=5, kernel_size=3,
+                             num_classes=num_classes, condition_codebook_size=8, condition_height=top[0],
+                             condition_width=top[1]))
+
+
+# A reference classifier that trains in under a second on the 256 synthetic images, to ~84% test accuracy.
+TINY_CLASSIFIER_FLAGS = ["--width", "8", "--feature-dim", "16", "--classifier-epochs", "12",
+                         "--classifier-batch-size", "32", "--classifier-learning-rate", "5e-3"]
+
+
+# Mask geometry: which inputs an output reads -------------------------------------------------------------
+
+def from_offsets(offsets, h, w):
+    """dep[p, q] for a model whose output at (i, j) reads exactly the inputs (i + dy, j + dx), (dy, dx) in offsets."""
+    dep = torch.zeros(h * w, h * w, dtype=torch.bool)
+    for i, j in itertools.product(range(h), range(w)):
+        for dy, dx in offsets:
+            if 0 <= i + dy < h and 0 <= j + dx < w:
+                dep[i * w + j, (i + dy) * w + j + dx] = True
+    return dep
+
+
+def masked_offsets(kernel_size, mask_type):
+    """The taps a kxk mask keeps, as offsets from the centre: rows above in full, the centre row to the left."""
+    p = kernel_size // 2
+    above = {(dy, dx) for dy in range(-p, 0) for dx in range(-p, p + 1)}
+    return above | {(0, dx) for dx in range(-p, 1 if mask_type == "B" else 0)}
+
+
+def minkowski_sum(a, b):
+    return {(ay + by, ax + bx) for ay, ax in a for by, bx in b}

@@ -281,7 +281,8 @@ COMMAND_CASES = [
     Case("prior-output-root-under-a-file", PRIOR, "not a directory",
          lambda w, d: [*prior_args(w, d), "--output-root", a_file(d) / "sub"]),
     # sample
-    Case("sample-n-zero", SAMPLE, "--n must be positive", lambda w, d: sample_args(w, d, "--n", "0")),
+    Case("sample-n-zero", SAMPLE, "--n/--num-samples/--n-samples: must be a positive integer, not 0",
+         lambda w, d: sample_args(w, d, "--n", "0")),
     Case("sample-negative-temperature", SAMPLE, "temperature must be a finite number > 0",
          lambda w, d: sample_args(w, d, "--temperature", "-0.5")),
     Case("sample-top-k-above-codebook", SAMPLE, "top_k must be an integer in 1..32",
@@ -293,7 +294,7 @@ COMMAND_CASES = [
     Case("sample-tokenizer-changed", SAMPLE, "changed since the prior", _tokenizer_changed_under_prior),
     Case("sample-pickled-prior", SAMPLE, "not a readable safetensors file", _pickled_prior),
     # evaluate (only what it refuses before any work)
-    Case("evaluate-negative-samples", EVAL, "n must be a positive integer, got -5",
+    Case("evaluate-negative-samples", EVAL, "--n-samples: must be a positive integer, not -5",
          lambda w, d: eval_args(w, d, "--prior", w.prior, "--n-samples", "-5")),
     Case("evaluate-out-under-a-file", EVAL, "not a directory",
          lambda w, d: eval_args(w, d, "--prior", w.prior, "--out", a_file(d) / "sub")),

@@ -1,10 +1,9 @@
-"""prior.model and prior.layers: masks hide the future, the gated body has no blind spot (the pixelcnn body has the
-known one, exactly where the masks predict), the model learns a deterministic rule, configs are checked; and
+"""prior.model: the gated body has no blind spot (the pixelcnn body has the known one, exactly where the masks
+predict; the masks themselves: test_prior_layers.py), the model learns a deterministic rule, configs are checked; and
 several tokens per position (a residual quantizer's levels), ordered as PixelCNN orders R, G, B: level g at
 position p depends on every level of every earlier position and on levels 0..g-1 of p, nothing else."""
 
 import dataclasses
-import itertools
 import json
 import math
 
@@ -13,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY_TOKENIZER, logits_and_embedding
+from conftest import (TINY_TOKENIZER, conditioned_prior, from_offsets, logits_and_embedding, masked_offsets,
+                      minkowski_sum)
 from generation import ImageGenerator
 from pipelines import fit_prior, fit_tokenizer, sample
 from prior import Prior, PriorConfig, generate
-from prior.layers import MaskedConv2d
 from store.index_maps import read_index_maps
 from tokenizer import Tokenizer
 
@@ -51,72 +50,10 @@ def strictly_before(h, w):
     return torch.ones(h * w, h * w, dtype=torch.bool).tril(diagonal=-1)
 
 
-def from_offsets(offsets, h, w):
-    """dep[p, q] for a model whose output at (i, j) reads exactly the inputs (i + dy, j + dx), (dy, dx) in offsets."""
-    dep = torch.zeros(h * w, h * w, dtype=torch.bool)
-    for i, j in itertools.product(range(h), range(w)):
-        for dy, dx in offsets:
-            if 0 <= i + dy < h and 0 <= j + dx < w:
-                dep[i * w + j, (i + dy) * w + j + dx] = True
-    return dep
-
-
-def masked_offsets(kernel_size, mask_type):
-    """The taps a kxk mask keeps, as offsets from the centre: rows above in full, the centre row to the left."""
-    p = kernel_size // 2
-    above = {(dy, dx) for dy in range(-p, 0) for dx in range(-p, p + 1)}
-    return above | {(0, dx) for dx in range(-p, 1 if mask_type == "B" else 0)}
-
-
-def minkowski_sum(a, b):
-    return {(ay + by, ax + bx) for ay, ax in a for by, bx in b}
-
-
 def tiny(seed=0, **overrides):
     torch.manual_seed(seed)
     base = dict(codebook_size=11, embed_dim=6, hidden_channels=16, first_kernel_size=3, kernel_size=3)
     return Prior(PriorConfig(**{**base, **overrides}))
-
-
-# ---------------------------------------------------------------------------------------------- masks
-
-
-def test_mask_a_hides_the_centre_and_b_shows_it():
-    expected_a = torch.tensor([[1, 1, 1, 1, 1],
-                               [1, 1, 1, 1, 1],
-                               [1, 1, 0, 0, 0],
-                               [0, 0, 0, 0, 0],
-                               [0, 0, 0, 0, 0]], dtype=torch.float)
-    expected_b = expected_a.clone()
-    expected_b[2, 2] = 1
-    assert torch.equal(MaskedConv2d(2, 3, 5, "A").mask[0, 0], expected_a)
-    assert torch.equal(MaskedConv2d(2, 3, 5, "B").mask[0, 0], expected_b)
-    assert torch.equal(MaskedConv2d(2, 3, (1, 5), "A").mask[0, 0], torch.tensor([[1.0, 1, 0, 0, 0]]))
-    assert torch.equal(MaskedConv2d(2, 3, (1, 5), "B").mask[0, 0], torch.tensor([[1.0, 1, 1, 0, 0]]))
-
-
-def test_mask_is_a_derived_buffer_and_the_weight_is_never_masked_in_place():
-    conv = MaskedConv2d(2, 3, 3, "A")
-    assert "mask" in dict(conv.named_buffers()) and "mask" not in conv.state_dict()
-    before = conv.weight.detach().clone()
-    conv(torch.randn(1, 2, 4, 4)).sum().backward()
-    assert torch.equal(conv.weight, before)
-    assert (conv.weight[:, :, 1, 1] != 0).all()  # the hidden centre tap still holds its own value
-    assert (conv.weight.grad * (1 - conv.mask) == 0).all()  # hidden taps get no gradient
-
-
-@pytest.mark.parametrize("mask_type", ["A", "B"])
-@pytest.mark.parametrize("kernel_size", [3, 5])
-def test_masked_conv_reads_exactly_its_mask(mask_type, kernel_size):
-    h, w = 5, 6
-    conv = MaskedConv2d(3, 4, kernel_size, mask_type).double()
-    x = torch.randn(h * w, 3, h, w, dtype=torch.double, requires_grad=True)
-    out = conv(x).flatten(2)[torch.arange(h * w), :, torch.arange(h * w)]  # output position p of copy p
-    out.sum().backward()
-    dep = x.grad.abs().sum(1).flatten(1) != 0
-    assert torch.equal(dep, from_offsets(masked_offsets(kernel_size, mask_type), h, w))
-    diagonal = dep.diagonal()
-    assert not diagonal.any() if mask_type == "A" else diagonal.all()
 
 
 # ------------------------------------------------------------------------------------------ causality
@@ -374,19 +311,11 @@ def test_residual_pipeline_end_to_end(fashion_dir, tmp_path):
 # --------------------------------------------------------------------------------- conditioned on a token map
 
 
-def conditioned(arch, num_classes=0, h=7, w=7, top=(4, 4), seed=0):
-    torch.manual_seed(seed)
-    return Prior(PriorConfig(arch=arch, codebook_size=16, grid_height=h, grid_width=w, embed_dim=8,
-                             hidden_channels=16, num_layers=3, first_kernel_size=5, kernel_size=3,
-                             num_classes=num_classes, condition_codebook_size=8, condition_height=top[0],
-                             condition_width=top[1]))
-
-
 @pytest.mark.parametrize("arch,num_classes", [("gated", 0), ("gated", 3), ("pixelcnn", 0), ("pixelcnn", 3)])
 def test_a_bottom_prior_reads_every_top_code_and_only_the_bottom_tokens_before(arch, num_classes):
     """VQ-VAE-2's bottom prior: the logits at (i, j) have a non-zero gradient w.r.t. every top code and a zero
     gradient w.r.t. every bottom position not strictly before (i, j)."""
-    model, (h, w), grids = conditioned(arch, num_classes).double(), (7, 7), 3
+    model, (h, w), grids = conditioned_prior(arch, num_classes).double(), (7, 7), 3
     positions, gen = h * w, torch.Generator().manual_seed(0)
     tokens = torch.randint(16, (grids, 1, h, w), generator=gen).expand(grids, positions, h, w).flatten(0, 1)
     top = torch.randint(8, (grids, 1, 4, 4), generator=gen).expand(grids, positions, 4, 4).flatten(0, 1)
@@ -417,7 +346,7 @@ def test_a_bottom_prior_reads_every_top_code_and_only_the_bottom_tokens_before(a
 
 
 def test_a_conditioned_prior_refuses_a_missing_or_foreign_condition():
-    model = conditioned("pixelcnn")
+    model = conditioned_prior("pixelcnn")
     with pytest.raises(ValueError, match="pass condition"):
         model(torch.zeros(2, 7, 7, dtype=torch.long))
     with pytest.raises(ValueError, match="not conditioned on one"):

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 from store.images import DataConfig
 from store.runs import RunConfig
-from tokenizer.discriminator import TokenizerLossConfig
+from tokenizer.losses import TokenizerLossConfig
 from tokenizer.model import TokenizerConfig
 from training import TrainConfig
 

@@ -17,13 +17,15 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
+from accelerate.utils import DistributedDataParallelKwargs
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from store.runs import load_tensors, read_metrics, save_tensors, write_metrics
 
 STATE_FILE = "training_state.safetensors"
+# torch's generators take seeds of 64 bits; seeds derived from one (per epoch, per batch) wrap around at 2**64.
+MAX_SEED = 2**64 - 1
 TRACKER_DIR = "trackers"  # RUN/trackers/<stage>/: where trackers that keep files (TensorBoard) write them
 # accelerate's tracker names (accelerate.utils.LoggerType); make_accelerator checks the chosen one's package.
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
@@ -63,12 +65,19 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ValueError(f"--learning-rate must be positive, not {self.learning_rate}")
+        check_seed(self.seed, "--seed")
         if not 0 <= self.weight_ema_decay < 1:
             raise ValueError(f"--weight-ema-decay must lie in [0, 1), not {self.weight_ema_decay}")
         if self.log_with not in ("none", *TRACKERS):
             raise ValueError(f"--log-with must be none or one of {', '.join(TRACKERS)}, not {self.log_with!r}")
         if self.mixed_precision == "auto":
             self.mixed_precision = "bf16" if computes_in_bf16() else "no"
+
+
+def check_seed(seed, name="seed"):
+    """A one-line ValueError for a seed torch's generators cannot take."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{name} must be an integer from 0 to 2**64 - 1, not {seed!r}")
 
 
 def computes_in_bf16():
@@ -119,7 +128,7 @@ class EpochPermutation(Sampler):
         return self.size
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        generator = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) % (MAX_SEED + 1))
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
@@ -151,14 +160,6 @@ def start_trackers(accelerator, config, run_dir, project):
     accelerator.project_configuration.set_directories(run_dir)
     accelerator.project_configuration.logging_dir = str(Path(run_dir) / TRACKER_DIR)
     accelerator.init_trackers(project, config=dataclasses.asdict(config))
-
-
-def decided_by_main(accelerator, decide):
-    """decide() on the main process only, its answer handed to every process (e.g. a new run's directory)."""
-    answer = [decide() if accelerator.is_main_process else None]
-    if accelerator.num_processes > 1:
-        broadcast_object_list(answer)
-    return answer[0]
 
 
 def check_one_batch(size, config):

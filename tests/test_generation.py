@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import TINY_PRIOR, run_module
-from evaluation import evaluate
+from evaluation import EvaluationConfig, evaluate
 from evaluation.classifier import ClassifierConfig
 from evaluation.reference import ClassifierTrainConfig
 from generation import ImageGenerator
@@ -40,10 +40,9 @@ def test_a_copied_prior_run_samples_without_its_tokenizer_run_and_refuses_change
     images, library_tokens = ImageGenerator.load(copy).sample(5, seed=3)
     assert np.array_equal(tokens, library_tokens.numpy()) and torch.equal(images, before)
 
-    report = evaluate(prior_dir=copy, output_root=tmp_path / "eval-root", n_samples=6, batch_size=8,
-                      classifier_config=ClassifierConfig(width=8, feature_dim=16),
-                      classifier_train=ClassifierTrainConfig(classifier_epochs=1, classifier_batch_size=32),
-                      progress=False)
+    config = EvaluationConfig(n_samples=6, batch_size=8, classifier=ClassifierConfig(width=8, feature_dim=16),
+                              classifier_train=ClassifierTrainConfig(classifier_epochs=1, classifier_batch_size=32))
+    report = evaluate(copy, config=config, output_root=tmp_path / "eval-root", progress=False)
     assert report["figures"]["fd_samples_vs_test"] is not None and report["figures"]["codes_used_test"] is not None
     assert report["runs"]["tokenizer_loaded_from"] == str((copy / "tokenizer").resolve())
 

@@ -10,9 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_PRIOR, labelled_image_folder
+from conftest import REPO, TINY_CLASSIFIER_FLAGS, TINY_PRIOR, labelled_image_folder
 from pipelines import decode, encode, evaluate, fit_prior, sample
-from test_evaluate import TINY_CLASSIFIER_FLAGS
 from training import batches_in_order
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,26 +6,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import prior
-from prior import Prior, PriorConfig, generate
+from conftest import conditioned_prior, seeded, small_prior
+from prior import generate
 from prior.generate import _pick
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def small(arch="gated", h=7, w=7, num_classes=0, seed=0, **overrides):
-    """A small untrained prior whose logits vary enough that a wrong cache would change the samples."""
-    torch.manual_seed(seed)
-    config = dict(arch=arch, codebook_size=16, grid_height=h, grid_width=w, embed_dim=8, hidden_channels=16,
-                  num_layers=3, first_kernel_size=5, kernel_size=3, num_classes=num_classes)
-    model = Prior(PriorConfig(**{**config, **overrides}))
-    with torch.no_grad():
-        model.head[-1].weight.mul_(4)
-    return model
-
-
-def seeded(seed=1):
-    return torch.Generator().manual_seed(seed)
 
 
 def both(model, n, **kwargs):
@@ -46,7 +32,7 @@ OPTIONS = {
 @pytest.mark.parametrize("h, w", [(7, 7), (5, 9)])
 @pytest.mark.parametrize("arch", ["gated", "pixelcnn"])
 def test_cached_equals_naive(arch, h, w, option):
-    model = small(arch, h, w)
+    model = small_prior(arch, h, w)
     kwargs = dict(OPTIONS[option])
     if "keep_rows" in kwargs:
         kwargs["prefix"] = torch.randint(16, (6, h, w), generator=seeded(7))
@@ -57,7 +43,7 @@ def test_cached_equals_naive(arch, h, w, option):
 
 @pytest.mark.parametrize("arch", ["gated", "pixelcnn"])
 def test_cached_equals_naive_with_guidance_and_completion(arch):
-    model = small(arch, 6, 5, num_classes=3)
+    model = small_prior(arch, 6, 5, num_classes=3)
     prefix = torch.randint(16, (6, 5), generator=seeded(7))
     labels = torch.tensor([0, 1, 2, 2, 1, 0])
     for kwargs in (dict(labels=labels), dict(labels=labels, guidance_scale=3.0),
@@ -68,36 +54,36 @@ def test_cached_equals_naive_with_guidance_and_completion(arch):
 
 @pytest.mark.parametrize("arch", ["gated", "pixelcnn"])
 def test_cached_equals_naive_on_a_large_grid_with_default_kernels(arch):
-    model = small(arch, 16, 16, first_kernel_size=7, num_layers=4)
+    model = small_prior(arch, 16, 16, first_kernel_size=7, num_layers=4)
     naive, cached = both(model, 2)
     assert torch.equal(naive, cached)
 
 
 def test_same_seed_same_grids_other_seed_other_grids():
-    model = small()
+    model = small_prior()
     first = generate(model, 8, generator=seeded(3))
     assert torch.equal(first, generate(model, 8, generator=seeded(3)))
     assert not torch.equal(first, generate(model, 8, generator=seeded(4)))
 
 
 def test_guidance_and_labels_change_the_grids():
-    model = small(num_classes=3)
-    plain = generate(model, 8, labels=1, generator=seeded())
+    model = small_prior(num_classes=3)
+    plain = generate(model, 8, labels=1, guidance_scale=1.0, generator=seeded())
     assert not torch.equal(plain, generate(model, 8, labels=1, guidance_scale=4.0, generator=seeded()))
-    assert not torch.equal(plain, generate(model, 8, labels=2, generator=seeded()))
+    assert not torch.equal(plain, generate(model, 8, labels=2, guidance_scale=1.0, generator=seeded()))
     assert not torch.equal(plain, generate(model, 8, generator=seeded()))  # "no label"
 
 
 def test_guidance_scale_zero_samples_the_no_label_model():
     # logits = uncond + 0 * (cond - uncond): the labels must not matter at all.
-    model = small(num_classes=3)
+    model = small_prior(num_classes=3)
     unconditional = generate(model, 8, generator=seeded())
     assert torch.equal(unconditional, generate(model, 8, labels=2, guidance_scale=0.0, generator=seeded()))
     assert torch.equal(unconditional, generate(model, 8, labels=0, guidance_scale=0.0, generator=seeded()))
 
 
 def test_greedy_filters_ignore_the_seed():
-    model = small()
+    model = small_prior()
     greedy = generate(model, 4, top_k=1, generator=seeded(1))
     assert torch.equal(greedy, generate(model, 4, top_k=1, generator=seeded(2)))
     assert torch.equal(greedy, generate(model, 4, top_p=1e-9, generator=seeded(3)))
@@ -123,7 +109,7 @@ def test_pick_follows_the_filtered_distribution():
 
 @pytest.mark.parametrize("arch", ["gated", "pixelcnn"])
 def test_completion_keeps_the_given_rows(arch):
-    model = small(arch)
+    model = small_prior(arch)
     prefix = torch.randint(16, (5, 7, 7), generator=seeded(9))
     out = generate(model, 5, prefix=prefix, keep_rows=3, generator=seeded())
     assert torch.equal(out[:, :3], prefix[:, :3])
@@ -138,13 +124,13 @@ def test_completion_keeps_the_given_rows(arch):
 
 def test_progress_counts_the_sampled_positions():
     calls = []
-    generate(small(h=4, w=3), 2, prefix=torch.zeros(4, 3, dtype=torch.long), keep_rows=1,
+    generate(small_prior(h=4, w=3), 2, prefix=torch.zeros(4, 3, dtype=torch.long), keep_rows=1,
              progress=lambda done, total: calls.append((done, total)))
     assert calls == [(k, 9) for k in range(1, 10)]
 
 
 def test_restores_training_mode_and_uses_the_model_device():
-    model = small().train()
+    model = small_prior().train()
     out = generate(model, 2)
     assert model.training
     assert out.dtype == torch.long and out.shape == (2, 7, 7) and out.device == model.embed.weight.device
@@ -152,7 +138,7 @@ def test_restores_training_mode_and_uses_the_model_device():
 
 
 def test_batches_each_get_their_own_labels_and_prefix_and_one_progress_count():
-    model = small(num_classes=3, h=4, w=4)
+    model = small_prior(num_classes=3, h=4, w=4)
     labels = torch.tensor([0, 0, 2, 2, 1])
     prefix = torch.randint(0, 16, (5, 4, 4), generator=seeded(5))
     calls = []
@@ -171,7 +157,7 @@ def test_batches_each_get_their_own_labels_and_prefix_and_one_progress_count():
 def test_cached_does_about_one_pass_of_work():
     # Multiply-adds counted by torch, not time: the naive sampler runs the model once per position, the cached
     # one runs each layer once per position on a window, which is less than one full pass.
-    model = small("gated", 16, 16)
+    model = small_prior("gated", 16, 16)
     tokens = torch.zeros(2, 16, 16, dtype=torch.long)
     counts = {}
     for name, run in [("pass", lambda: model(tokens)),
@@ -187,7 +173,7 @@ def test_cached_does_about_one_pass_of_work():
 
 @pytest.mark.parametrize("arch", ["gated", "pixelcnn"])
 def test_cached_work_stays_below_one_pass_with_guidance(arch):
-    model = small(arch, 9, 9, num_classes=2)
+    model = small_prior(arch, 9, 9, num_classes=2)
     tokens = torch.zeros(4, 9, 9, dtype=torch.long)
     with torch.no_grad(), FlopCounterMode(display=False) as one_pass:
         model(tokens)
@@ -231,7 +217,7 @@ BAD = [
 @pytest.mark.parametrize("kwargs, message", BAD, ids=[m for _, m in BAD])
 def test_bad_arguments_raise_one_line_value_errors(kwargs, message):
     kwargs = dict(kwargs)
-    model = small(num_classes=3 if kwargs.pop("conditional", False) else 0)
+    model = small_prior(num_classes=3 if kwargs.pop("conditional", False) else 0)
     n = kwargs.pop("n", 3)
     with pytest.raises(ValueError, match=message) as info:
         generate(model, n, **kwargs)
@@ -240,9 +226,7 @@ def test_bad_arguments_raise_one_line_value_errors(kwargs, message):
 
 @pytest.mark.parametrize("arch", ["gated", "pixelcnn"])
 def test_cached_equals_naive_for_a_prior_conditioned_on_a_token_map(arch):
-    from test_prior_model import conditioned
-
-    model = conditioned(arch, num_classes=3, h=5, w=6, top=(3, 3))
+    model = conditioned_prior(arch, num_classes=3, h=5, w=6, top=(3, 3))
     top = torch.randint(0, 8, (4, 3, 3), generator=seeded(3))
     prefix = torch.randint(0, 16, (4, 5, 6), generator=seeded(4))
     for options in ({}, {"labels": torch.tensor([0, 1, 2, 1]), "guidance_scale": 2.0},

@@ -142,7 +142,7 @@ def test_a_bad_folder_is_named_in_one_line_and_nothing_is_written(tokenizer_run,
     (["--sequences", "--vocab-offset", "-3"], "non-negative"),
     (["--image-size", "32"], "takes (1, 28, 28)"),
     (["--split", "test"], "a folder is encoded whole"),
-    (["--batch-size", "0"], "must be positive"),
+    (["--batch-size", "0"], "argument --batch-size: must be a positive integer, not 0"),
 ])
 def test_bad_encode_requests_are_one_line_errors(tokenizer_run, folder, tmp_path, capsys, flags, message):
     out = tmp_path / "tokens"

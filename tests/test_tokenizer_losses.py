@@ -1,6 +1,6 @@
-"""tokenizer.discriminator: VQGAN's adversarial loss. Each network learns from its own loss only, the tokenizer
-from the adversarial term only from --discriminator-start on, the adaptive weight is the ratio of gradient norms,
-and an adversarial run resumes to the weights (discriminator included) of an uninterrupted one."""
+"""tokenizer.losses and tokenizer.discriminator: VQGAN's adversarial loss. Each network learns from its own loss
+only, the tokenizer from the adversarial term only from --discriminator-start on, the adaptive weight is the ratio
+of gradient norms, and an adversarial run resumes to the weights (discriminator included) of an uninterrupted one."""
 
 
 import pytest
@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import TINY_TOKENIZER, resume_matches_uninterrupted
-from tokenizer.discriminator import (AdversarialTokenizer, PatchDiscriminator, TokenizerLossConfig, adaptive_weight,
-                                     hinge_discriminator_loss, hinge_generator_loss)
+from tokenizer.discriminator import PatchDiscriminator
+from tokenizer.losses import (AdversarialTokenizer, TokenizerLossConfig, adaptive_weight, hinge_discriminator_loss,
+                              hinge_generator_loss)
 from tokenizer.model import TokenizerConfig, VQVAE
 
 ADVERSARIAL = ["--adversarial-weight", "0.8", "--discriminator-channels", "8", "--reconstruction-loss", "l1"]

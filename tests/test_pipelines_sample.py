@@ -105,7 +105,7 @@ def _wrong_size_image(tmp_path):
 
 
 @pytest.mark.parametrize("case,extra,message", [
-    ("n", ["--n", "0"], "--n must be positive"),
+    ("n", ["--n", "0"], "argument --n/--num-samples/--n-samples: must be a positive integer, not 0"),
     ("temperature", ["--temperature", "-1"], "temperature"),
     ("top-k", ["--top-k", "999"], "top_k must be an integer in 1..32"),
     ("top-p", ["--top-p", "1.5"], "top_p"),
@@ -116,7 +116,7 @@ def _wrong_size_image(tmp_path):
     ("keep-rows-too-many", ["--complete", "IMAGE", "--keep-rows", "9"], "keep_rows must be an integer in 0..7"),
     ("wrong-size-image", "WRONG_SIZE", "the tokenizer takes 28x28"),
     ("missing-image", ["--complete", "/nonexistent.png"], "cannot read image"),
-    ("batch-size", ["--batch-size", "0"], "--batch-size must be positive"),
+    ("batch-size", ["--batch-size", "0"], "argument --batch-size: must be a positive integer, not 0"),
 ])
 def test_bad_arguments_give_one_line_and_write_nothing(prior_run, tmp_path, capsys, case, extra, message):
     if extra == "WRONG_SIZE":
