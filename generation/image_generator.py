@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 import prior
+from generation.budget import check_memory
 from prior import PriorRun
 from prior.generate import batch_progress
 from prior.run import TOKENIZER_COPY
@@ -122,7 +123,11 @@ class ImageGenerator:
             labels, settings
 
     def draw(self, n, labels, settings, **kwargs):
-        """The tokens of a request() already resolved, all n at once: draw_batches' tokens joined."""
+        """The tokens of a request() already resolved, all n at once: draw_batches' tokens joined (refused in one
+        line when n of them, and their images, could not be held)."""
+        check_count(n)
+        check_memory(2 * n * self.bytes_per_sample(), f"{n} samples held at once",
+                     "draw fewer, or take them batch by batch (draw_batches)")
         batches = [tokens for _, tokens, _ in self.draw_batches(n, labels, settings, **kwargs)]
         if isinstance(batches[0], tuple):
             return tuple(torch.cat(level) for level in zip(*batches))

@@ -173,7 +173,8 @@ def _read_folder(root, split, image_size, channels=None):
     from PIL import Image, UnidentifiedImageError
 
     if not root.is_dir():
-        raise ValueError(f"image folder {root} does not exist")
+        raise ValueError(f"{root} is a file, not a folder of images" if root.exists()
+                         else f"image folder {root} does not exist")
     # The split's paths are kept as one string of bytes (a PathList), their folders as one integer per file.
     paths, parents, parent_ids = PathList(), array.array("q"), {}
     for i, relative in enumerate(_image_files(root)):

@@ -25,8 +25,9 @@ import prior
 from prior import Prior, TwoLevelPrior
 from conftest import TINY_PRIOR, TINY_TOKENIZER, make_fashion_dir, run_module
 from pipelines import fit_prior, fit_tokenizer
-from store.index_maps import read_index_maps
+from store.index_maps import read_index_maps, read_plain_tokens
 from store.runs import load_tensors, save_tensors
+from evaluation import EvaluationConfig, evaluate
 from generation import ImageGenerator
 from tokenizer import Tokenizer
 from tokenizer.model import TokenizerConfig, VQVAE
@@ -160,6 +161,8 @@ class Case:
 
 
 TOK, PRIOR, SAMPLE, EVAL = "pipelines.fit_tokenizer", "pipelines.fit_prior", "pipelines.sample", "pipelines.evaluate"
+ENCODE, DECODE = "pipelines.encode", "pipelines.decode"
+READS = "which this command reads: choose another --out"  # an --out over an input, with or without --overwrite
 
 
 def tok_args(d, *extra):
@@ -176,6 +179,30 @@ def sample_args(w, d, *extra, prior_dir=None):
 
 def eval_args(w, d, *extra):
     return ["--output-root", d / "out", "--out", d / "report", "--n-samples", "4", *extra]
+
+
+def encode_args(w, d, *extra, images=None, out=None):
+    return ["--tokenizer", w.tokenizer, "--images", images or image_folder(d), "--out", out or d / "tokens", *extra]
+
+
+def decode_args(w, d, tokens, *extra, out=None):
+    return ["--tokenizer", w.tokenizer, "--tokens", tokens, "--out", out or d / "pictures", *extra]
+
+
+def token_file(d, name="tokens.npy", **arrays):
+    """A file of token maps in the case folder: a .npy of one array, or with several arrays a .npz."""
+    path = d / name
+    with open(path, "wb") as f:
+        if name.endswith(".npz"):
+            np.savez(f, **arrays)
+        else:
+            np.save(f, np.zeros((2, 7, 7), dtype=np.uint8))
+    return path
+
+
+def _decode_out_is_its_maps(w, d):
+    maps = Path(shutil.copytree(w.tokenizer / "maps", d / "maps"))
+    return decode_args(w, d, maps, "--split", "test", "--overwrite", out=maps)
 
 
 def _existing_run(w, d):
@@ -298,6 +325,40 @@ COMMAND_CASES = [
          lambda w, d: eval_args(w, d, "--prior", w.prior, "--n-samples", "-5")),
     Case("evaluate-out-under-a-file", EVAL, "not a directory",
          lambda w, d: eval_args(w, d, "--prior", w.prior, "--out", a_file(d) / "sub")),
+    Case("evaluate-more-samples-than-memory", EVAL, "would take about",
+         lambda w, d: eval_args(w, d, "--prior", w.prior, "--n-samples", str(10**10))),
+    Case("evaluate-seed-past-64-bits", EVAL, "--seed: must be an integer from 0 to 2**64 - 1",
+         lambda w, d: eval_args(w, d, "--prior", w.prior, "--seed", str(2**64))),
+    Case("tokenizer-seed-past-64-bits", TOK, "--seed must be an integer from 0 to 2**64 - 1",
+         lambda w, d: tok_args(d, "--seed", str(2**64))),
+    # encode and decode
+    Case("encode-images-is-a-file", ENCODE, "is a file, not a folder of images",
+         lambda w, d: encode_args(w, d, images=gray_image(d, 28))),
+    Case("decode-npz", DECODE, "is a .npz archive, and a .npy array of integer tokens (n, 7, 7) is expected",
+         lambda w, d: decode_args(w, d, token_file(d, "tokens.npz", maps=np.zeros((2, 7, 7), np.uint8)))),
+    Case("decode-picture-as-tokens", DECODE, "is not a .npy file: a .npy array of integer tokens (n, 7, 7)",
+         lambda w, d: decode_args(w, d, gray_image(d, 28))),
+    # no command deletes or overwrites what it reads: --out equal to, inside or holding an input
+    Case("encode-out-is-its-images", ENCODE, READS,
+         lambda w, d: encode_args(w, d, "--overwrite", images=image_folder(d), out=d / "images")),
+    Case("encode-out-inside-its-images", ENCODE, READS,
+         lambda w, d: encode_args(w, d, images=image_folder(d), out=d / "images" / "tokens")),
+    Case("encode-out-holds-its-images", ENCODE, READS, lambda w, d: encode_args(w, d, "--overwrite", out=d)),
+    Case("encode-out-is-the-tokenizer", ENCODE, READS,
+         lambda w, d: encode_args(w, d, "--overwrite", out=w.tokenizer)),
+    Case("decode-out-is-its-maps", DECODE, READS, _decode_out_is_its_maps),
+    Case("decode-out-holds-its-token-file", DECODE, READS,
+         lambda w, d: decode_args(w, d, token_file(d), "--overwrite", out=d)),
+    Case("sample-out-is-the-prior-run", SAMPLE, READS,
+         lambda w, d: sample_args(w, d, "--out", w.prior, "--overwrite")),
+    Case("sample-out-inside-the-prior-run", SAMPLE, READS,
+         lambda w, d: sample_args(w, d, "--out", w.prior / "samples")),
+    Case("sample-out-holds-the-image-to-complete", SAMPLE, READS,
+         lambda w, d: sample_args(w, d, "--complete", gray_image(d, 28), "--out", d, "--overwrite")),
+    Case("evaluate-out-holds-the-runs", EVAL, READS,
+         lambda w, d: eval_args(w, d, "--prior", w.prior, "--out", w.root / "runs", "--overwrite")),
+    Case("evaluate-out-is-the-data-set", EVAL, READS,
+         lambda w, d: eval_args(w, d, "--prior", w.prior, "--out", w.fashion, "--overwrite")),
 ]
 
 
@@ -449,6 +510,13 @@ LIBRARY_CASES = [
     ("sample-older-run-tokenizer-changed", _retrained_pair_of_an_older_run, lambda p: sample_images(p, 2),
      "changed since the prior"),
     ("prior-sample-top-k-zero", _shared_prior, lambda p: prior.generate(Prior.load(p), 2, top_k=0), "top_k"),
+    ("sample-more-than-memory", _shared_prior, lambda p: sample_images(p, 10**10), "would take about"),
+    ("sample-seed-past-64-bits", _shared_prior, lambda p: sample_images(p, 2, seed=2**64),
+     r"seed must be an integer from 0 to 2\*\*64 - 1"),
+    ("evaluate-more-samples-than-memory", _shared_prior,
+     lambda p: evaluate(p, config=EvaluationConfig(n_samples=10**10), progress=False), "would take about"),
+    ("read-plain-tokens-of-a-npz", lambda w, d: token_file(d, "t.npz", a=np.zeros(3), b=np.ones(3)),
+     lambda path: read_plain_tokens(path, (7, 7), 32), r"is a \.npz archive"),
 ]
 
 

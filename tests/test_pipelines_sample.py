@@ -148,3 +148,47 @@ def test_the_newest_prior_run_is_the_default(prior_run, tmp_path, capsys):
     assert status == 0
     settings = json.loads((tmp_path / "newest" / "sample.json").read_text())
     assert settings["prior_run"] == str(prior_run.resolve())
+
+
+def test_each_batch_is_written_before_the_next_is_drawn(prior_run, tmp_path, capsys, monkeypatch):
+    """Memory flat in --n: the command holds one batch, the folder receiving batch k before batch k + 1 is drawn."""
+    from generation import ImageGenerator
+
+    draw_batches, written_before = ImageGenerator.draw_batches, []
+
+    def watched(self, *args, **kwargs):
+        for start, tokens, images in draw_batches(self, *args, **kwargs):
+            staged = [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+            written_before.append(len(list((staged[0] / "images").iterdir())) if staged else None)
+            yield start, tokens, images
+
+    monkeypatch.setattr(ImageGenerator, "draw_batches", watched)
+    status, err = run_cli(["--prior", prior_run, "--n", 7, "--batch-size", 2, "--out", tmp_path / "out"], capsys)
+    assert status == 0, err
+    # The first batch is drawn before the folder exists (a bad setting writes nothing); then 2, 4, 6 images are in.
+    assert written_before == [None, 2, 4, 6]
+    assert len(list((tmp_path / "out" / "images").iterdir())) == 7
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--n", 10**13], "need at least"),  # 10**13 PNG files fit on no disk here
+    (["--n", 10**9, "--batch-size", 10**9], "would take about"),  # nor a batch of 10**9 grids in memory
+    (["--seed", 2**64], "--seed: must be an integer from 0 to 2**64 - 1"),
+    (["--seed", -1], "--seed: must be an integer from 0 to 2**64 - 1"),
+])
+def test_requests_that_cannot_fit_or_be_seeded_are_one_line_before_any_work(prior_run, tmp_path, capsys, flags,
+                                                                             message):
+    status, err = run_cli(["--prior", prior_run, "--out", tmp_path / "out", *flags], capsys)
+    assert status == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+def test_the_largest_seed_samples_and_wraps_per_batch(prior_run, tmp_path, capsys):
+    from generation import ImageGenerator
+
+    status, err = run_cli(["--prior", prior_run, "--n", 3, "--seed", 2**64 - 1, "--out", tmp_path / "out"], capsys)
+    assert status == 0, err
+    _, tokens = ImageGenerator.load(prior_run).sample(3, seed=2**64 - 1)
+    assert np.array_equal(tokens_of(tmp_path / "out"), tokens.numpy())
+    with pytest.raises(ValueError, match="seed must be an integer from 0 to 2\\*\\*64 - 1"):
+        ImageGenerator.load(prior_run).sample(3, seed=2**64)
