@@ -7,6 +7,7 @@ Data sets: Fashion-MNIST from Debian's package (offline, the default), MNIST and
 import array
 import gzip
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,9 @@ DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# Pillow's modes of one grey channel (with or without alpha), and of 16 or 32-bit integer grey.
+GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+WIDE_GREY_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 SPLITS = ("train", "test")
 # The data sets known by name; any other images are read as folder:PATH.
 DATASETS = ("fashion-mnist", "mnist", "cifar10")
@@ -193,17 +197,24 @@ def _read_folder(root, split, image_size, channels=None):
     class_of_parent = np.array([class_index[name] for name in parent_ids], dtype=np.int64)
     labels = torch.from_numpy(class_of_parent[np.frombuffer(parents, dtype=np.int64)])
     # Every file is checked (header and checksums, not decoded) before any work, and all bad ones named at once.
-    unreadable, mode = [], {None: None, 1: "L", 3: "RGB"}[channels]
+    unreadable, floats, mode = [], [], {None: None, 1: "L", 3: "RGB"}[channels]
     for relative in paths:
         path = root / relative
         try:
             with Image.open(path) as image:
-                mode = mode or ("L" if image.mode in ("L", "1", "I;16", "I") else "RGB")
+                if image.mode == "F":
+                    floats.append(str(path))
                 image.verify()
+            if mode is None:  # the first image's channels (a palette is read, which verify() must precede)
+                with Image.open(path) as image:
+                    mode = "L" if is_grey(image) else "RGB"
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
             unreadable.append(str(path))
     if unreadable:
         raise ValueError(f"{len(unreadable)} unreadable image file(s): {', '.join(unreadable)}")
+    if floats:
+        raise ValueError(f"{len(floats)} image file(s) with 32-bit float pixels, whose range is unknown (save them "
+                         f"with 8 or 16-bit pixels): {', '.join(floats)}")
     return FolderImages(root, paths, labels, class_names, mode, image_size)
 
 
@@ -263,7 +274,7 @@ class FolderImages:
             path = self.root / relative
             try:
                 with Image.open(path) as image:
-                    image = image.convert(self.mode).resize((self.image_size, self.image_size), Image.BILINEAR)
+                    image = eight_bit(image, self.mode).resize((self.image_size, self.image_size), Image.BILINEAR)
                     decoded.append(torch.from_numpy(np.asarray(image).copy()))
             except (OSError, UnidentifiedImageError, ValueError) as error:
                 raise ValueError(f"unreadable image file {path} ({error})") from None
@@ -273,14 +284,39 @@ class FolderImages:
         return (stacked.unsqueeze(1) if stacked.ndim == 3 else stacked.permute(0, 3, 1, 2)).contiguous()
 
 
+def is_grey(image):
+    """Whether a Pillow image has one grey channel: a grey mode, or a palette of grey colours only."""
+    if image.mode in ("P", "PA"):
+        palette = np.asarray(image.getpalette() or [0, 0, 0]).reshape(-1, 3)
+        return bool((palette == palette[:, :1]).all())
+    return image.mode in GREY_MODES
+
+
+def eight_bit(image, mode):
+    """A Pillow image of any mode as 8-bit "L" or "RGB" (mode) with the intensities of its 8-bit version: 16-bit
+    grey (and Pillow's 32-bit "I", which it gives for some 16-bit files) is scaled by 255 / 65535, not clipped at
+    255 as Image.convert does; every other mode (1-bit, grey + alpha, palette, RGB(A), CMYK, 16-bit RGB, which
+    Pillow reads as 8-bit) goes through convert. Float pixels (mode F) have no range to scale from: refused."""
+    from PIL import Image
+
+    if image.mode == "F":
+        raise ValueError("its pixels are 32-bit floats, whose range is unknown: save it with 8 or 16-bit pixels")
+    if image.mode in WIDE_GREY_MODES:
+        values = np.asarray(image).astype(np.float64)
+        image = Image.fromarray(np.rint(values / 257).clip(0, 255).astype(np.uint8), mode="L")
+    with warnings.catch_warnings():  # a palette's transparency: dropped, as for RGBA, without a warning line
+        warnings.simplefilter("ignore")
+        return image.convert(mode)
+
+
 def read_image(path, channels, size):
     """One image file as uint8 (1, channels, size, size); a file of another size is refused, not resized."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            array = np.asarray(image.convert("L" if channels == 1 else "RGB")).copy()
-    except (OSError, UnidentifiedImageError) as error:
+            array = np.asarray(eight_bit(image, "L" if channels == 1 else "RGB")).copy()
+    except (OSError, UnidentifiedImageError, ValueError) as error:
         raise ValueError(f"cannot read image {path} ({error})") from None
     if array.shape[:2] != (size, size):
         raise ValueError(f"image {path} is {array.shape[1]}x{array.shape[0]}, the tokenizer takes {size}x{size}")

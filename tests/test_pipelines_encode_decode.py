@@ -204,3 +204,19 @@ def test_encode_and_decode_refuse_an_existing_out_or_one_under_a_file(tokenizer_
             status, _, err = run_in_process(main, [*args, "--out", out], capsys)
             assert status == 2 and len(err) == 1 and message in err[0], err
         assert (existing / "keep.txt").read_text() == "mine" and sorted(existing.iterdir()) == [existing / "keep.txt"]
+
+
+def test_16bit_pictures_encode_to_the_tokens_of_their_8bit_versions(tokenizer_run, folder, tmp_path, capsys):
+    wide = tmp_path / "wide"
+    for path in sorted(folder.rglob("*.png")):
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("L")).astype(np.uint16) * 257  # the same picture in 16 bits
+        (wide / path.parent.name).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(wide / path.parent.name / path.name)
+    for source, out in ((folder, tmp_path / "narrow-tokens"), (wide, tmp_path / "wide-tokens")):
+        status, _, err = run_in_process(encode.main, ["--tokenizer", tokenizer_run, "--images", source, "--out", out],
+                                        capsys)
+        assert status == 0, err
+    narrow, wide_maps = (read_index_maps(tmp_path / name, "images").maps for name in ("narrow-tokens", "wide-tokens"))
+    assert np.array_equal(narrow, wide_maps)
+    assert len(np.unique(narrow)) > 1, "a saturated picture would give one token everywhere"

@@ -216,3 +216,88 @@ def test_one_image_is_read_in_the_tokenizers_channels_and_refused_at_another_siz
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="cannot read image"):
         read_image(tmp_path / "bad.png", 1, 28)
+
+
+# ---------------------------------------------------------------------------------------------- pixel formats
+
+GREY_8BIT = (np.arange(28 * 28).reshape(28, 28) * 37 % 256).astype(np.uint8)
+# Eight colours, so that a palette holds them exactly.
+COLOUR_8BIT = np.stack([GREY_8BIT & 0x80, (GREY_8BIT << 1) & 0x80, (GREY_8BIT << 2) & 0x80], axis=-1) + np.uint8(60)
+
+
+def png_16bit(path, pixels, colour_type):
+    """A PNG of 16-bit samples written by hand (Pillow writes no 16-bit colour PNGs): colour type 0 grey, 2 RGB,
+    4 grey + alpha."""
+    import struct
+    import zlib
+
+    height, width = pixels.shape[:2]
+    rows = b"".join(b"\x00" + pixels[i].astype(">u2").tobytes() for i in range(height))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+def wide(pixels):
+    """8-bit intensities x as the 16-bit ones of the same picture: x * 257 (0 -> 0, 255 -> 65535)."""
+    return pixels.astype(np.uint16) * 257
+
+
+# (name, the 8-bit picture, how to write it in the format): every format must read as its 8-bit version does.
+PIXEL_FORMATS = [
+    ("grey 16-bit png", GREY_8BIT, lambda p, x: Image.fromarray(wide(x)).save(p.with_suffix(".png"))),
+    ("grey 16-bit tiff", GREY_8BIT, lambda p, x: Image.fromarray(wide(x)).save(p.with_suffix(".tif"))),
+    ("grey 32-bit integer tiff", GREY_8BIT,
+     lambda p, x: Image.fromarray(wide(x).astype(np.int32)).save(p.with_suffix(".tif"))),
+    ("grey 1-bit png", np.where(GREY_8BIT > 127, 255, 0).astype(np.uint8),
+     lambda p, x: Image.fromarray(x > 127).save(p.with_suffix(".png"))),
+    ("grey and alpha png", GREY_8BIT, lambda p, x: Image.fromarray(x).convert("LA").save(p.with_suffix(".png"))),
+    ("grey and alpha 16-bit png", GREY_8BIT,
+     lambda p, x: png_16bit(p.with_suffix(".png"), np.stack([wide(x), np.full_like(wide(x), 65535)], -1), 4)),
+    ("grey palette png", GREY_8BIT, lambda p, x: Image.fromarray(x).convert("P").save(p.with_suffix(".png"))),
+    ("colour palette png", COLOUR_8BIT,
+     lambda p, x: Image.fromarray(x).convert("P", palette=Image.Palette.ADAPTIVE).save(p.with_suffix(".png"))),
+    ("rgba png", COLOUR_8BIT, lambda p, x: Image.fromarray(x).convert("RGBA").save(p.with_suffix(".png"))),
+    ("cmyk tiff", COLOUR_8BIT, lambda p, x: Image.fromarray(x).convert("CMYK").save(p.with_suffix(".tif"))),
+    ("rgb 16-bit png", COLOUR_8BIT, lambda p, x: png_16bit(p.with_suffix(".png"), wide(x), 2)),
+]
+
+
+@pytest.mark.parametrize("name,picture,write", PIXEL_FORMATS, ids=[name for name, *_ in PIXEL_FORMATS])
+def test_every_pixel_format_reads_as_its_8bit_version(tmp_path, name, picture, write):
+    """The readers of training folders (and encode: the same FolderImages) and of --complete (read_image)."""
+    for kind, pixels in (("reference", picture), ("format", picture)):
+        (tmp_path / kind).mkdir()
+        if kind == "reference":
+            Image.fromarray(pixels).save(tmp_path / kind / "image.png")  # the 8-bit version, as 8-bit as it gets
+        else:
+            write(tmp_path / kind / "image", pixels)
+    path_of = {kind: next((tmp_path / kind).iterdir()) for kind in ("reference", "format")}
+    for channels in (1, 3):
+        read = {kind: load_images(DataConfig(dataset=f"folder:{tmp_path / kind}"), "all", channels=channels).images
+                for kind in path_of}
+        assert read["format"].shape == (1, channels, 28, 28)
+        assert torch.equal(read["format"], read["reference"]), (name, channels)
+        assert torch.equal(read_image(path_of["format"], channels, 28), read_image(path_of["reference"], channels, 28))
+    if picture.ndim == 2 and name != "grey and alpha 16-bit png":  # (which Pillow reads as RGBA)
+        assert load_images(DataConfig(dataset=f"folder:{tmp_path / 'format'}"), "all").images.shape[1] == 1
+
+
+def test_a_16bit_picture_is_scaled_to_8_bits_not_clipped(tmp_path):
+    Image.fromarray(np.array([[0, 257, 32896, 65535]] * 4, dtype=np.uint16)).save(tmp_path / "wide.png")
+    assert Image.open(tmp_path / "wide.png").mode == "I;16"
+    pixels = load_images(DataConfig(dataset=f"folder:{tmp_path}", image_size=4), "all").images
+    assert pixels[0, 0, 0].tolist() == [0, 1, 128, 255]  # Image.convert("L") gives [0, 255, 255, 255]
+
+
+def test_float_pixels_have_no_range_and_are_refused_in_one_line(tmp_path):
+    Image.fromarray(GREY_8BIT.astype(np.float32) / 255).save(tmp_path / "float.tif")
+    with pytest.raises(ValueError, match="32-bit float pixels, whose range is unknown") as error:
+        load_images(DataConfig(dataset=f"folder:{tmp_path}"), "all")
+    assert "float.tif" in str(error.value) and "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="cannot read image .*float.tif .*32-bit floats"):
+        read_image(tmp_path / "float.tif", 1, 28)
