@@ -37,6 +37,15 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
+def residual_stack(first, config, out_channels=0):
+    """The layers of the stack every encoder (and the two-level top path) ends with: first (a convolution into c
+    channels), config.num_residual_blocks residual blocks at c, then, with out_channels, a ReLU and a 1x1
+    convolution to out_channels. A list, so that the layers keep their places (and names) in an nn.Sequential."""
+    c = first.out_channels
+    layers = [first, *[ResidualBlock(c, config.residual_channels) for _ in range(config.num_residual_blocks)]]
+    return layers + [nn.ReLU(), nn.Conv2d(c, out_channels, 1)] if out_channels else layers
+
+
 class Encoder(nn.Module):
     def __init__(self, config):
         widths = config.widths
@@ -49,13 +58,7 @@ class Encoder(nn.Module):
                            for _ in range(config.stage_residual_blocks)]
             previous = width
         c = widths[-1]
-        self.net = nn.Sequential(
-            *layers,
-            nn.Conv2d(c, c, 3, padding=1),
-            *[ResidualBlock(c, config.residual_channels) for _ in range(config.num_residual_blocks)],
-            nn.ReLU(),
-            nn.Conv2d(c, config.latent_dim, 1),
-        )
+        self.net = nn.Sequential(*layers, *residual_stack(nn.Conv2d(c, c, 3, padding=1), config, config.latent_dim))
 
     def forward(self, x):
         return self.net(x)
@@ -67,8 +70,7 @@ class Decoder(nn.Module):
         c = widths[-1]
         super().__init__()
         # Built in the order they run, so that a seed gives the same weights as before the stages were configurable.
-        layers = [nn.Conv2d(config.latent_dim, c, 3, padding=1),
-                  *[ResidualBlock(c, config.residual_channels) for _ in range(config.num_residual_blocks)]]
+        layers = residual_stack(nn.Conv2d(config.latent_dim, c, 3, padding=1), config)
         for stage in reversed(range(len(widths))):
             if stage < len(widths) - 1:
                 layers += [ResidualBlock(widths[stage], config.residual_channels)
@@ -268,14 +270,9 @@ class TopEncoder(nn.Module):
     """Bottom features (b, latent_dim, g, g) -> top features (b, latent_dim, ceil(g/2), ceil(g/2))."""
 
     def __init__(self, config):
-        c = config.hidden_channels
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(config.latent_dim, c, 3, stride=2, padding=1),
-            *[ResidualBlock(c, config.residual_channels) for _ in range(config.num_residual_blocks)],
-            nn.ReLU(),
-            nn.Conv2d(c, config.latent_dim, 1),
-        )
+        self.net = nn.Sequential(*residual_stack(
+            nn.Conv2d(config.latent_dim, config.hidden_channels, 3, stride=2, padding=1), config, config.latent_dim))
 
     def forward(self, x):
         return self.net(x)
@@ -292,12 +289,8 @@ class TwoLevelVQVAE(nn.Module):
         self.encoder = Encoder(config)
         self.top_encoder = TopEncoder(config)
         self.top_quantizer = build_quantizer(config)
-        self.top_decoder = nn.Sequential(  # the quantized top, upsampled to the bottom grid, as bottom features
-            nn.Conv2d(latent, c, 3, padding=1),
-            *[ResidualBlock(c, config.residual_channels) for _ in range(config.num_residual_blocks)],
-            nn.ReLU(),
-            nn.Conv2d(c, latent, 1),
-        )
+        # The quantized top, upsampled to the bottom grid, as bottom features.
+        self.top_decoder = nn.Sequential(*residual_stack(nn.Conv2d(latent, c, 3, padding=1), config, latent))
         self.join = nn.Conv2d(2 * latent, latent, 1)  # bottom features + decoded top -> what the bottom quantizes
         self.quantizer = build_quantizer(config)
         self.merge = nn.Conv2d(2 * latent, latent, 1)  # quantized bottom + upsampled quantized top -> the decoder

@@ -271,18 +271,13 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
     run_dir/metrics.jsonl, and to the tracker of config.log_with if any; the training state goes to
     run_dir/training_state.safetensors every checkpoint_every steps and at the end.
     """
-    run_dir = Path(run_dir)
-    state_path = run_dir / STATE_FILE
+    state_path = Path(run_dir) / STATE_FILE
     sampler = EpochPermutation(len(dataset), config.seed)
     # A loader without a generator of its own takes a seed from the global RNG at every iterator it makes
     # (one more on resume, through skip_first_batches), which would shift the label-dropout draws.
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True,
                         generator=torch.Generator().manual_seed(config.seed))
-    # One AdamW per parameter group: a model with parts that learn from losses of their own (a tokenizer and its
-    # discriminator) says so with optimizer_groups() -> [(parameters, AdamW options), ...]; the others have one.
-    groups = model.optimizer_groups() if hasattr(model, "optimizer_groups") else [(model.parameters(), {})]
-    optimizers = [torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, **options)
-                  for params, options in groups]
+    optimizers = make_optimizers(model, config)
     step, window = 0, {}
     average = WeightAverage(model, config.weight_ema_decay) if config.weight_ema_decay else None
     if resume and state_path.exists():
@@ -294,86 +289,125 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
         raise ValueError(f"the training split has {len(dataset)} items, fewer than one batch of "
                          f"{config.batch_size} per process: lower --batch-size")
     total_steps = config.epochs * steps_per_epoch
-    # Lines past the checkpoint belong to steps that will be taken again.
-    metrics = [m for m in read_metrics(run_dir / "metrics.jsonl") if m.get("step", 0) <= step] if resume else []
-
-    start_trackers(accelerator, config, run_dir, description.removeprefix("fit ").replace(" ", "-"))
-    bar = tqdm(total=total_steps, initial=step, desc=description, dynamic_ncols=True,
-               disable=not accelerator.is_main_process)
-    # The window's figures may start before a resume; items/s counts only the steps timed in this process.
-    window_start, timed_steps, shown = time.perf_counter(), 0, {}
+    log = MetricsLog(run_dir, config, accelerator, steps_per_epoch, total_steps, step, window, resume, description)
     model.train()
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
         loader.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(loader, offset) if offset else loader
-        for batch in batches:
+        for batch in accelerator.skip_first_batches(loader, offset) if offset else loader:
             for optimizer in optimizers:
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate_at(step, total_steps, config)
             loss, logs = step_fn(model, batch, step)
-            accelerator.backward(loss)
-            if config.grad_clip > 0 and len(optimizers) == 1:
-                accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
-            elif config.grad_clip > 0:
-                accelerator.unscale_gradients()  # once for all: a second unscale of an fp16 optimizer is an error
-                for optimizer in optimizers:  # each network's gradient clipped on its own
-                    torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]],
-                                                   config.grad_clip)
-            for optimizer in optimizers:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            update(model, loss, optimizers, config, accelerator)
             if average is not None:
                 average.update(accelerator.unwrap_model(model))
             step += 1
-            timed_steps += 1
-            for key, value in logs.items():
-                window.setdefault(key, []).append(value)
-            bar.update(1)
-            if step % config.log_every == 0 or step == total_steps:
-                elapsed = time.perf_counter() - window_start
-                record = {"step": step, "epoch": step / steps_per_epoch,
-                          "lr": learning_rate_at(step - 1, total_steps, config),
-                          "items_per_s": timed_steps * config.batch_size
-                          * accelerator.num_processes / max(elapsed, 1e-9)}
-                for key, values in window.items():
-                    record[key] = sum(values) if key.endswith("restarts") else sum(values) / len(values)
-                metrics.append(record)
-                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
-                shown.update({k: f"{record[k]:.4g}" for k in window if not k.endswith("restarts")})
-                bar.set_postfix(shown)
-                if accelerator.is_main_process:
-                    write_metrics(run_dir / "metrics.jsonl", metrics)
-                window, window_start, timed_steps = {}, time.perf_counter(), 0
+            log.add_step(step, logs)
             if evaluate is not None and step % steps_per_epoch == 0:
-                evaluation_start = time.perf_counter()
-                model.eval()
-                evaluated = accelerator.unwrap_model(model)
-                if average is not None:
-                    evaluated = average.model_like(evaluated)
-                with torch.no_grad():
-                    results = {f"test_{k}": v for k, v in evaluate(evaluated).items()}
-                model.train()
-                metrics.append({"step": step, "epoch": step / steps_per_epoch, **results})
-                accelerator.log(results, step=step)
-                shown.update({k: f"{v:.4g}" for k, v in results.items()})
-                bar.set_postfix(shown)
-                if accelerator.is_main_process:
-                    write_metrics(run_dir / "metrics.jsonl", metrics)
-                window_start += time.perf_counter() - evaluation_start  # items/s counts training only
+                log.add_evaluation(step, *evaluated(model, average, evaluate, accelerator))
             if step % config.checkpoint_every == 0 or step == total_steps:
                 if accelerator.is_main_process:
                     save_training_state(state_path, accelerator.unwrap_model(model), optimizers, step,
-                                        accelerator.scaler, log_window=window, average=average)
+                                        accelerator.scaler, log_window=log.window, average=average)
                 accelerator.wait_for_everyone()
             if step >= total_steps:
                 break
-    bar.close()
-    for tracker in accelerator.trackers:  # (accelerator.end_training would also end the process group)
-        tracker.finish()
+    log.close()
     model = accelerator.unwrap_model(model)
     model.eval()
-    return model, metrics, None if average is None else average.state
+    return model, log.records, None if average is None else average.state
+
+
+def make_optimizers(model, config):
+    """One AdamW per parameter group: a model with parts that learn from losses of their own (a tokenizer and its
+    discriminator) says so with optimizer_groups() -> [(parameters, AdamW options), ...]; the others have one."""
+    groups = model.optimizer_groups() if hasattr(model, "optimizer_groups") else [(model.parameters(), {})]
+    return [torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, **options)
+            for params, options in groups]
+
+
+def update(model, loss, optimizers, config, accelerator):
+    """One optimizer step of every optimizer from loss, each network's gradient norm clipped on its own."""
+    accelerator.backward(loss)
+    if config.grad_clip > 0 and len(optimizers) == 1:
+        accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+    elif config.grad_clip > 0:
+        accelerator.unscale_gradients()  # once for all: a second unscale of an fp16 optimizer is an error
+        for optimizer in optimizers:
+            torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]],
+                                           config.grad_clip)
+    for optimizer in optimizers:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def evaluated(model, average, evaluate, accelerator):
+    """({"test_<name>": value} of evaluate() on the model, or on its averaged weights when kept, in eval mode and
+    without gradients; the seconds it took)."""
+    started = time.perf_counter()
+    model.eval()
+    weights = accelerator.unwrap_model(model)
+    if average is not None:
+        weights = average.model_like(weights)
+    with torch.no_grad():
+        results = {f"test_{k}": v for k, v in evaluate(weights).items()}
+    model.train()
+    return results, time.perf_counter() - started
+
+
+class MetricsLog:
+    """What a run reports as it trains: each log window's figures (averaged per step, keys ending in "restarts"
+    summed) and each evaluation, as records in RUN/metrics.jsonl (rewritten whole after each), in the tracker of
+    config.log_with, and on the progress bar. A resumed run keeps the records up to its checkpoint and the window
+    the checkpoint saved, so that it logs what an uninterrupted run logs."""
+
+    def __init__(self, run_dir, config, accelerator, steps_per_epoch, total_steps, step, window, resume,
+                 description):
+        self.path, self.config, self.accelerator = Path(run_dir) / "metrics.jsonl", config, accelerator
+        self.steps_per_epoch, self.total_steps, self.window = steps_per_epoch, total_steps, window
+        # Lines past the checkpoint belong to steps that will be taken again.
+        self.records = [m for m in read_metrics(self.path) if m.get("step", 0) <= step] if resume else []
+        start_trackers(accelerator, config, run_dir, description.removeprefix("fit ").replace(" ", "-"))
+        self.bar = tqdm(total=total_steps, initial=step, desc=description, dynamic_ncols=True,
+                        disable=not accelerator.is_main_process)
+        # The window's figures may start before a resume; items/s counts only the steps timed in this process.
+        self.window_start, self.timed_steps, self.shown = time.perf_counter(), 0, {}
+
+    def add_step(self, step, logs):
+        self.timed_steps += 1
+        for key, value in logs.items():
+            self.window.setdefault(key, []).append(value)
+        self.bar.update(1)
+        if step % self.config.log_every == 0 or step == self.total_steps:
+            elapsed = time.perf_counter() - self.window_start
+            record = {"step": step, "epoch": step / self.steps_per_epoch,
+                      "lr": learning_rate_at(step - 1, self.total_steps, self.config),
+                      "items_per_s": self.timed_steps * self.config.batch_size
+                      * self.accelerator.num_processes / max(elapsed, 1e-9)}
+            for key, values in self.window.items():
+                record[key] = sum(values) if key.endswith("restarts") else sum(values) / len(values)
+            self._add({k: v for k, v in record.items() if k != "step"}, record, step,
+                      {k: f"{record[k]:.4g}" for k in self.window if not k.endswith("restarts")})
+            self.window, self.window_start, self.timed_steps = {}, time.perf_counter(), 0
+
+    def add_evaluation(self, step, results, seconds):
+        self._add(results, {"step": step, "epoch": step / self.steps_per_epoch, **results}, step,
+                  {k: f"{v:.4g}" for k, v in results.items()})
+        self.window_start += seconds  # items/s counts training only
+
+    def _add(self, tracked, record, step, shown):
+        self.records.append(record)
+        self.accelerator.log(tracked, step=step)
+        self.shown.update(shown)
+        self.bar.set_postfix(self.shown)
+        if self.accelerator.is_main_process:
+            write_metrics(self.path, self.records)
+
+    def close(self):
+        self.bar.close()
+        for tracker in self.accelerator.trackers:  # (accelerator.end_training would also end the process group)
+            tracker.finish()
 
 
 def warn_of_other_threads(saved_threads, accelerator):
