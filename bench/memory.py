@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from store.images import DataConfig, load_images
+from store.runs import MODEL_WEIGHTS
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_TOKENIZER = ["--hidden-channels", "32", "--residual-channels", "16", "--latent-dim", "32",
@@ -76,7 +77,7 @@ def main():
         make_folder(root / f"images-{n}", n)
 
     base = root / "runs" / "tokenizer" / "base"
-    if not (base / "model.safetensors").exists():
+    if not (base / MODEL_WEIGHTS).exists():
         shutil.rmtree(base, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "pipelines.fit_tokenizer", *SMALL_TOKENIZER, "--dataset",
                         f"folder:{root / f'images-{sizes[0]}'}", "--output-root", root / "runs", "--run-name",
@@ -86,7 +87,7 @@ def main():
         run = root / "runs" / "tokenizer" / f"n{n}"
         shutil.rmtree(run, ignore_errors=True)
         run.mkdir(parents=True)
-        for name in ("model.safetensors", "config.json"):
+        for name in (MODEL_WEIGHTS, "config.json"):
             shutil.copy(base / name, run / name)
         config = json.loads((run / "config.json").read_text())
         config["data"]["dataset"] = f"folder:{root / f'images-{n}'}"

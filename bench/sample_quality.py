@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from evaluation import EvaluationConfig, evaluate
-from store.runs import write_json
+from store.runs import MODEL_WEIGHTS, write_json
 
 # (name, fit_prior flags, [(sampling name, EvaluationConfig fields)]). "raw" evaluates the raw weights of a
 # run that also kept an average; every other row samples what `python -m pipelines.sample` would. A prior with no
@@ -48,11 +48,11 @@ PRIORS = [
      [(f"guidance {s:g}", {"guidance_scale": s}) for s in (1.0, 1.25, 1.5, 1.75, 2.0, 3.0)]
      + [(f"guidance 1.5, temperature {t:g}", {"guidance_scale": 1.5, "temperature": t}) for t in (0.9, 0.95)]
      + [("no label", {"label": "none"}),
-        ("raw weights, guidance 2", {"guidance_scale": 2.0, "prior_weights": "model.safetensors"})]),
+        ("raw weights, guidance 2", {"guidance_scale": 2.0, "prior_weights": MODEL_WEIGHTS})]),
     ("pixelcnn-7ep", [*PIXELCNN, *CONDITIONAL, *FAST, "--epochs", "7", "--learning-rate", "4e-3"],
      [*GUIDED, *TUNED, ("guidance 1.5, seed 1", {"guidance_scale": 1.5, "seed": 1}), ("no label", {"label": "none"}),
       (f"raw weights, guidance {BEST_GUIDANCE:g}",
-       {"guidance_scale": BEST_GUIDANCE, "prior_weights": "model.safetensors"})]),
+       {"guidance_scale": BEST_GUIDANCE, "prior_weights": MODEL_WEIGHTS})]),
     ("pixelcnn-7ep-lr6e-3", [*PIXELCNN, *CONDITIONAL, *FAST, "--epochs", "7", "--learning-rate", "6e-3"],
      [("guidance 1.5", {"guidance_scale": 1.5}), ("guidance 1.5, seed 1", {"guidance_scale": 1.5, "seed": 1})]),
     ("pixelcnn-7ep-dropout0.2", [*PIXELCNN, "--condition", "class", "--label-dropout", "0.2",

@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from evaluation.classifier import Classifier, ClassifierConfig
 from store.images import load_images
-from store.runs import config_from_dict, file_sha256, load_run_model, read_json, save_tensors, write_json
+from store.runs import (MODEL_WEIGHTS, config_from_dict, file_sha256, load_run_model, read_json, save_tensors,
+                        write_json)
 from training import check_seed
 
 DERIVED_FROM_DATA = ("image_channels", "image_size", "num_classes")
@@ -144,7 +145,7 @@ def load_or_train_classifier(data_config, root="checkpoints", *, train_set=None,
     test_set = test_set if test_set is not None else load_images(data_config, "test")
     channels, height, width = test_set.images.shape[1:]
     shape = {"image_channels": int(channels), "image_size": int(height), "num_classes": len(test_set.class_names)}
-    if (directory / "config.json").exists() and (directory / "model.safetensors").exists():
+    if (directory / "config.json").exists() and (directory / MODEL_WEIGHTS).exists():
         saved = read_json(directory / "config.json")
         config = config_from_dict(ClassifierConfig, saved.get("model"), directory / "config.json", "classifier")
         trained_for = (saved.get("data") or {}).get("dataset")
@@ -154,7 +155,7 @@ def load_or_train_classifier(data_config, root="checkpoints", *, train_set=None,
                              f"{data_config.dataset} {shape}: remove it to train a new one")
         _, model = load_run_model(directory, lambda _: Classifier(config))
         return ReferenceClassifier(model.to(device), directory, False, read_json(directory / "results.json"),
-                                   file_sha256(directory / "model.safetensors"))
+                                   file_sha256(directory / MODEL_WEIGHTS))
 
     if height != width:
         raise ValueError(f"the classifier needs square images, {data_config.dataset} has {height}x{width}")
@@ -170,10 +171,10 @@ def load_or_train_classifier(data_config, root="checkpoints", *, train_set=None,
                "train_seconds": seconds,
                "train_images_per_s": train_config.classifier_epochs * len(train_set) / max(seconds, 1e-9),
                "parameters": model.num_parameters(), "threads": torch.get_num_threads(), "device": str(device)}
-    save_tensors(directory / "model.safetensors", model.state_dict())
+    save_tensors(directory / MODEL_WEIGHTS, model.state_dict())
     write_json(directory / "results.json", results)
     # config.json last: a directory counts as finished once it names what its weights were trained for.
     write_json(directory / "config.json", {
         "model": dataclasses.asdict(config), "train": dataclasses.asdict(train_config),
         "data": dataclasses.asdict(data_config), "class_names": list(test_set.class_names)})
-    return ReferenceClassifier(model, directory, True, results, file_sha256(directory / "model.safetensors"))
+    return ReferenceClassifier(model, directory, True, results, file_sha256(directory / MODEL_WEIGHTS))

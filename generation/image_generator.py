@@ -163,7 +163,10 @@ class ImageGenerator:
                                     progress=batch_progress(progress, len(done), mine),
                                     prefix=rows(prefix, start, stop, 1 + grid_ndim), **settings, **kwargs)
             done.append(start)
-            images = self.tokenizer.decode(tokens).float().cpu() if decode else None
+            images = None
+            if decode:  # in float32, as decode() does, whatever autocast the caller samples under
+                with torch.autocast(self.device.type, enabled=False):
+                    images = self.tokenizer.decode(tokens).float().cpu()
             return (tuple(t.cpu() for t in tokens) if isinstance(tokens, tuple) else tokens.cpu()), images
 
         for start, (tokens, images) in batches_in_order(accelerator, n, batch_size, work):

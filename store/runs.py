@@ -91,12 +91,18 @@ def read_json(path):
         raise ValueError(f"{path} is not valid JSON") from None
 
 
+def check_run_dir(run_dir, advice=""):
+    """A one-line ValueError when run_dir is not a folder: missing (with advice), or a file."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"{run_dir} is a file, not a run directory")
+    if not run_dir.is_dir():
+        raise ValueError(f"run directory {run_dir} does not exist{advice}")
+
+
 def check_resumable(run_dir):
     """A one-line ValueError, with advice, when the run directory to resume does not exist."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ValueError(f"run directory {run_dir} does not exist, so there is nothing to resume "
-                         f"(a run killed while starting leaves none: start it again)")
+    check_run_dir(run_dir, ", so there is nothing to resume (a run killed while starting leaves none: start it again)")
 
 
 def save_tensors(path, tensors, metadata=None):
@@ -135,10 +141,8 @@ def weights_file(run_dir, weights=None):
 
 def read_model_files(run_dir, weights=MODEL_WEIGHTS):
     """(config dict, state dict) of a run directory: config.json and its weights file."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ValueError(f"run directory {run_dir} does not exist")
-    return read_json(run_dir / "config.json"), load_tensors(run_dir / weights)
+    check_run_dir(run_dir)
+    return read_json(Path(run_dir) / "config.json"), load_tensors(Path(run_dir) / weights)
 
 
 def load_run_model(run_dir, build, weights=MODEL_WEIGHTS):
@@ -180,8 +184,7 @@ class RunConfig:
 
     @classmethod
     def load(cls, run_dir):
-        if not Path(run_dir).is_dir():
-            raise ValueError(f"run directory {run_dir} does not exist")
+        check_run_dir(run_dir)
         path = Path(run_dir) / "config.json"
         return config_from_dict(cls, read_json(path), path, cls.kind)
 

@@ -320,6 +320,8 @@ COMMAND_CASES = [
          lambda w, d: sample_args(w, d, "--complete", gray_image(d, size=32))),
     Case("sample-tokenizer-changed", SAMPLE, "changed since the prior", _tokenizer_changed_under_prior),
     Case("sample-pickled-prior", SAMPLE, "not a readable safetensors file", _pickled_prior),
+    Case("sample-prior-is-a-file", SAMPLE, "is a file, not a run directory",
+         lambda w, d: sample_args(w, d, prior_dir=gray_image(d, 28))),
     # evaluate (only what it refuses before any work)
     Case("evaluate-negative-samples", EVAL, "--n-samples: must be a positive integer, not -5",
          lambda w, d: eval_args(w, d, "--prior", w.prior, "--n-samples", "-5")),
@@ -474,6 +476,7 @@ def _nowhere(w, d):
 LIBRARY_CASES = [
     # (id, setup(world, case folder) -> x, call(x), a regular expression the one-line message matches)
     ("tokenizer-load-missing-run", _nowhere, Tokenizer.load, "does not exist"),
+    ("tokenizer-load-a-file", lambda w, d: gray_image(d, 28), Tokenizer.load, "is a file, not a run directory"),
     ("tokenizer-load-truncated", copy_of("tokenizer", truncated="model.safetensors"), Tokenizer.load,
      "not a readable safetensors"),
     ("tokenizer-load-pickle", copy_of("tokenizer", pickled="model.safetensors"), Tokenizer.load,

@@ -9,8 +9,8 @@ from PIL import Image
 
 from conftest import TINY_TOKENIZER, labelled_image_folder, run_in_process
 from pipelines import decode, encode, fit_tokenizer
-from store.index_maps import read_index_maps
-from store.sequences import SequenceLayout
+from store.index_maps import read_index_maps, read_sources
+from store.sequences import SequenceLayout, read_sequences
 from tokenizer import Tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -56,6 +56,13 @@ def test_encode_of_a_folder_is_the_tokenizers_encode_row_for_row(tokenizer_run, 
     assert maps.labels.tolist() == [int(line[len("kind")]) for line in lines]  # sub-folders are the classes
     assert maps.meta["class_names"] == ["kind0", "kind1", "kind2"] and maps.meta["sequences"] is None
     assert maps.meta["weights_sha256"] == tokenizer.weights_sha256
+    # What a library user reads back without a command: row i is the image on line i, checked against its hash.
+    assert read_sources(out, "images") == lines
+    with pytest.raises(ValueError, match="encode them with --sequences"):
+        read_sequences(out, "images")
+    (out / "images_sources.txt").write_text("\n".join(reversed(lines)) + "\n")
+    with pytest.raises(ValueError, match="does not match its recorded SHA-256"):
+        read_sources(out, "images")
 
     # decode(encode(x)) is the tokenizer's reconstruction of x, picture for picture.
     pictures = tmp_path / "pictures-out"
@@ -85,6 +92,8 @@ def test_sequences_round_trip_to_the_maps(tokenizer_run, folder, tmp_path, capsy
     assert sequences.dtype == (np.uint16 if offset else np.uint8)
     layout = SequenceLayout(32, ((7, 7),), offset, begin_end)
     assert described == layout.describe() and described["vocab_size"] == offset + 32 + 2 * begin_end
+    read_back, read_layout = read_sequences(out, "images")  # the library reads what encode wrote
+    assert read_layout == layout and np.array_equal(read_back, sequences)
     assert np.array_equal(layout.to_maps(sequences)[0], maps.maps.astype(np.int64))
     body = sequences[:, 1:-1] if begin_end else sequences
     assert np.array_equal(body.astype(np.int64) - offset, maps.maps.reshape(25, -1))  # raster order
@@ -107,6 +116,7 @@ def test_sequences_of_two_levels_hold_the_top_grid_then_the_bottom(fashion_dir, 
     sequences = np.load(tmp_path / "tokens" / "test_sequences.npy")
     assert sequences.shape == (64, 1 + 16 + 49 + 1)
     top, bottom = SequenceLayout(32, ((4, 4), (7, 7)), 0, True).to_maps(sequences)
+    assert read_sequences(tmp_path / "tokens", "test")[1] == SequenceLayout(32, ((4, 4), (7, 7)), 0, True)
     assert np.array_equal(top, maps.top.astype(np.int64)) and np.array_equal(bottom, maps.maps.astype(np.int64))
     decode.main(["--tokenizer", run, "--tokens", tmp_path / "tokens", "--out", tmp_path / "pictures"])
     expected = Tokenizer.load(run).decode((torch.from_numpy(top[:1]), torch.from_numpy(bottom[:1])))

@@ -192,3 +192,13 @@ def test_the_largest_seed_samples_and_wraps_per_batch(prior_run, tmp_path, capsy
     assert np.array_equal(tokens_of(tmp_path / "out"), tokens.numpy())
     with pytest.raises(ValueError, match="seed must be an integer from 0 to 2\\*\\*64 - 1"):
         ImageGenerator.load(prior_run).sample(3, seed=2**64)
+
+
+def test_mixed_precision_auto_is_chosen_for_this_machine_and_recorded(prior_run, tmp_path, capsys):
+    from training import TrainConfig
+
+    status, err = run_cli(["--prior", prior_run, "--n", 2, "--mixed-precision", "auto", "--out", tmp_path / "out"],
+                          capsys)
+    assert status == 0, err
+    recorded = json.loads((tmp_path / "out" / "sample.json").read_text())["mixed_precision"]
+    assert recorded == TrainConfig(mixed_precision="auto").mixed_precision and recorded in ("no", "bf16")
