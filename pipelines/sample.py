@@ -14,12 +14,13 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from generation import ImageGenerator, ProgressBar, check_memory
 from pipelines import cli
 from store.images import read_image
-from store.index_maps import IndexMapWriter, record_index_maps
+from store.index_maps import IndexMapWriter, record_index_maps, smallest_uint_dtype
 from store.pictures import save_mosaic, save_pngs
 from store.runs import check_disk_space, check_output_folder, newest_run, staged_folder, write_json
 from training import TrainConfig, make_accelerator
@@ -66,7 +67,9 @@ def main(argv=None):
     # Held at once: a batch, and the images of the mosaic. Written: a PNG per image, the tokens and labels.
     check_memory(generator.batch_bytes(min(batch_size, n)) + args.mosaic * generator.bytes_per_sample(),
                  f"a batch of {min(batch_size, n)} samples", "lower --batch-size")
-    token_bytes = sum(math.prod(shape) for shape in tokenizer.level_shapes.values()) * 2 + 8
+    # Per sample: its tokens (every level, in the maps' dtype) and its label; and a PNG file, at least one block.
+    token_bytes = sum(math.prod(shape) for shape in tokenizer.level_shapes.values()) \
+        * np.dtype(smallest_uint_dtype(tokenizer.codebook_size)).itemsize + 8
     check_disk_space(out.parent, n * token_bytes, n + 8, f"{n} samples",
                      "sample fewer (--n), or write them elsewhere (--out)")
     completion, original = {}, None

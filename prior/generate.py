@@ -205,10 +205,10 @@ def _check_tokens(name, tokens, codebook_size):
                          f"{tokens.min().item()}..{tokens.max().item()}")
 
 
-def check_args(model, n, labels=None, temperature=1.0, top_k=None, top_p=None, guidance_scale=1.0, prefix=None,
-               keep_rows=0, sampler="cached", progress=None, generator=None, batch_size=None, condition=None):
-    """Raise one ValueError for the first bad argument; return labels (n,) or None, prefix (n, *token_shape) or
-    None, and condition (n, *condition_shape) or None."""
+def check_args(model, n, labels, temperature, top_k, top_p, guidance_scale, prefix, keep_rows, sampler, progress,
+               generator, batch_size, condition):
+    """generate()'s arguments, its settings resolved: raise one ValueError for the first bad one; return labels (n,)
+    or None, prefix (n, *token_shape) or None, and condition (n, *condition_shape) or None."""
     config = model.config
     h, k, classes, shape = config.grid_height, config.codebook_size, config.num_classes, config.token_shape
     if sampler not in SAMPLERS:
