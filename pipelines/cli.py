@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from prior.sampling import NO_LABEL, SamplingConfig
-from store.images import DATASETS, DEBIAN_FASHION_MNIST_DIR, DataConfig
+from store.images import DEBIAN_FASHION_MNIST_DIR, DataConfig
 from training import MAX_SEED, TrainConfig
 
 # ------------------------------------------------------------------------------------------------- value types
@@ -96,14 +96,14 @@ def add_output_root_flag(parser):
                              "(default: checkpoints)")
 
 
-def add_run_flags(parser, stage, resume_note="other flags are ignored"):
+def add_run_flags(parser):
     """The flags every training command shares: where runs go, the new run's name, and --resume."""
     run = parser.add_argument_group("run")
     add_output_root_flag(run)
     run.add_argument("--run-name", default=None, help="name of the new run (default: a timestamp)")
     run.add_argument("--resume", metavar="RUN_DIR", default=None,
-                     help=f"continue a killed run from its last checkpoint, with the config it was started with "
-                          f"({resume_note})")
+                     help="continue a killed run from its last checkpoint, with the config it was started with "
+                          "(other flags are ignored)")
     return run
 
 
@@ -155,7 +155,7 @@ def add_mixed_precision_flag(parser, default):
 def add_sample_count_flag(parser, default):
     # torchrun's own parser takes --n for an abbreviation of one of its flags: --num-samples there.
     parser.add_argument("--n", "--num-samples", "--n-samples", dest="n_samples", type=positive_int, default=default,
-                        help=f"number of samples (default: {default}); under torchrun write --num-samples")
+                        help=f"number of samples; under torchrun write --num-samples (default: {default})")
 
 
 def add_sampling_flags(parser):
@@ -178,10 +178,6 @@ def add_sampling_flags(parser):
            f"with label dropout (default: {defaults.guidance_scale} where there are labels, else 1)")
 
 
-def dataset_help():
-    return f"a folder of images, read recursively (sub-folders are classes), or a data set: {', '.join(DATASETS)}"
-
-
 # --------------------------------------------------------------------------------------------- errors
 
 
@@ -199,16 +195,20 @@ def run(main):
     try:
         main()
     except (ValueError, OSError) as error:
-        fail(" ".join(str(error).split()) or type(error).__name__)
-    except (MemoryError, torch.OutOfMemoryError) as error:
-        fail(f"out of memory ({' '.join(str(error).split())[:200] or 'no detail'}): lower --batch-size or the count")
-    except RuntimeError as error:
-        if "can't allocate memory" not in str(error) and "out of memory" not in str(error):
+        fail(one_line(error) or type(error).__name__)
+    except (MemoryError, torch.OutOfMemoryError, RuntimeError) as error:
+        # An allocation that failed anyway (the estimates before any work are estimates): one line too.
+        if isinstance(error, RuntimeError) and not isinstance(error, torch.OutOfMemoryError) and not any(
+                phrase in str(error) for phrase in ("can't allocate memory", "out of memory")):
             raise
-        fail(f"out of memory ({' '.join(str(error).split())[:200]}): lower --batch-size or the count")
+        fail(f"out of memory ({one_line(error)[:200] or type(error).__name__}): lower --batch-size or the count")
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
+
+
+def one_line(error):
+    return " ".join(str(error).split())
 
 
 def fail(message):

@@ -33,7 +33,7 @@ def build_parser():
     parser = cli.ArgumentParser(
         prog="python -m pipelines.fit_prior",
         description="Train the PixelCNN prior on the index maps of a tokenizer run (its RUN/maps/).")
-    run = cli.add_run_flags(parser, "prior")
+    run = cli.add_run_flags(parser)
     cli.add_run_choice_flag(run, "tokenizer", "model the maps of", default="the newest under OUTPUT_ROOT/tokenizer")
     run.add_argument("--condition", choices=CONDITIONS, default="auto",
                      help="none: one prior for all images; class: condition on the data set's labels; auto: class "

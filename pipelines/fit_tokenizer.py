@@ -33,7 +33,7 @@ def build_parser():
     parser = cli.ArgumentParser(
         prog="python -m pipelines.fit_tokenizer",
         description="Train the VQ-VAE tokenizer, then write every image's index map into RUN/maps/.")
-    run = cli.add_run_flags(parser, "tokenizer", "other model, data and training flags are ignored")
+    run = cli.add_run_flags(parser)
     run.add_argument("--dump-only", metavar="RUN_DIR", default=None,
                      help="skip training: write the index maps again from a finished run's weights")
     run.add_argument("--dump-batch-size", type=cli.positive_int, default=None,

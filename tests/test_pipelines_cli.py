@@ -1,0 +1,86 @@
+"""pipelines.cli: the one place for flags and the one error boundary. Value types refuse in one line, a renamed
+flag names its new spelling, a shared flag is declared once with one meaning, and memory that runs out is one line,
+while a bug still ends in its traceback."""
+
+import pytest
+import torch
+
+from pipelines import cli, decode, encode, evaluate, fit_prior, fit_tokenizer, sample
+
+COMMANDS = {"fit_tokenizer": fit_tokenizer, "fit_prior": fit_prior, "sample": sample, "evaluate": evaluate,
+            "encode": encode, "decode": decode}
+
+
+def parse_error(parser, args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(args)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(lines) == 1
+    return lines[0]
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--n", "0", "must be a positive integer, not 0"), ("--n", "two", "must be a positive integer, not 'two'"),
+    ("--batch-size", "-3", "must be a positive integer, not -3"),
+    ("--seed", str(2**64), "must be an integer from 0 to 2**64 - 1"), ("--seed", "-1", "from 0 to 2**64 - 1"),
+    ("--keep-rows", "-1", "must be an integer >= 0, not -1"),
+])
+def test_value_types_refuse_in_one_line(flag, value, message, capsys):
+    assert message in parse_error(sample.build_parser(), [flag, value], capsys)
+    assert sample.build_parser().parse_args(["--seed", str(2**64 - 1)]).seed == 2**64 - 1
+
+
+@pytest.mark.parametrize("command,former,now", [("fit_tokenizer", "--ema-decay", "--codebook-ema-decay"),
+                                                ("fit_prior", "--ema-decay", "--weight-ema-decay")])
+def test_a_renamed_flag_names_its_new_spelling(command, former, now, capsys):
+    parser = COMMANDS[command].build_parser()
+    assert parse_error(parser, [former, "0.9"], capsys).endswith(f"error: {former} is now {now}")
+    assert former not in parser.format_help()
+
+
+# Flags two or more commands share, each declared once in cli.py: every command describes them in the same words
+# (a command may only default them otherwise). Flags of "what this command works on" (--tokenizer, --prior,
+# --batch-size, --split) are declared once too, with the command's subject in their help.
+DECLARED_ONCE = {"--out", "--overwrite", "--output-root", "--run-name", "--resume", "--mosaic", "--fashion-mnist-dir",
+                 "--data-dir", "--image-size", "--mixed-precision", "--n", "--num-samples", "--n-samples", "--seed",
+                 "--temperature", "--top-k", "--top-p", "--label", "--guidance-scale"}
+
+
+def test_a_flag_shared_by_commands_has_one_meaning_in_all():
+    import re
+
+    helps = {}
+    for name, module in COMMANDS.items():
+        for action in module.build_parser()._actions:
+            for flag in action.option_strings:
+                helps.setdefault(flag, {})[name] = re.sub(r" \(default: [^)]*\)$", "", action.help)
+    shared = {flag for flag, texts in helps.items() if len(texts) > 1}
+    assert DECLARED_ONCE <= shared
+    differing = {flag: texts for flag, texts in helps.items() if flag in DECLARED_ONCE and len(set(texts.values())) > 1}
+    # The fits' --seed seeds training, sample's and evaluate's the draw: the commands' own randomness each.
+    assert set(differing) <= {"--seed"} and len(set(helps["--seed"][c] for c in ("sample", "evaluate"))) == 1
+    assert "auto" in [a for a in sample.build_parser()._actions if "--mixed-precision" in a.option_strings][0].choices
+
+
+@pytest.mark.parametrize("error,status", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory: you tried to "
+                  "allocate 80000000000 bytes"), 2),
+    (MemoryError(), 2), (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), 2),
+    (ValueError("a bad\nvalue"), 2),
+])
+def test_the_error_boundary_turns_user_errors_and_exhausted_memory_into_one_line(error, status, capsys):
+    def main():
+        raise error
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(main)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == status and len(lines) == 1 and lines[0].startswith("error: ")
+
+
+def test_a_bug_is_not_hidden():
+    def main():
+        raise RuntimeError("shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        cli.run(main)
