@@ -196,15 +196,20 @@ def run(main):
         main()
     except (ValueError, OSError) as error:
         fail(one_line(error) or type(error).__name__)
-    except (MemoryError, torch.OutOfMemoryError, RuntimeError) as error:
-        # An allocation that failed anyway (the estimates before any work are estimates): one line too.
-        if isinstance(error, RuntimeError) and not isinstance(error, torch.OutOfMemoryError) and not any(
-                phrase in str(error) for phrase in ("can't allocate memory", "out of memory")):
+    except (MemoryError, RuntimeError) as error:
+        if not ran_out_of_memory(error):
             raise
         fail(f"out of memory ({one_line(error)[:200] or type(error).__name__}): lower --batch-size or the count")
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
+
+
+def ran_out_of_memory(error):
+    """An allocation that failed anyway (the estimates made before any work are estimates): MemoryError, torch's
+    OutOfMemoryError, or the RuntimeError of torch's CPU allocator."""
+    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or any(
+        phrase in str(error) for phrase in ("can't allocate memory", "out of memory"))
 
 
 def one_line(error):

@@ -62,16 +62,17 @@ def main(argv=None):
     train_config = run.train if args.resume else cli.config_from_args(TrainConfig, args)
     accelerator = make_accelerator(train_config)
     train_maps, test_maps = read_maps_for(tokenizer_dir)
-    if args.resume and train_maps.meta["weights_sha256"] != run.tokenizer.weights_sha256:
-        raise ValueError(f"prior run {args.resume} was trained on maps of other tokenizer weights than those now in "
-                         f"{tokenizer_dir} (SHA-256 differs): start a new prior run")
-    if not args.resume:
+    if args.resume:  # the maps it was trained on, still
+        if train_maps.meta["weights_sha256"] != run.tokenizer.weights_sha256:
+            raise ValueError(f"prior run {args.resume} was trained on maps of other tokenizer weights than those now "
+                             f"in {tokenizer_dir} (SHA-256 differs): start a new prior run")
+        if (run.top is not None) != (train_maps.levels == 2):
+            raise ValueError(f"prior run {args.resume} models {1 if run.top is None else 2} level(s) of codes, the "
+                             f"maps in {tokenizer_dir} have {train_maps.levels}")
+    else:
         run = new_prior_run(tokenizer_dir, train_maps, cli.config_from_args(PriorConfig, args), train_config,
                             args.condition, args.label_dropout, args.eval_batch_size)
         check_one_batch(len(train_maps.maps), train_config)
-    if (run.top is not None) != (train_maps.levels == 2):
-        raise ValueError(f"prior run {args.resume} models {1 if run.top is None else 2} level(s) of codes, the maps "
-                         f"in {tokenizer_dir} have {train_maps.levels}")
     run_dir = open_run_dir(accelerator, "prior", run.to_dict(), resume_dir=args.resume and Path(args.resume),
                            output_root=args.output_root, run_name=args.run_name, copies=tokenizer_copy(tokenizer_dir))
 

@@ -147,6 +147,17 @@ class IndexMaps:
         return 2 if self.top is not None else 1
 
 
+def recorded_file(directory, entry, check_hash=True):
+    """The path of a file that a meta.json entry ({"file": name, "sha256": digest}) names in directory, refused in
+    one line when it is missing or (check_hash) not the file that was recorded."""
+    path = Path(directory) / entry["file"]
+    if not path.exists():
+        raise ValueError(f"index-map file {path} is missing")
+    if check_hash and file_sha256(path) != entry["sha256"]:
+        raise ValueError(f"index-map file {path} does not match its recorded SHA-256 (corrupt or replaced)")
+    return path
+
+
 def read_index_maps(directory, split, check_hashes=True):
     """Load one split memory-mapped; every inconsistency is a one-line ValueError."""
     directory = Path(directory)
@@ -171,11 +182,7 @@ def read_index_maps(directory, split, check_hashes=True):
     for kind in ("maps", "labels", "top_maps") if two_levels else ("maps", "labels"):
         if kind not in entry:
             raise ValueError(f"{meta_path} names no {kind} file for the {split!r} split")
-        path = directory / entry[kind]["file"]
-        if not path.exists():
-            raise ValueError(f"index-map file {path} is missing")
-        if check_hashes and file_sha256(path) != entry[kind]["sha256"]:
-            raise ValueError(f"index-map file {path} does not match its recorded SHA-256 (corrupt or replaced)")
+        path = recorded_file(directory, entry[kind], check_hashes)
         try:
             arrays[kind] = np.load(path, mmap_mode="r", allow_pickle=False)
         except ValueError as error:
@@ -237,14 +244,10 @@ def write_sources(directory, split, data):
 def read_sources(directory, split):
     """The image paths of a split that pipelines.encode wrote from a folder, row for row, checked against the hash
     meta.json records."""
-    index_maps = read_index_maps(directory, split)
-    entry = index_maps.meta["splits"][split].get("sources")
+    entry = read_index_maps(directory, split).meta["splits"][split].get("sources")
     if entry is None:
         raise ValueError(f"the {split!r} split of {directory} lists no sources (it was not encoded from a folder)")
-    path = Path(directory) / entry["file"]
-    if not path.exists() or file_sha256(path) != entry["sha256"]:
-        raise ValueError(f"sources file {path} is missing or does not match its recorded SHA-256")
-    return path.read_bytes().decode("utf-8", "surrogateescape").splitlines()
+    return recorded_file(directory, entry).read_bytes().decode("utf-8", "surrogateescape").splitlines()
 
 
 NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"

@@ -5,12 +5,10 @@ end-of-image id (the two ids after the codebook's: offset + codebook_size and of
 """
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from store.index_maps import read_index_maps, smallest_uint_dtype
-from store.runs import file_sha256
+from store.index_maps import read_index_maps, recorded_file, smallest_uint_dtype
 
 
 @dataclass(frozen=True)
@@ -120,10 +118,9 @@ def read_sequences(directory, split):
     index_maps = read_index_maps(directory, split)
     layout = SequenceLayout.of_maps(index_maps.meta)
     entry = index_maps.meta["splits"][split].get("sequences")
-    path = Path(directory) / entry["file"] if entry else None
-    if path is None or not path.exists() or file_sha256(path) != entry["sha256"]:
-        raise ValueError(f"the sequences of the {split!r} split in {directory} are missing or do not match their "
-                         "recorded SHA-256")
+    if entry is None:
+        raise ValueError(f"meta.json of {directory} names no sequences for the {split!r} split")
+    path = recorded_file(directory, entry)
     sequences = np.load(path, mmap_mode="r", allow_pickle=False)
     if sequences.shape != (len(index_maps.maps), layout.length):
         raise ValueError(f"{path} has shape {sequences.shape}, not ({len(index_maps.maps)}, {layout.length})")
