@@ -25,6 +25,8 @@ CONFIGURATIONS = [
     ("gated-compiled", GATED, None, True),
     ("pixelcnn-112x8", PIXELCNN, None, False),
     ("pixelcnn-112x8-bf16", PIXELCNN, torch.bfloat16, False),
+    ("pixelsnail-112x8", {**PIXELCNN, "arch": "pixelsnail"}, None, False),
+    ("pixelsnail-112x8-bf16", {**PIXELCNN, "arch": "pixelsnail"}, torch.bfloat16, False),
 ]
 
 

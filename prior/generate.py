@@ -112,7 +112,8 @@ class _CachedPixelCNN:
 
     A masked kxk convolution at (i, j) only reads rows i - p..i, so a window of p + 1 cached rows and the
     kernel's top p + 1 rows give its output at one position, or, with whole rows, at every position of those
-    rows at once (used for the rows a completion keeps).
+    rows at once (used for the rows a completion keeps). pixelsnail's attention blocks keep the keys and values of
+    every position so far, and each step attends from the new position(s) over them.
     """
 
     def __init__(self, model, tokens, labels, condition, keep_rows):
@@ -126,6 +127,10 @@ class _CachedPixelCNN:
         self.matrices = [rearrange(weight, "o c u v -> o (u v c)") for weight in self.weights]
         self.inputs = [model.embed.weight.new_zeros(b, height + p, width + 2 * p, conv.in_channels)
                        for conv, p in zip(self.convs, self.pads)]
+        # pixelsnail: the keys and values of every position so far, per attention block.
+        self.attention_caches = {n: attention.new_cache(b, model.embed.weight)
+                                 for n in range(len(self.blocks)) if (attention := model.attention_after(n))}
+        self.width = width
         if keep_rows:
             p = self.pads[0]
             self.inputs[0][:, p : p + keep_rows, p : p + width] = model.embed_tokens(tokens[:, :keep_rows])
@@ -150,9 +155,30 @@ class _CachedPixelCNN:
             if n:
                 x = block.finish(x, y, bias_of_position(bias, r0, c0) if one
                                  else as_map(bias_at(bias, slice(r0, r1), slice(c0, c1))))
+                if n - 1 in self.attention_caches:
+                    x = self._attend(n - 1, x, r0, c0, one)
             else:
                 x = y
         return x
+
+    def _attend(self, n, x, r0, c0, one):
+        """The attention block after residual block n on the rectangle's output x: a single position (b, c), or
+        whole rows (b, c, rows, width), the only rectangles _run is given."""
+        attention, start = self.model.attention_after(n), r0 * self.width + c0
+        sequence = x.unsqueeze(1) if one else rearrange(x, "b c h w -> b (h w) c")
+        sequence = attention.step(sequence, self._tokens_before(start, sequence.shape[1]), start,
+                                  self.attention_caches[n])
+        return sequence.squeeze(1) if one else rearrange(sequence, "b (h w) c -> b c h w", w=self.width)
+
+    def _tokens_before(self, start, n):
+        """The embedded tokens at raster positions start - 1..start + n - 2 (b, n, e), zeros before the first: what
+        an attention block pairs with positions start..start + n - 1. They are all written by now."""
+        p, cache = self.pads[0], self.inputs[0]
+        rows = range(max(start - 1, 0) // self.width, (start + n - 2) // self.width + 1)
+        known = rearrange(cache[:, p + rows.start : p + rows.stop, p : p + self.width], "b h w e -> b (h w) e")
+        first = max(start - 1, 0) - rows.start * self.width
+        known = known[:, first : first + n - (start == 0)]
+        return F.pad(known, (0, 0, 1, 0)) if start == 0 else known
 
     def logits(self, i, j):
         return rearrange(self.model.head(self._run(i, i + 1, j, j + 1)), "b (l k) -> b l k",

@@ -224,3 +224,74 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x, cond=None):
         return self.finish(x, self.conv(self.reduce(x)), as_map(self.cond_bias(cond)))
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention over the grid's positions in raster order: the attention block PixelSNAIL (Chen et
+    al. 2018) puts between its causal convolutions, which gives every position the whole past in one layer, the
+    convolutions' blind spot included.
+
+    Position t attends over the slots s <= t. Slot s holds the block's input at s and the embedding of token s - 1
+    (the token just before s in raster order; a zero vector at s = 0), as PixelSNAIL's keys and values carry the
+    input image beside the features. Both depend on tokens before t only (the input at s, through the type-A first
+    layer, on tokens before s), so the prior stays causal, and every token before t is read directly through the
+    slot after it, however far the masked convolutions reach (a slot of token s itself would be unknown at s and
+    leave row ends out of reach at the next row's start).
+
+    Pre-norm and residual, as in a transformer block, with a learned embedding of the raster position added to the
+    normalized input (the queries and keys need to know where they are). The output projection starts at zero, so
+    a new block is the identity and the convolutional stack trains as it did without it.
+    """
+
+    def __init__(self, channels, token_channels, heads, positions):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"attention needs channels divisible by its heads, got {channels} and {heads}")
+        self.heads = heads
+        self.norm = nn.LayerNorm(channels)
+        self.position = nn.Parameter(torch.zeros(positions, channels))
+        nn.init.normal_(self.position, std=0.02)
+        self.query = nn.Linear(channels, channels)
+        self.key_value = nn.Linear(channels + token_channels, 2 * channels)
+        self.out = nn.Linear(channels, channels)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def _project(self, sequence, previous, start):
+        """(queries, keys, values), each (b, heads, n, d), of positions start..start + n - 1 from the block's input
+        there (b, n, c) and the embeddings of the tokens one position before (b, n, e)."""
+        z = self.norm(sequence) + self.position[start : start + sequence.shape[1]]
+        q = rearrange(self.query(z), "b n (heads d) -> b heads n d", heads=self.heads)
+        k, v = rearrange(self.key_value(torch.cat([z, previous], dim=-1)), "b n (two heads d) -> two b heads n d",
+                         two=2, heads=self.heads)
+        return q, k, v
+
+    def _finish(self, sequence, attended):
+        return sequence + self.out(rearrange(attended, "b heads n d -> b n (heads d)"))
+
+    def forward(self, x, tokens):
+        """x (b, c, h, w), the embedded tokens (b, e, h, w) -> (b, c, h, w)."""
+        sequence = rearrange(x, "b c h w -> b (h w) c")
+        previous = F.pad(rearrange(tokens, "b e h w -> b (h w) e"), (0, 0, 1, 0))[:, :-1]
+        attended = F.scaled_dot_product_attention(*self._project(sequence, previous, 0), is_causal=True)
+        return rearrange(self._finish(sequence, attended), "b (h w) c -> b c h w", h=x.shape[2])
+
+    def new_cache(self, batch_size, like):
+        """Empty (keys, values) caches for step()."""
+        positions, channels = self.position.shape
+        shape = (batch_size, self.heads, positions, channels // self.heads)
+        return like.new_zeros(shape), like.new_zeros(shape)
+
+    def step(self, sequence, previous, start, cache):
+        """forward() at positions start..start + n - 1 only, (b, n, c) -> (b, n, c), with the embeddings of the
+        tokens one position before them (b, n, e), given the keys and values of every position before start in
+        cache (filled by the steps before); writes those of these positions."""
+        n = sequence.shape[1]
+        q, k, v = self._project(sequence, previous, start)
+        keys, values = cache
+        keys[:, :, start : start + n], values[:, :, start : start + n] = k, v
+        slots = torch.arange(start + n, device=q.device)
+        visible = slots.unsqueeze(0) <= (start + torch.arange(n, device=q.device)).unsqueeze(1)  # (n, start + n)
+        attended = F.scaled_dot_product_attention(q, keys[:, :, : start + n], values[:, :, : start + n],
+                                                  attn_mask=visible)
+        return self._finish(sequence, attended)

@@ -1,10 +1,13 @@
 """The autoregressive prior over VQ-VAE index maps: a PixelCNN that writes token grids in raster order.
 
-Two bodies over the same embedding and output head:
+Three bodies over the same embedding and output head:
 - 'gated': Gated PixelCNN, van den Oord et al. 2016, "Conditional Image Generation with PixelCNN Decoders"
   (vertical and horizontal stacks, gated units, class conditioning, no blind spot);
 - 'pixelcnn': the original masked-convolution residual stack of van den Oord et al. 2016, "Pixel Recurrent
-  Neural Networks", kept as the baseline; its receptive field has the known blind spot up and to the right.
+  Neural Networks"; its receptive field has the known blind spot up and to the right;
+- 'pixelsnail': the pixelcnn stack with a causal self-attention block after every attention_every residual
+  blocks, as PixelSNAIL (Chen et al. 2018) and the prior of rosinality/vq-vae-2-pytorch interleave them: every
+  position reads the whole past, blind spot included (one token per position only).
 
 The prior knows nothing of images: it reads LongTensor[b, h, w] token grids and returns logits over the
 codebook at every position, each computed from the positions before it in raster order only. With depth > 1
@@ -20,10 +23,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from prior.layers import GatedBlock, MaskedConv2d, Pointwise, ResidualBlock
+from prior.layers import CausalSelfAttention, GatedBlock, MaskedConv2d, Pointwise, ResidualBlock
 from store.runs import config_from_dict, load_run_model, weights_file
 
-ARCHS = ("gated", "pixelcnn")
+ARCHS = ("gated", "pixelcnn", "pixelsnail")
 
 
 @dataclass
@@ -31,7 +34,8 @@ class PriorConfig:
     # pixelcnn is the default: on 7x7 grids it learns more per epoch and runs faster per step than gated, whose
     # missing blind spot cannot pay where a 7x7 first layer already sees most of the past (BENCHMARKS.md).
     arch: str = field(default="pixelcnn", metadata={
-        "help": "body of the prior: 'gated' (Gated PixelCNN, no blind spot) or 'pixelcnn' (original, blind spot)",
+        "help": "body of the prior: 'gated' (Gated PixelCNN, no blind spot), 'pixelcnn' (original, blind spot) or "
+                "'pixelsnail' (pixelcnn with causal self-attention blocks between its residual blocks)",
         "choices": ARCHS})
     codebook_size: int = field(default=512, metadata={
         "help": "number of distinct tokens, the tokenizer's codebook size; the prior predicts one of these"})
@@ -51,6 +55,10 @@ class PriorConfig:
         "help": "odd kernel size (>= 3) of the type-A first layer, which sees the neighbours of each position"})
     kernel_size: int = field(default=3, metadata={
         "help": "odd kernel size of the type-B layers after the first"})
+    attention_every: int = field(default=2, metadata={
+        "help": "pixelsnail: a causal self-attention block after every this many residual blocks"})
+    attention_heads: int = field(default=4, metadata={
+        "help": "pixelsnail: heads of each attention block (hidden_channels must be a multiple)"})
     num_classes: int = field(default=0, metadata={
         "help": "classes to condition on; 0 = unconditional, > 0 adds a 'no label' class for classifier-free guidance"})
     depth: int = field(default=1, metadata={
@@ -68,9 +76,19 @@ class PriorConfig:
                      "depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.arch == "pixelcnn" and self.hidden_channels < 2:
-            raise ValueError(f"hidden_channels must be >= 2 for arch 'pixelcnn' (its residual blocks halve it), "
+        if self.arch != "gated" and self.hidden_channels < 2:
+            raise ValueError(f"hidden_channels must be >= 2 for arch {self.arch!r} (its residual blocks halve it), "
                              f"got {self.hidden_channels}")
+        if self.arch == "pixelsnail":
+            if self.depth > 1:
+                raise ValueError("arch 'pixelsnail' models one token per position (depth 1): its attention would mix "
+                                 "the levels of a position")
+            if self.attention_every < 1 or self.attention_heads < 1:
+                raise ValueError(f"attention_every and attention_heads must be >= 1, got {self.attention_every} "
+                                 f"and {self.attention_heads}")
+            if self.hidden_channels % self.attention_heads:
+                raise ValueError(f"hidden_channels must be a multiple of attention_heads, got "
+                                 f"{self.hidden_channels} and {self.attention_heads}")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and >= 1, got {self.kernel_size}")
         if self.first_kernel_size < 3 or self.first_kernel_size % 2 == 0:
@@ -82,7 +100,7 @@ class PriorConfig:
             raise ValueError("a conditioning map needs a codebook size >= 2 and a positive height and width, got "
                              f"{self.condition_codebook_size}, {self.condition_height}x{self.condition_width}")
         # Every level needs channels of its own in every layer (the pixelcnn blocks halve the width inside).
-        group = self.depth * (2 if self.arch == "pixelcnn" else 1)
+        group = self.depth * (1 if self.arch == "gated" else 2)
         if self.hidden_channels % group:
             raise ValueError(f"hidden_channels must be a multiple of {group} for depth {self.depth} "
                              f"and arch {self.arch!r}, got {self.hidden_channels}")
@@ -141,6 +159,10 @@ class Prior(nn.Module):
             self.stem = MaskedConv2d(input_channels, c, config.first_kernel_size, "A", depth)
             self.blocks = nn.ModuleList(
                 ResidualBlock(c, config.kernel_size, cond_dim, depth) for _ in range(config.num_layers - 1))
+        positions = config.grid_height * config.grid_width
+        self.attentions = nn.ModuleList(
+            CausalSelfAttention(c, input_channels, config.attention_heads, positions)
+            for _ in range((config.num_layers - 1) // config.attention_every)) if config.arch == "pixelsnail" else None
         self.head = nn.Sequential(nn.ReLU(), Pointwise(c, c, depth), nn.ReLU(),
                                   Pointwise(c, depth * config.codebook_size, depth))
 
@@ -152,6 +174,13 @@ class Prior(nn.Module):
 
     def num_parameters(self):
         return sum(p.numel() for p in self.parameters())
+
+    def attention_after(self, n):
+        """The attention block that follows residual block n (pixelsnail), or None."""
+        every = self.config.attention_every
+        if self.attentions is None or (n + 1) % every:
+            return None
+        return self.attentions[(n + 1) // every - 1]
 
     def embed_labels(self, labels, batch_size):
         """Label embeddings (b, hidden_channels), "no label" where labels is None; None if unconditional."""
@@ -201,8 +230,11 @@ class Prior(nn.Module):
                 out = out + skip
         else:
             out = self.stem(x)
-            for block in self.blocks:
+            for n, block in enumerate(self.blocks):
                 out = block(out, cond)
+                attention = self.attention_after(n)
+                if attention is not None:
+                    out = attention(out, x)
         logits = rearrange(self.head(out), "b (l k) h w -> b k h w l", l=self.config.depth)
         return logits if levels_last else logits.squeeze(-1)  # (b, codebook_size, h, w[, depth])
 

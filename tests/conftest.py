@@ -195,9 +195,21 @@ def small_prior(arch="gated", h=7, w=7, num_classes=0, seed=0, **overrides):
     torch.manual_seed(seed)
     config = dict(arch=arch, codebook_size=16, grid_height=h, grid_width=w, embed_dim=8, hidden_channels=16,
                   num_layers=3, first_kernel_size=5, kernel_size=3, num_classes=num_classes)
-    model = Prior(PriorConfig(**{**config, **overrides}))
+    model = wake_attention(Prior(PriorConfig(**{**config, **overrides})))
     with torch.no_grad():
         model.head[-1].weight.mul_(4)
+    return model
+
+
+def wake_attention(model, seed=5):
+    """A pixelsnail prior whose attention blocks do something: they start as the identity (a zero output
+    projection), under which a test of them could not fail."""
+    if getattr(model, "attentions", None) is not None:
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for attention in model.attentions:
+                for weights in (attention.out.weight, attention.out.bias):
+                    weights.copy_(torch.randn(weights.shape, generator=generator) * 0.5)
     return model
 
 
@@ -210,10 +222,10 @@ def conditioned_prior(arch, num_classes=0, h=7, w=7, top=(4, 4), seed=0):
     from prior import Prior, PriorConfig
 
     torch.manual_seed(seed)
-    return Prior(PriorConfig(arch=arch, codebook_size=16, grid_height=h, grid_width=w, embed_dim=8,
-                             hidden_channels=16, num_layers=3, first_kernel_size=5, kernel_size=3,
-                             num_classes=num_classes, condition_codebook_size=8, condition_height=top[0],
-                             condition_width=top[1]))
+    return wake_attention(Prior(PriorConfig(arch=arch, codebook_size=16, grid_height=h, grid_width=w, embed_dim=8,
+                                            hidden_channels=16, num_layers=3, first_kernel_size=5, kernel_size=3,
+                                            num_classes=num_classes, condition_codebook_size=8,
+                                            condition_height=top[0], condition_width=top[1])))
 
 
 # A reference classifier that trains in under a second on the 256 synthetic images, to ~84% test accuracy.

@@ -9,6 +9,7 @@ import prior
 from conftest import conditioned_prior, seeded, small_prior
 from prior import generate
 from prior.generate import _pick
+from prior.model import ARCHS
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,7 +31,7 @@ OPTIONS = {
 
 @pytest.mark.parametrize("option", OPTIONS)
 @pytest.mark.parametrize("h, w", [(7, 7), (5, 9)])
-@pytest.mark.parametrize("arch", ["gated", "pixelcnn"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_cached_equals_naive(arch, h, w, option):
     model = small_prior(arch, h, w)
     kwargs = dict(OPTIONS[option])
@@ -41,7 +42,7 @@ def test_cached_equals_naive(arch, h, w, option):
     assert len(naive.unique()) > 4  # the grids are not degenerate
 
 
-@pytest.mark.parametrize("arch", ["gated", "pixelcnn"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_cached_equals_naive_with_guidance_and_completion(arch):
     model = small_prior(arch, 6, 5, num_classes=3)
     prefix = torch.randint(16, (6, 5), generator=seeded(7))
@@ -52,7 +53,7 @@ def test_cached_equals_naive_with_guidance_and_completion(arch):
         assert torch.equal(naive, cached), kwargs
 
 
-@pytest.mark.parametrize("arch", ["gated", "pixelcnn"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_cached_equals_naive_on_a_large_grid_with_default_kernels(arch):
     model = small_prior(arch, 16, 16, first_kernel_size=7, num_layers=4)
     naive, cached = both(model, 2)
@@ -107,7 +108,7 @@ def test_pick_follows_the_filtered_distribution():
     assert torch.equal(_pick(logits[:2], torch.zeros(2, dtype=torch.float64), 1.0, 2, None), torch.tensor([1, 1]))
 
 
-@pytest.mark.parametrize("arch", ["gated", "pixelcnn"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_completion_keeps_the_given_rows(arch):
     model = small_prior(arch)
     prefix = torch.randint(16, (5, 7, 7), generator=seeded(9))
@@ -171,7 +172,7 @@ def test_cached_does_about_one_pass_of_work():
     assert counts["naive"] >= 200 * counts["cached"]
 
 
-@pytest.mark.parametrize("arch", ["gated", "pixelcnn"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_cached_work_stays_below_one_pass_with_guidance(arch):
     model = small_prior(arch, 9, 9, num_classes=2)
     tokens = torch.zeros(4, 9, 9, dtype=torch.long)
@@ -224,7 +225,7 @@ def test_bad_arguments_raise_one_line_value_errors(kwargs, message):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("arch", ["gated", "pixelcnn"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_cached_equals_naive_for_a_prior_conditioned_on_a_token_map(arch):
     model = conditioned_prior(arch, num_classes=3, h=5, w=6, top=(3, 3))
     top = torch.randint(0, 8, (4, 3, 3), generator=seeded(3))

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import (TINY_TOKENIZER, conditioned_prior, from_offsets, logits_and_embedding, masked_offsets,
-                      minkowski_sum)
+                      minkowski_sum, wake_attention)
 from generation import ImageGenerator
 from pipelines import fit_prior, fit_tokenizer, sample
 from prior import Prior, PriorConfig, generate
@@ -105,6 +105,26 @@ def test_pixelcnn_blind_spot():
     assert hidden_from(4, 4) == set()
 
 
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_pixelsnail_sees_every_earlier_position_and_nothing_else(num_classes):
+    # Two residual blocks and one attention block: the masks alone reach 3 columns up-right at most (the blind
+    # spot of test_pixelcnn_blind_spot); the attention fills it, and its reading of the position itself leaks
+    # nothing, since what it reads there was computed from earlier tokens only.
+    model = wake_attention(tiny(arch="pixelsnail", num_layers=3, num_classes=num_classes))
+    assert len(model.attentions) == 1
+    labels = torch.full((36,), 2) if num_classes else None
+    assert torch.equal(dependencies(model, 6, 6, labels), strictly_before(6, 6))
+
+
+def test_a_new_pixelsnail_is_its_pixelcnn_until_its_attention_learns():
+    # The attention blocks start as the identity, so adding them does not disturb what the convolutions learn first.
+    snail, cnn = tiny(arch="pixelsnail", num_layers=5), tiny(arch="pixelcnn", num_layers=5)
+    cnn.load_state_dict({k: v for k, v in snail.state_dict().items() if not k.startswith("attentions.")})
+    tokens = torch.randint(11, (3, 5, 5))
+    assert torch.equal(snail(tokens), cnn(tokens))
+    assert torch.equal(dependencies(wake_attention(snail), 5, 5), strictly_before(5, 5))
+
+
 # -------------------------------------------------------------------------------------------- forward
 
 
@@ -168,7 +188,7 @@ def test_learns_a_deterministic_rule():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(arch="transformer"), "arch must be one of gated, pixelcnn"),
+    (dict(arch="transformer"), "arch must be one of gated, pixelcnn, pixelsnail"),
     (dict(kernel_size=4), "kernel_size must be odd"),
     (dict(kernel_size=0), "kernel_size must be odd"),
     (dict(first_kernel_size=1), "first_kernel_size must be odd and >= 3"),
@@ -180,6 +200,10 @@ def test_learns_a_deterministic_rule():
     (dict(hidden_channels=0), "hidden_channels must be >= 1"),
     (dict(arch="pixelcnn", hidden_channels=1), "hidden_channels must be >= 2"),
     (dict(num_layers=0), "num_layers must be >= 1"),
+    (dict(arch="pixelsnail", depth=2), "arch 'pixelsnail' models one token per position"),
+    (dict(arch="pixelsnail", hidden_channels=112, attention_heads=5), "hidden_channels must be a multiple of "
+                                                                      "attention_heads"),
+    (dict(arch="pixelsnail", attention_every=0), "attention_every and attention_heads must be >= 1"),
     (dict(num_classes=-1), "num_classes must be >= 0"),
 ])
 def test_config_rejects_bad_values(overrides, message):
@@ -311,7 +335,8 @@ def test_residual_pipeline_end_to_end(fashion_dir, tmp_path):
 # --------------------------------------------------------------------------------- conditioned on a token map
 
 
-@pytest.mark.parametrize("arch,num_classes", [("gated", 0), ("gated", 3), ("pixelcnn", 0), ("pixelcnn", 3)])
+@pytest.mark.parametrize("arch,num_classes", [("gated", 0), ("gated", 3), ("pixelcnn", 0), ("pixelcnn", 3),
+                                              ("pixelsnail", 3)])
 def test_a_bottom_prior_reads_every_top_code_and_only_the_bottom_tokens_before(arch, num_classes):
     """VQ-VAE-2's bottom prior: the logits at (i, j) have a non-zero gradient w.r.t. every top code and a zero
     gradient w.r.t. every bottom position not strictly before (i, j)."""
