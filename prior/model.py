@@ -122,8 +122,8 @@ class Prior(nn.Module):
 
     With num_classes > 0 the label embedding has one extra row, index num_classes, meaning "no label": it is
     what the model is trained on when labels are dropped, and what the unconditional half of classifier-free
-    guidance uses. Both bodies add the label as a per-sample bias in every block (gated: into both stacks'
-    gate pre-activations; pixelcnn: onto each residual block's masked convolution).
+    guidance uses. Every body adds the label as a per-sample bias in every block (gated: into both stacks'
+    gate pre-activations; pixelcnn and pixelsnail: onto each residual block's masked convolution).
 
     With condition_codebook_size > 0, forward also takes a token map condition[b, condition_height,
     condition_width] (VQ-VAE-2's top map): embedded, passed through unmasked residual 3x3 convolutions at its own
