@@ -28,11 +28,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from tqdm.auto import tqdm
 
+from bench.clock import set_learning_rate
 from prior.fit import read_maps_for
 from prior.sampling import class_mix
 from training.loop import WeightAverage, computes_in_bf16
-
-WARMUP_STEPS, MIN_LR_RATIO = 200, 0.05  # the default prior's (training.TrainConfig)
 
 
 def gpt(codebook_size, num_classes, positions, layers, width, heads):
@@ -160,10 +159,7 @@ def main(argv=None):
             labels = train_labels[batch]
             dropped = torch.rand(labels.shape, generator=generator) < args.label_dropout
             labels = torch.where(dropped, torch.full_like(labels, num_classes), labels)
-            warmup = min(1.0, (step + 1) / WARMUP_STEPS)
-            cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, trained / args.seconds)))
-            for group in optimizer.param_groups:
-                group["lr"] = args.learning_rate * warmup * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * cosine)
+            set_learning_rate(optimizer, args.learning_rate, step, trained, args.seconds)
             with autocast():
                 loss = mean_nats(model, train_tokens[batch], codebook_size + labels, codebook_size)
             loss.backward()

@@ -23,9 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from bench.clock import set_learning_rate
 from store.images import DataConfig, load_images
-
-WARMUP_STEPS, MIN_LR_RATIO = 200, 0.05  # the default tokenizer's (training.TrainConfig)
 
 
 def vq_model(channels, latent_dim, codebook_size, image_channels=1):
@@ -92,10 +91,7 @@ def main(argv=None):
         order = torch.randperm(len(train_images), generator=generator)
         for start in range(0, len(order) - args.batch_size + 1, args.batch_size):
             started = time.perf_counter()
-            warmup = min(1.0, (step + 1) / WARMUP_STEPS)
-            cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, trained / args.seconds)))
-            for group in optimizer.param_groups:
-                group["lr"] = args.learning_rate * warmup * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * cosine)
+            set_learning_rate(optimizer, args.learning_rate, step, trained, args.seconds)
             x = as_unit(train_images[order[start:start + args.batch_size]])
             output = model(x * 2 - 1)
             mse = F.mse_loss((output.sample + 1) / 2, x)
