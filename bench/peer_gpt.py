@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from bench.clock import set_learning_rate
 from prior.fit import read_maps_for
+from prior.generate import pick_tokens
 from prior.sampling import class_mix
 from training.loop import WeightAverage, computes_in_bf16
 
@@ -89,9 +90,7 @@ def sample(model, labels, grid, codebook_size, num_classes, guidance, seed, auto
             logits = out.logits[:, -1, :codebook_size].double()
             conditional, unconditional = logits[:b], logits[b:]
             guided = unconditional + guidance * (conditional - unconditional)
-            cdf = guided.softmax(-1).cumsum(-1)
-            token = torch.searchsorted(cdf, (uniforms[:, position] * cdf[:, -1]).unsqueeze(-1), right=True)
-            token = token.squeeze(-1).clamp_(max=codebook_size - 1)
+            token = pick_tokens(guided, uniforms[:, position], temperature=1.0, top_k=None, top_p=None)
             written.append(token)
             inputs = torch.cat([token, token]).unsqueeze(1)
         grids.append(rearrange(torch.stack(written, 1), "b (h w) -> b h w", h=grid[0]))

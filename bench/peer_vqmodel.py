@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from bench.clock import set_learning_rate
 from store.images import DataConfig, load_images
+from tokenizer.quantizers import usage_stats
 
 
 def vq_model(channels, latent_dim, codebook_size, image_channels=1):
@@ -45,19 +46,18 @@ def as_unit(images):
 def test_figures(model, images, codebook_size, batch_size=500):
     """(test MSE in [0, 1] units, codes used, perplexity, reconstructions (n, c, h, w) float16 in [0, 1])."""
     model.eval()
-    squared, counts, reconstructions = 0.0, torch.zeros(codebook_size), []
+    squared, counts, reconstructions = 0.0, torch.zeros(codebook_size, dtype=torch.long), []
     for start in range(0, len(images), batch_size):
         x = as_unit(images[start:start + batch_size])
         latents = model.encode(x * 2 - 1).latents
         quantized, _, (_, _, indices) = model.quantize(latents)
         decoded = ((model.decode(quantized, force_not_quantize=True).sample + 1) / 2).clamp(0, 1)
         squared += F.mse_loss(decoded, x, reduction="sum").item()
-        counts += torch.bincount(indices.flatten(), minlength=codebook_size).float()
+        counts += torch.bincount(indices.flatten(), minlength=codebook_size)
         reconstructions.append(decoded.half())
     model.train()
-    shares = counts / counts.sum()
-    perplexity = math.exp(-(shares[shares > 0] * shares[shares > 0].log()).sum().item())
-    return squared / images.numel(), (counts > 0).float().mean().item(), perplexity, torch.cat(reconstructions)
+    usage = usage_stats(counts)
+    return squared / images.numel(), usage["codes_used"], usage["perplexity"], torch.cat(reconstructions)
 
 
 def main(argv=None):

@@ -18,6 +18,7 @@ the CPU's bf16 flags, to stdout. The peers come from the bench-only extra: pip i
 """
 
 import argparse
+import functools
 import subprocess
 import sys
 import time
@@ -86,6 +87,10 @@ def bits_at(curve, seconds):
     return None
 
 
+def grid_text(shape, codebook_size):
+    return f"{'x'.join(map(str, shape))} of {codebook_size}"
+
+
 class Features:
     """The reference classifier evaluate() trains into OUT/classifiers, and the test split's feature statistics."""
 
@@ -136,10 +141,10 @@ def main(argv=None):
     tokenizer_dir = out / "tokenizer" / "ours"
     seeds = [str(s) for s in args.seeds]
 
-    if "ours-tokenizer" in only or not (tokenizer_dir / "results.json").exists():
-        run_step("ours-tokenizer", ["pipelines.fit_tokenizer", "--output-root", str(out), "--run-name", "ours",
-                                    *args.tokenizer_flags.split()],
-                 tokenizer_dir / "maps" / "meta.json", wall)
+    # Every contender's figures are read from the runs of ours they are measured against: ours always runs (or is
+    # reused), the others when named by --only.
+    run_step("ours-tokenizer", ["pipelines.fit_tokenizer", "--output-root", str(out), "--run-name", "ours",
+                                *args.tokenizer_flags.split()], tokenizer_dir / "results.json", wall)
     tokenizer_results = read_json(tokenizer_dir / "results.json")
     tokenizer = Tokenizer.load(tokenizer_dir)
     data_config = tokenizer.run.data
@@ -152,14 +157,14 @@ def main(argv=None):
 
     ours_reconstruction = evaluate("ours-tokenizer", ["--tokenizer", str(tokenizer_dir)],
                                    out / "evaluations" / "ours-tokenizer")
-    features = Features(data_config, out)
+    features = functools.cache(lambda: Features(data_config, out))  # for the peers only
     tokenizers = {"ours": {"train_seconds": tokenizer_results["train_seconds_this_session"],
                            "train_images_per_s": tokenizer_results.get("train_images_per_s"),
                            "parameters": tokenizer_results.get("parameters"),
                            "test_mse": ours_reconstruction["reconstruction_mse"],
                            "test_codes_used": tokenizer_results.get("test_codes_used"),
                            "reconstruction_fd": ours_reconstruction["fd_reconstructions_vs_test"],
-                           "grid": f"{'x'.join(map(str, tokenizer.grid_shape))} of {tokenizer.codebook_size}"}}
+                           "grid": grid_text(tokenizer.grid_shape, tokenizer.codebook_size)}}
     if "vqmodel" in only:
         folder = out / "peers" / "vqmodel"
         run_step("vqmodel", ["bench.peer_vqmodel", "--out", str(folder), "--seconds", f"{tokenizer_seconds:.1f}",
@@ -167,26 +172,20 @@ def main(argv=None):
                  folder / "results.json", wall)
         results = read_json(folder / "results.json")
         reconstructions = torch.from_numpy(np.load(folder / "reconstructions.npz")["images"]).float()
-        results["reconstruction_fd"], _ = features.figures(reconstructions)
-        results["grid"] = f"{'x'.join(map(str, results['grid']))} of {results['codebook_size']}"
+        results["reconstruction_fd"], _ = features().figures(reconstructions)
+        results["grid"] = grid_text(results["grid"], results["codebook_size"])
         tokenizers["vqmodel"] = results
     summary["tokenizers"] = tokenizers
 
     priors = summary.setdefault("priors", {})
-    prior_dir = out / "prior" / "ours"
-    if "ours" in only or not (prior_dir / "results.json").exists():
-        run_step("ours", ["pipelines.fit_prior", "--tokenizer", str(tokenizer_dir), "--output-root", str(out),
-                          "--run-name", "ours", *args.prior_flags.split()], prior_dir / "results.json", wall)
-    prior_seconds = args.prior_seconds or read_json(prior_dir / "results.json")["train_seconds_this_session"]
-    fit_prior_runs = {"ours": (prior_dir, [])}
+    fit_prior_runs = {"ours": []}
     if "pixelsnail" in only:
-        fit_prior_runs["pixelsnail"] = (out / "prior" / "pixelsnail", ["--arch", "pixelsnail", "--epochs",
-                                                                       str(args.pixelsnail_epochs),
-                                                                       *args.pixelsnail_flags.split()])
-    for name, (run_dir, flags) in fit_prior_runs.items():
-        if name != "ours":
-            run_step(name, ["pipelines.fit_prior", "--tokenizer", str(tokenizer_dir), "--output-root", str(out),
-                            "--run-name", name, *args.prior_flags.split(), *flags], run_dir / "results.json", wall)
+        fit_prior_runs["pixelsnail"] = ["--arch", "pixelsnail", "--epochs", str(args.pixelsnail_epochs),
+                                        *args.pixelsnail_flags.split()]
+    for name, flags in fit_prior_runs.items():
+        run_dir = out / "prior" / name
+        run_step(name, ["pipelines.fit_prior", "--tokenizer", str(tokenizer_dir), "--output-root", str(out),
+                        "--run-name", name, *args.prior_flags.split(), *flags], run_dir / "results.json", wall)
         results = read_json(run_dir / "results.json")
         config = read_json(run_dir / "config.json")
         row = {"parameters": results["parameters"], "train_seconds": results["train_seconds_this_session"],
@@ -199,6 +198,7 @@ def main(argv=None):
             row[f"accuracy_on_samples_seed{seed}"] = figures["classifier_accuracy_on_samples"]
         priors[name] = row
     if "gpt" in only:
+        prior_seconds = args.prior_seconds or priors["ours"]["train_seconds"]
         folder = out / "peers" / "gpt"
         run_step("gpt", ["bench.peer_gpt", "--tokenizer", str(tokenizer_dir), "--out", str(folder), "--seconds",
                          f"{prior_seconds:.1f}", "--samples", str(args.samples), "--seeds", *seeds,
@@ -212,7 +212,7 @@ def main(argv=None):
             samples = np.load(folder / f"samples-seed{seed}.npz")
             tokens = torch.from_numpy(samples["tokens"].astype(np.int64))
             images = torch.cat([tokenizer.decode(tokens[i:i + 1000]) for i in range(0, len(tokens), 1000)])
-            fd, accuracy = features.figures(images, torch.from_numpy(samples["labels"]))
+            fd, accuracy = features().figures(images, torch.from_numpy(samples["labels"]))
             row[f"sample_fd_seed{seed}"], row[f"accuracy_on_samples_seed{seed}"] = fd, accuracy
         priors["gpt"] = row
     write_json(summary_path, summary)

@@ -189,7 +189,7 @@ class _CachedPixelCNN:
         self.inputs[0][:, i + p, j + p] = self.model.embed_tokens(tokens)
 
 
-def _pick(logits, uniform, temperature, top_k, top_p):
+def pick_tokens(logits, uniform, temperature, top_k, top_p):
     """Tokens (b,) from logits (b, K) by inverse CDF at one uniform (b,) per row, after the filters."""
     logits = logits.double() / temperature
     if top_k is not None and top_k < logits.shape[-1]:
@@ -405,7 +405,7 @@ def _generate_batch(model, n, labels, prefix, keep_rows, temperature, top_k, top
                 if guided:
                     cond, uncond = logits.chunk(2)
                     logits = uncond + guidance_scale * (cond - uncond)
-                tokens[:, i, j, level] = _pick(logits, uniforms[:, i, j, level], temperature, top_k, top_p)
+                tokens[:, i, j, level] = pick_tokens(logits, uniforms[:, i, j, level], temperature, top_k, top_p)
                 state.write(i, j, tokens[:, i, j].repeat(2, 1) if guided else tokens[:, i, j], level == depth - 1)
             if progress is not None:
                 progress(done + 1, total)

@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import prior
 from conftest import conditioned_prior, seeded, small_prior
 from prior import generate
-from prior.generate import _pick
+from prior.generate import pick_tokens
 from prior.model import ARCHS
 
 
@@ -97,7 +97,7 @@ def test_pick_follows_the_filtered_distribution():
 
     def frequencies(**kwargs):
         kwargs = {"temperature": 1.0, "top_k": None, "top_p": None, **kwargs}
-        return torch.bincount(_pick(logits, uniform, **kwargs), minlength=4).double() / 1000
+        return torch.bincount(pick_tokens(logits, uniform, **kwargs), minlength=4).double() / 1000
 
     assert torch.allclose(frequencies(), torch.tensor([0.1, 0.4, 0.2, 0.3], dtype=torch.float64), atol=2e-3)
     assert torch.allclose(frequencies(top_k=2), torch.tensor([0, 4 / 7, 0, 3 / 7], dtype=torch.float64), atol=2e-3)
@@ -105,7 +105,7 @@ def test_pick_follows_the_filtered_distribution():
     assert torch.allclose(frequencies(top_p=0.6), torch.tensor([0, 4 / 7, 0, 3 / 7], dtype=torch.float64), atol=2e-3)
     sharp = frequencies(temperature=0.5)  # p ** 2, renormalised
     assert torch.allclose(sharp, torch.tensor([1, 16, 4, 9], dtype=torch.float64) / 30, atol=2e-3)
-    assert torch.equal(_pick(logits[:2], torch.zeros(2, dtype=torch.float64), 1.0, 2, None), torch.tensor([1, 1]))
+    assert torch.equal(pick_tokens(logits[:2], torch.zeros(2, dtype=torch.float64), 1.0, 2, None), torch.tensor([1, 1]))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
