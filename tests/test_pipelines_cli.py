@@ -84,3 +84,24 @@ def test_a_bug_is_not_hidden():
 
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         cli.run(main)
+
+
+@pytest.mark.parametrize("outcome", ["returns", "fails"])
+def test_the_process_group_is_ended_on_the_way_out(outcome, tmp_path):
+    # Left to the interpreter's exit, gloo's threads sometimes abort the process (SIGABRT after every file was
+    # written): the boundary ends the group itself, after a user error too.
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        def main():
+            if outcome == "fails":
+                raise ValueError("bad input")
+
+        if outcome == "fails":
+            with pytest.raises(SystemExit):
+                cli.run(main)
+        else:
+            cli.run(main)
+        assert not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
