@@ -19,9 +19,6 @@ the CPU's bf16 flags, to stdout. The peers come from the bench-only extra: pip i
 
 import argparse
 import functools
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,31 +26,12 @@ import torch
 
 from evaluation.frechet import feature_statistics, frechet_distance
 from evaluation.reference import load_or_train_classifier, predict
+from bench.steps import cpu_flags, run_step
 from store.images import load_images
 from store.runs import read_json, read_metrics, write_json
 from tokenizer import Tokenizer
 
 TOKENIZERS, PRIORS = ("ours-tokenizer", "vqmodel"), ("ours", "pixelsnail", "gpt")
-
-
-def cpu_flags():
-    """The CPU's bf16 flags (avx512_bf16, amx_bf16), or 'none': the figures beside every timing."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = sorted({flag for flag in ("avx512_bf16", "amx_bf16") if flag in text.split()})
-    return ", ".join(flags) or "none (AVX2 at most: float32)"
-
-
-def run_step(name, command, done, log):
-    """Run command (a python -m module and its flags) in a process of its own unless done exists; its seconds."""
-    if Path(done).exists():
-        print(f"[{name}] reused: {done}", flush=True)
-        return None
-    print(f"[{name}] {' '.join(command)}", flush=True)
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", *command], check=True)
-    seconds = time.perf_counter() - started
-    log[name] = seconds
-    return seconds
 
 
 def training_curve(run_dir, batch_size):

@@ -16,9 +16,9 @@ import prior
 from generation.budget import check_memory
 from prior import PriorRun
 from prior.generate import batch_progress
-from prior.run import TOKENIZER_COPY
 from prior.sampling import ClassLabels, check_count, resolve_labels, settings_for
-from store.runs import MODEL_WEIGHTS, weights_file
+from store.hub import run_folder
+from store.runs import MODEL_WEIGHTS, TOKENIZER_COPY, weights_file
 from tokenizer import Tokenizer
 from training import MAX_SEED, batches_in_order, check_seed
 
@@ -80,6 +80,13 @@ class ImageGenerator:
         run = PriorRun.load(prior_dir)
         model = run.model_class.load(prior_dir, device, weights)
         return cls(model, load_tokenizer_of(prior_dir, run, device), run, prior_dir, weights_file(prior_dir, weights))
+
+    @classmethod
+    def from_pretrained(cls, name, device="cpu", weights=None):
+        """load() of a prior run named by a folder or a Hugging Face Hub repository id ("owner/name[@revision]"),
+        fetched into the Hugging Face cache (read from it offline); its weights are checked against the SHA-256 its
+        results.json recorded."""
+        return cls.load(run_folder(name), device, weights)
 
     @property
     def device(self):

@@ -108,9 +108,12 @@ def add_run_flags(parser):
 
 
 def add_run_choice_flag(parser, stage, use, default=None):
-    """--tokenizer or --prior: the run a command reads; default None makes the flag required."""
-    parser.add_argument(f"--{stage}", metavar="RUN_DIR", required=default is None, default=None,
-                        help=f"the {stage} run to {use}" + (f" (default: {default})" if default else ""))
+    """--tokenizer or --prior: the run a command reads, a folder or a Hugging Face Hub repository id; default None
+    makes the flag required."""
+    parser.add_argument(f"--{stage}", metavar="RUN", required=default is None, default=None,
+                        help=f"the {stage} run to {use}: a run folder, or a Hugging Face Hub repository id "
+                             "(owner/name[@revision]) holding one, fetched into the Hugging Face cache"
+                             + (f" (default: {default})" if default else ""))
 
 
 def add_output_flags(parser, kind=None):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from generation.pretrained import choose_tokenizer
 from pipelines import cli
 from store.index_maps import read_token_levels
 from store.pictures import save_mosaic, save_pngs
@@ -28,7 +29,11 @@ from training import TrainConfig, batches_in_order, make_accelerator
 def build_parser():
     parser = cli.ArgumentParser(prog="python -m pipelines.decode",
                                 description="Decode token maps into images with a tokenizer run.")
-    cli.add_run_choice_flag(parser, "tokenizer", "decode with")
+    cli.add_run_choice_flag(parser, "tokenizer", "decode with (a prior run's folder or id names the tokenizer it "
+                                                 "carries)",
+                            default="the newest under OUTPUT_ROOT/tokenizer; with none, the tokenizer of "
+                                    "the shipped Fashion-MNIST generator in checkpoints/fashion-mnist")
+    cli.add_output_root_flag(parser)
     p = parser.add_argument
     p("--tokens", metavar="PATH", required=True,
       help="a folder of index maps (meta.json), one of its <split>_maps.npy, or a plain .npy (n, h, w[, depth])")
@@ -44,9 +49,10 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(None if argv is None else [str(a) for a in argv])
     out = Path(args.out)
-    check_output_folder(out, args.overwrite, inputs=[args.tokenizer, args.tokens, args.top_tokens])
+    tokenizer_dir = choose_tokenizer(args.tokenizer, args.output_root)
+    check_output_folder(out, args.overwrite, inputs=[tokenizer_dir, args.tokens, args.top_tokens])
     accelerator = make_accelerator(TrainConfig())
-    tokenizer = Tokenizer.load(args.tokenizer, device=accelerator.device)
+    tokenizer = Tokenizer.load(tokenizer_dir, device=accelerator.device)
     levels, source = read_token_levels(args.tokens, tokenizer.level_shapes, tokenizer.codebook_size,
                                        tokenizer.weights_sha256, args.split, args.top_tokens)
     count = len(levels[0])

@@ -16,6 +16,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from generation.pretrained import choose_tokenizer
 from pipelines import cli
 from store.images import DATASETS, SPLITS, DataConfig, load_images
 from store.index_maps import IndexMapWriter, record_index_maps, sources_text, write_sources
@@ -32,7 +33,11 @@ def build_parser():
     parser = cli.ArgumentParser(prog="python -m pipelines.encode",
                                 description="Encode a folder of images (or a named data set) into token maps, "
                                             "and optionally flat token sequences.")
-    cli.add_run_choice_flag(parser, "tokenizer", "encode with")
+    cli.add_run_choice_flag(parser, "tokenizer", "encode with (a prior run's folder or id names the tokenizer it "
+                                                 "carries)",
+                            default="the newest under OUTPUT_ROOT/tokenizer; with none, the tokenizer of "
+                                    "the shipped Fashion-MNIST generator in checkpoints/fashion-mnist")
+    cli.add_output_root_flag(parser)
     p = parser.add_argument
     p("--images", metavar="PATH", required=True,
       help="a folder of images, read recursively (sub-folders are classes), or a data set: " + ", ".join(DATASETS))
@@ -56,7 +61,7 @@ def main(argv=None):
     if not args.sequences and (args.vocab_offset or args.begin_end_ids):
         raise ValueError("--vocab-offset and --begin-end-ids shape the sequences: add --sequences")
     accelerator = make_accelerator(TrainConfig())
-    tokenizer = Tokenizer.load(args.tokenizer, device=accelerator.device)
+    tokenizer = Tokenizer.load(choose_tokenizer(args.tokenizer, args.output_root), device=accelerator.device)
     channels, size, _ = tokenizer.image_shape
     folder_source = args.images not in DATASETS
     images_path = args.images.removeprefix("folder:")

@@ -12,6 +12,7 @@ import torch
 from evaluation import EvaluationConfig, evaluate
 from evaluation.classifier import ClassifierConfig
 from evaluation.reference import DERIVED_FROM_DATA, ClassifierTrainConfig
+from generation.pretrained import choose_prior, choose_tokenizer
 from pipelines import cli
 from training import TrainConfig, make_accelerator
 
@@ -22,7 +23,8 @@ def build_parser():
         description="Evaluate a tokenizer, a prior and its samples with a reference classifier's features; "
                     "write report.json and report.html.")
     cli.add_run_choice_flag(parser, "prior", "evaluate",
-                            default="the newest under OUTPUT_ROOT/prior, unless --tokenizer alone is given")
+                            default="the newest under OUTPUT_ROOT/prior (with none, the shipped Fashion-MNIST "
+                                    "generator in checkpoints/fashion-mnist), unless --tokenizer alone is given")
     cli.add_run_choice_flag(parser, "tokenizer", "evaluate (alone, without --prior, only the tokenizer is evaluated)",
                             default="the one the prior was trained for")
     cli.add_output_root_flag(parser)
@@ -50,7 +52,10 @@ def main(argv=None):
                                   classifier_train=cli.config_from_args(ClassifierTrainConfig, args))
     accelerator = make_accelerator(TrainConfig())
     out = cli.output_folder(args, "evaluations")
-    report = evaluate(args.prior, args.tokenizer, config, output_root=args.output_root, out=out,
+    # A tokenizer named alone is evaluated alone; a prior named or found (or the shipped one) brings its own.
+    tokenizer_dir = choose_tokenizer(args.tokenizer, args.output_root) if args.tokenizer else None
+    prior_dir = choose_prior(args.prior, args.output_root) if args.prior or not args.tokenizer else None
+    report = evaluate(prior_dir, tokenizer_dir, config, output_root=args.output_root, out=out,
                       overwrite=args.overwrite, device=accelerator.device, accelerator=accelerator)
     if not accelerator.is_main_process:
         return

@@ -14,7 +14,8 @@ import torch
 
 from pipelines import cli
 from store.images import DataConfig, ImageDataset, load_images
-from store.runs import check_resumable, remove_stale_temporaries, save_run_weights, write_json
+from store.runs import (WEIGHTS_HASHES, check_resumable, remove_stale_temporaries, save_run_weights, weights_hashes,
+                        write_json)
 from tokenizer import TokenizerConfig, TokenizerRun
 from tokenizer.encoding import dump
 from tokenizer.fit import (check_discriminator_start, save_reconstructions, tokenizer_step, tokenizer_weights,
@@ -99,7 +100,8 @@ def main(argv=None):
         save_reconstructions(run_dir / "reconstructions.png", tokenizer, test_set.images)
         summary = {"train_seconds_this_session": train_seconds, "parameters": vqvae.num_parameters(),
                    "train_images_per_s": mean_items_per_s(metrics), **{f"{s}_{k}": v for s, r in results.items()
-                                                                 for k, v in r.items()}}
+                                                                 for k, v in r.items()},
+                   WEIGHTS_HASHES: weights_hashes(run_dir)}
         write_json(run_dir / "results.json", summary)
         test = results["test"]
         accelerator.print(f"test MSE {test['mse']:.5f}, PSNR {test['psnr']:.2f} dB, perplexity "

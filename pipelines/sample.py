@@ -1,6 +1,8 @@
 """Draw token grids from a trained prior, decode them with its tokenizer, write images.
 
     python -m pipelines.sample --n 64                       # newest prior run -> checkpoints/samples/<time>/
+                                                            # (with none: the shipped checkpoints/fashion-mnist)
+    python -m pipelines.sample --prior owner/name           # a run shared on the Hugging Face Hub
     python -m pipelines.sample --n 16 --label 7 --guidance-scale 3
     python -m pipelines.sample --n 16 --label none          # a conditional prior's "no label" (unconditional) draw
     python -m pipelines.sample --n 8 --complete shoe.png --keep-rows 3
@@ -12,17 +14,17 @@ import contextlib
 import itertools
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from generation import ImageGenerator, ProgressBar, check_memory
+from generation.pretrained import choose_prior
 from pipelines import cli
 from store.images import read_image
 from store.index_maps import IndexMapWriter, record_index_maps, smallest_uint_dtype
 from store.pictures import save_mosaic, save_pngs
-from store.runs import check_disk_space, check_output_folder, newest_run, staged_folder, write_json
+from store.runs import check_disk_space, check_output_folder, staged_folder, write_json
 from training import TrainConfig, make_accelerator
 
 NO_LABEL_ID = -1  # the label written beside a grid drawn with no class asked for
@@ -31,7 +33,9 @@ NO_LABEL_ID = -1  # the label written beside a grid drawn with no class asked fo
 def build_parser():
     parser = cli.ArgumentParser(prog="python -m pipelines.sample",
                                 description="Sample token grids from a prior, decode them, and write images.")
-    cli.add_run_choice_flag(parser, "prior", "sample from", default="the newest under OUTPUT_ROOT/prior")
+    cli.add_run_choice_flag(parser, "prior", "sample from",
+                            default="the newest under OUTPUT_ROOT/prior; with none, the shipped Fashion-MNIST "
+                                    "generator in checkpoints/fashion-mnist")
     cli.add_output_root_flag(parser)
     cli.add_output_flags(parser, "samples")
     cli.add_sample_count_flag(parser, 64)
@@ -57,7 +61,7 @@ def main(argv=None):
     device = accelerator.device
     if args.keep_rows is not None and not args.complete:
         raise ValueError("--keep-rows needs --complete IMAGE")
-    prior_dir = Path(args.prior) if args.prior else newest_run(args.output_root, "prior")
+    prior_dir = choose_prior(args.prior, args.output_root)
     out = cli.output_folder(args, "samples")
     started = time.perf_counter()
     generator = ImageGenerator.load(prior_dir, device)

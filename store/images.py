@@ -309,6 +309,19 @@ def eight_bit(image, mode):
         return image.convert(mode)
 
 
+def fit_image(image, channels, size):
+    """A Pillow image of any size and mode as uint8 (1, channels, size, size): 8-bit (eight_bit), its centre
+    square cropped, resized with antialiasing. For a picture a user hands over; read_image refuses other sizes."""
+    from PIL import Image
+
+    image = eight_bit(image, "L" if channels == 1 else "RGB")
+    side = min(image.size)
+    left, top = (image.size[0] - side) // 2, (image.size[1] - side) // 2
+    image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BILINEAR)
+    tensor = torch.from_numpy(np.asarray(image).copy())
+    return (tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)).unsqueeze(0)
+
+
 def read_image(path, channels, size):
     """One image file as uint8 (1, channels, size, size); a file of another size is refused, not resized."""
     from PIL import Image, UnidentifiedImageError

@@ -23,6 +23,10 @@ from safetensors.torch import load_file, save
 # A run's weights, and the exponential moving average of them that a run keeping one writes beside them.
 MODEL_WEIGHTS = "model.safetensors"
 AVERAGED_WEIGHTS = "model_ema.safetensors"
+# The copy of its tokenizer run that a prior run carries (RUN/tokenizer/): a prior run is a whole generator.
+TOKENIZER_COPY = "tokenizer"
+# results.json's record of the SHA-256 of each weights file the run finished with: a file that differs is refused.
+WEIGHTS_HASHES = "weights_sha256"
 
 
 def _umask():
@@ -139,10 +143,31 @@ def weights_file(run_dir, weights=None):
     return AVERAGED_WEIGHTS if (Path(run_dir) / AVERAGED_WEIGHTS).exists() else MODEL_WEIGHTS
 
 
+def weights_hashes(run_dir):
+    """{weights file name: its SHA-256} of the weights files a run directory holds, for its results.json."""
+    return {name: file_sha256(Path(run_dir) / name) for name in (MODEL_WEIGHTS, AVERAGED_WEIGHTS)
+            if (Path(run_dir) / name).is_file()}
+
+
+def check_weights_hash(run_dir, weights):
+    """The SHA-256 of a run's weights file; a one-line ValueError when its results.json recorded another (a file
+    changed or swapped since the run finished, or a download that went wrong). Runs that recorded none pass."""
+    digest = file_sha256(Path(run_dir) / weights)
+    results = Path(run_dir) / "results.json"
+    recorded = (read_json(results).get(WEIGHTS_HASHES) or {}).get(weights) if results.is_file() else None
+    if recorded is not None and recorded != digest:
+        raise ValueError(f"{Path(run_dir) / weights} is not the weights file its run finished with (SHA-256 "
+                         f"{digest[:12]}..., results.json records {recorded[:12]}...)")
+    return digest
+
+
 def read_model_files(run_dir, weights=MODEL_WEIGHTS):
-    """(config dict, state dict) of a run directory: config.json and its weights file."""
+    """(config dict, state dict) of a run directory: config.json and its weights file, checked against the hash
+    results.json recorded."""
     check_run_dir(run_dir)
-    return read_json(Path(run_dir) / "config.json"), load_tensors(Path(run_dir) / weights)
+    config, state = read_json(Path(run_dir) / "config.json"), load_tensors(Path(run_dir) / weights)
+    check_weights_hash(run_dir, weights)
+    return config, state
 
 
 def load_run_model(run_dir, build, weights=MODEL_WEIGHTS):

@@ -111,6 +111,16 @@ def tokenizer_run(fashion_dir, tmp_path):
     return tmp_path / "runs" / "tokenizer" / "tiny"
 
 
+@pytest.fixture
+def prior_run(tokenizer_run, tmp_path):
+    """A tiny class-conditional prior run (label dropout, so guidance works) on the tiny tokenizer's maps."""
+    from pipelines import fit_prior
+
+    fit_prior.main([*TINY_PRIOR, "--tokenizer", tokenizer_run, "--output-root", tmp_path / "runs", "--run-name", "p",
+                    "--condition", "class", "--label-dropout", "0.2"])
+    return tmp_path / "runs" / "prior" / "p"
+
+
 def kill_after_first_checkpoint(module, args, run_dir, env=None):
     """Start `python -m module args`, SIGKILL it as soon as its first checkpoint exists; returns its exit status."""
     import signal

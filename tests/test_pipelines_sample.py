@@ -5,18 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY_PRIOR, run_in_process, run_module, synthetic_images
-from pipelines import fit_prior, sample
+from conftest import run_in_process, run_module, synthetic_images
+from pipelines import sample
 from store.index_maps import read_index_maps
+from store.runs import WEIGHTS_HASHES, read_json, weights_hashes, write_json
 from tokenizer import Tokenizer
 
-
-
-@pytest.fixture
-def prior_run(tokenizer_run, tmp_path):
-    fit_prior.main([*TINY_PRIOR, "--tokenizer", tokenizer_run, "--output-root", tmp_path / "runs", "--run-name", "p",
-                    "--condition", "class", "--label-dropout", "0.2"])
-    return tmp_path / "runs" / "prior" / "p"
 
 
 def run_cli(args, capsys):
@@ -136,6 +130,10 @@ def test_a_changed_tokenizer_is_refused_from_the_command_line(prior_run, tmp_pat
     state = __import__("safetensors.torch", fromlist=["load_file"]).load_file(weights)
     state = {k: v + 1 if v.is_floating_point() else v for k, v in state.items()}
     __import__("safetensors.torch", fromlist=["save_file"]).save_file(state, weights)
+    # A whole other tokenizer run in its place (its results.json recording its own weights): the prior's record of
+    # the weights it was trained with refuses it.
+    results = read_json(prior_run / "tokenizer" / "results.json")
+    write_json(prior_run / "tokenizer" / "results.json", {**results, WEIGHTS_HASHES: weights_hashes(weights.parent)})
     result = run_module("pipelines.sample", "--prior", prior_run, "--n", 2, "--out", tmp_path / "out")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]

@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from store.runs import file_sha256, load_run_model, weights_file
+from store.hub import run_folder
+from store.runs import TOKENIZER_COPY, file_sha256, load_run_model, weights_file
 from tokenizer.model import build_tokenizer_model
 from tokenizer.run import TokenizerRun
 
@@ -38,6 +39,14 @@ class Tokenizer:
         weights = weights_file(run_dir, weights)
         _, model = load_run_model(run_dir, lambda _: build_tokenizer_model(run.model), weights)
         return cls(model.to(device), file_sha256(run_dir / weights), run_dir, run)
+
+    @classmethod
+    def from_pretrained(cls, name, device="cpu", weights=None):
+        """The tokenizer of a run named by a folder or a Hugging Face Hub repository id ("owner/name"): a tokenizer
+        run, or a prior run (a generator), whose carried tokenizer is taken."""
+        folder = run_folder(name)
+        carried = folder / TOKENIZER_COPY
+        return cls.load(carried if (carried / "config.json").is_file() else folder, device, weights)
 
     @property
     def device(self):

@@ -1,0 +1,156 @@
+"""A run's model card: README.md in the Hugging Face model-card form (a YAML header for the Hub's search, then the
+text), written from the run's own files and the reports of `python -m pipelines.evaluate` on it.
+
+The card says what the run is (its configs), how it was made (its seconds; with provenance, the commands, commit
+and machine), and the figures measured on it, one column per evaluation (per sampling seed), so that a reader sees
+the spread between seeds beside each figure.
+"""
+
+import json
+from pathlib import Path
+
+from prior import PriorRun
+from store.runs import TOKENIZER_COPY, file_sha256, read_json, weights_file
+from tokenizer.run import TokenizerRun
+
+LIBRARY = "vqprior"
+# The Hub's id of a data set this project reads by name (a folder of the user's own has none).
+HUB_DATASETS = {"fashion-mnist": "zalando-datasets/fashion_mnist", "mnist": "ylecun/mnist",
+                "cifar10": "uoft-cs/cifar10"}
+# (report.json figure, the card's name for it, format): the figures a card lists when its evaluations hold them.
+FIGURES = [("fd_samples_vs_test", "sample Frechet distance to test (reference classifier features)", ".3f"),
+           ("fd_reconstructions_vs_test", "reconstruction Frechet distance to test", ".3f"),
+           ("fd_train_vs_test", "train-vs-test Frechet distance (the floor)", ".3f"),
+           ("fd_samples_over_reconstructions", "samples over reconstructions", ".2f"),
+           ("classifier_accuracy_on_samples", "reference classifier's accuracy on samples (class asked for)", ".1%"),
+           ("classifier_accuracy_on_reconstructions", "reference classifier's accuracy on reconstructions", ".1%"),
+           ("reconstruction_mse", "test MSE (pixels in [0, 1])", ".5f"),
+           ("reconstruction_psnr", "test PSNR (dB)", ".2f"),
+           ("prior_test_bits_per_token", "prior test bits per token", ".4f"),
+           ("codes_used_test", "codes used on test", ".1%")]
+
+
+def _run_kind(run_dir):
+    """("prior", the prior's folder, its tokenizer's folder) or ("tokenizer", None, the folder) of a run folder."""
+    run_dir = Path(run_dir)
+    config = read_json(run_dir / "config.json")
+    if "tokenizer" in config and "model" in config and "label_dropout" in config:
+        PriorRun.load(run_dir)
+        return "prior", run_dir, run_dir / TOKENIZER_COPY
+    TokenizerRun.load(run_dir)  # a one-line error for a folder that is neither
+    return "tokenizer", None, run_dir
+
+
+def _figure_rows(reports):
+    """Markdown table rows: one per figure the reports hold, one column per report."""
+    rows = []
+    for key, name, spec in FIGURES:
+        values = [report["figures"].get(key) for report in reports]
+        if any(v is not None for v in values):
+            rows.append(f"| {name} | " + " | ".join("-" if v is None else format(v, spec) for v in values) + " |")
+    return rows
+
+
+def _yaml_header(data_set, license_name, reports, kind):
+    tags = ["vq-vae", "image-tokenizer"] + (["pixelcnn", "autoregressive", "image-generation"] if kind == "prior"
+                                            else [])
+    lines = ["---", f"library_name: {LIBRARY}", f"license: {license_name}"]
+    if data_set in HUB_DATASETS:
+        lines += ["datasets:", f"- {HUB_DATASETS[data_set]}"]
+    pipeline = "unconditional-image-generation" if kind == "prior" else "image-feature-extraction"
+    lines += [f"pipeline_tag: {pipeline}", "tags:", *(f"- {tag}" for tag in tags)]
+    if reports:
+        lines += ["metrics:", "- frechet-distance", "- mse"]
+    return lines + ["---"]
+
+
+def model_card(run_dir, reports=(), provenance=None, license_name="mit", name=None):
+    """The text of the README.md of a run folder (a prior run, carrying its tokenizer, or a tokenizer run).
+
+    reports: report.json dicts of `python -m pipelines.evaluate` on this run (one per sampling seed, say);
+    provenance: a dict with any of "commands" (list of str), "commit", "machine", "seconds" ({step: s}), "notes";
+    name: how users load it (a Hub id or a folder), for the usage lines."""
+    kind, prior_dir, tokenizer_dir = _run_kind(run_dir)
+    tokenizer_sha256 = file_sha256(tokenizer_dir / weights_file(tokenizer_dir))
+    for report in reports:  # a report of another run would put its figures on this card
+        if report.get("runs", {}).get("tokenizer_weights_sha256") != tokenizer_sha256:
+            raise ValueError(f"an evaluation given is of other tokenizer weights than {tokenizer_dir}'s: evaluate "
+                             f"{run_dir} itself")
+    tokenizer_run = TokenizerRun.load(tokenizer_dir)
+    tokenizer_results = read_json(tokenizer_dir / "results.json") if (tokenizer_dir / "results.json").is_file() else {}
+    data_set = tokenizer_run.data.dataset
+    name = name or str(run_dir)
+    model = tokenizer_run.model
+    lines = _yaml_header(data_set, license_name, reports, kind)
+    title = f"{LIBRARY} {'generator' if kind == 'prior' else 'tokenizer'}: {data_set}"
+    lines += ["", f"# {title}", ""]
+    tokenizer_text = (f"a VQ-VAE tokenizer ({model.quantizer}, {model.codebook_size} codes, {model.image_size}x"
+                      f"{model.image_size} images to {model.grid_size}x{model.grid_size} grids, "
+                      f"{tokenizer_results.get('parameters', '?'):,} parameters)"
+                      if isinstance(tokenizer_results.get("parameters"), int) else "a VQ-VAE tokenizer")
+    if kind == "prior":
+        prior_run = PriorRun.load(prior_dir)
+        prior_results = read_json(prior_dir / "results.json") if (prior_dir / "results.json").is_file() else {}
+        conditional = "class-conditional (classifier-free guidance)" if prior_run.model.num_classes else \
+            "unconditional"
+        parameters = prior_results.get("parameters")
+        lines += [f"An image generator trained on {data_set}: {tokenizer_text}, and a {conditional} "
+                  f"{prior_run.model.arch} prior over its token grids"
+                  + (f" ({parameters:,} parameters)" if isinstance(parameters, int) else "")
+                  + ". Images are sampled token by token (cached sampling) and decoded.", ""]
+        lines += ["## Use", "", "```bash", f"python -m pipelines.sample --prior {name} --n 64",
+                  f"python -m pipelines.encode --tokenizer {name} --images my_images/ --out tokens/", "```", "",
+                  "```python", "from generation import ImageGenerator", "",
+                  f'generator = ImageGenerator.from_pretrained("{name}")',
+                  "images, tokens = generator.sample(16, label=3, seed=0)  # images (16, c, H, W) in [0, 1]",
+                  "```", ""]
+    else:
+        lines += [f"A tokenizer trained on {data_set}: {tokenizer_text}.", "",
+                  "## Use", "", "```bash",
+                  f"python -m pipelines.encode --tokenizer {name} --images my_images/ --out tokens/", "```", "",
+                  "```python", "from tokenizer import Tokenizer", "",
+                  f'tokenizer = Tokenizer.from_pretrained("{name}")',
+                  "tokens = tokenizer.encode(images)  # images (b, c, H, W) in [0, 1] -> (b, h, w) ints",
+                  "images = tokenizer.decode(tokens)", "```", ""]
+    if (Path(run_dir) / "samples.png").is_file():
+        lines += ["![samples](samples.png)", ""]
+
+    lines += ["## Figures", ""]
+    if reports:
+        seeds = [f"seed {report['settings'].get('seed')}" for report in reports]
+        settings = reports[0]["settings"]
+        lines += [f"Measured by `python -m pipelines.evaluate` ({settings.get('n_samples')} samples per seed, "
+                  f"guidance scale {settings.get('guidance_scale')}, temperature {settings.get('temperature')}; "
+                  "Frechet distances in the features of a small reference classifier trained on the data set, "
+                  "not Inception: comparable within this project only).", "",
+                  "| figure | " + " | ".join(seeds) + " |", "|---|" + "---|" * len(reports), *_figure_rows(reports), ""]
+    else:
+        lines += ["No evaluation given to the card (`python -m pipelines.card RUN --evaluation REPORT_DIR`).", ""]
+    lines += ["Results the runs recorded:", "", "```json",
+              json.dumps({"tokenizer": _public(tokenizer_results),
+                          **({"prior": _public(read_json(prior_dir / "results.json"))}
+                             if kind == "prior" and (prior_dir / "results.json").is_file() else {})}, indent=1),
+              "```", ""]
+
+    lines += ["## How it was made", ""]
+    provenance = provenance or {}
+    if provenance.get("commands"):
+        lines += ["```bash", *provenance["commands"], "```", ""]
+    for key, label in (("commit", "commit"), ("machine", "machine")):
+        if provenance.get(key):
+            lines.append(f"- {label}: {provenance[key]}")
+    for step, seconds in (provenance.get("seconds") or {}).items():
+        lines.append(f"- {step}: {seconds:.0f} s")
+    if provenance.get("notes"):
+        lines += ["", provenance["notes"]]
+    lines += ["", "Every flag the runs resolved is in `config.json`"
+              + (" (the prior's) and `tokenizer/config.json`." if kind == "prior" else "."), ""]
+    lines += ["## Files", "", "Weights in safetensors beside a JSON config; `results.json` records each weights file's "
+              "SHA-256, and the prior's config the SHA-256 of the tokenizer weights it was trained with: a file that "
+              "differs is refused when loaded.", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _public(results):
+    """A run's results without the hashes (they are listed in the files themselves)."""
+    return {k: v for k, v in results.items() if k != "weights_sha256"}

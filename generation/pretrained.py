@@ -1,0 +1,76 @@
+"""The generator shipped in the repository, choosing the run a command reads, and exporting a run for sharing.
+
+The shipped generator (checkpoints/fashion-mnist/, made by `python -m bench.pretrained`) is a prior run folder cut
+to what sampling, encode, decode and evaluate read: the configs, the weights in use, results, metrics and the
+maps' meta.json, with its model card (README.md). A command given no run takes the user's newest, and the shipped
+generator only when there is none.
+"""
+
+import shutil
+import sys
+from pathlib import Path
+
+from prior import PriorRun
+from store.hub import run_folder
+from store.runs import (TOKENIZER_COPY, WEIGHTS_HASHES, newest_run, read_json, staged_folder, weights_file,
+                        weights_hashes, write_json)
+
+SHIPPED_GENERATOR = Path(__file__).resolve().parents[1] / "checkpoints" / "fashion-mnist"
+# What a shared run keeps besides its weights in use (the maps' meta.json carries the codes' usage histograms).
+KEPT_FILES = ("config.json", "results.json", "metrics.jsonl", "maps/meta.json")
+
+
+def _newest_or_shipped(output_root, stage, shipped, what):
+    """The newest finished run under output_root/stage, else the shipped one (said on stderr), else the error."""
+    try:
+        return newest_run(output_root, stage)
+    except ValueError:
+        if not (shipped / "config.json").is_file():
+            raise
+    sys.stderr.write(f"no {stage} run of your own under {Path(output_root) / stage}: using the shipped "
+                     f"Fashion-MNIST {what} {shipped} (see its README.md)\n")
+    return shipped
+
+
+def choose_prior(name, output_root, shipped=SHIPPED_GENERATOR):
+    """The prior run folder a command reads: the one named (a folder, or a Hub id fetched into the cache), else
+    the newest under output_root/prior, else the shipped generator."""
+    return run_folder(name) if name else _newest_or_shipped(output_root, "prior", shipped, "generator")
+
+
+def choose_tokenizer(name, output_root, shipped=SHIPPED_GENERATOR):
+    """The tokenizer run folder a command reads: the one named (a tokenizer run, or a prior run carrying one; a
+    folder or a Hub id), else the newest under output_root/tokenizer, else the shipped generator's."""
+    if not name:
+        return _newest_or_shipped(output_root, "tokenizer", shipped / TOKENIZER_COPY, "tokenizer")
+    folder = run_folder(name)
+    carried = folder / TOKENIZER_COPY
+    return carried if (carried / "config.json").is_file() else folder
+
+
+def _export_run(source, target):
+    """Copy into target the files of run folder source that KEPT_FILES names and its weights file in use, with
+    results.json recording that file's SHA-256."""
+    weights = weights_file(source)
+    for name in (*KEPT_FILES, weights):
+        if (source / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / name, target / name)
+    results = read_json(target / "results.json") if (target / "results.json").is_file() else {}
+    write_json(target / "results.json", {**results, WEIGHTS_HASHES: weights_hashes(target)})
+
+
+def export_generator(prior_dir, out, overwrite=False):
+    """A prior run as a generator to ship or upload: out/ gets the prior's files (KEPT_FILES and the weights it
+    samples with) and out/tokenizer/ its tokenizer's, and nothing else (no training state, no maps). Written whole
+    or not at all; returns out."""
+    prior_dir = Path(prior_dir)
+    PriorRun.load(prior_dir)  # a one-line error for a folder that is not a prior run
+    carried = prior_dir / TOKENIZER_COPY
+    if not (carried / "config.json").is_file():
+        raise ValueError(f"{prior_dir} carries no copy of its tokenizer ({carried}): only a prior run trained by "
+                         "this version of fit_prior can be exported")
+    with staged_folder(out, overwrite) as folder:
+        _export_run(prior_dir, folder)
+        _export_run(carried, folder / TOKENIZER_COPY)
+    return Path(out)

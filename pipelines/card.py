@@ -1,0 +1,73 @@
+"""Write a run's model card (README.md in the Hugging Face model-card form), to share the run folder on the Hub.
+
+    python -m pipelines.card checkpoints/prior/RUN --evaluation checkpoints/evaluations/A --evaluation .../B \
+        --export shared/ --name you/my-generator
+    hf upload you/my-generator shared/ .
+
+A prior run folder is a whole generator (it carries its tokenizer): uploaded with its card, anyone samples from it
+with `python -m pipelines.sample --prior you/my-generator`. The card is written from the run's own files and the
+report.json of each evaluation named (one column per evaluation: name one per sampling seed).
+"""
+
+import json
+from pathlib import Path
+
+from evaluation.card import model_card
+from pipelines import cli
+from store.hub import run_folder
+from generation.pretrained import export_generator
+from store.runs import check_output_folder, read_json, refuse_existing, write_text
+
+
+def build_parser():
+    parser = cli.ArgumentParser(prog="python -m pipelines.card",
+                                description="Write the model card (README.md, Hugging Face form) of a prior or "
+                                            "tokenizer run.")
+    p = parser.add_argument
+    p("run", metavar="RUN", help="the run folder (a prior run, carrying its tokenizer, or a tokenizer run)")
+    p("--evaluation", metavar="DIR", action="append", default=[],
+      help="a report folder of `python -m pipelines.evaluate` on this run (its report.json); repeat it, once per "
+           "sampling seed, for a column each (default: none, the card then lists the runs' own results)")
+    p("--provenance", metavar="FILE", default=None,
+      help="a JSON file of how the run was made: commands (a list), commit, machine, seconds ({step: s}), notes")
+    p("--name", default=None,
+      help="how users will load it, shown in the card's usage lines, e.g. the Hub id you/my-generator "
+           "(default: RUN as given)")
+    p("--license", default="mit", help="the license of the weights, a Hub license id (default: mit)")
+    p("--export", metavar="DIR", default=None,
+      help="first copy a prior run into the new folder DIR with only what loading, sampling and evaluating read "
+           "(no training state, no maps; results.json records the weights' SHA-256), and write the card there")
+    p("--out", metavar="FILE", default=None, help="where to write the card (default: README.md in RUN, or in DIR "
+                                                  "with --export)")
+    p("--overwrite", action="store_true", help="replace the card file, and --export's folder, if they exist "
+                                                "(default: refuse)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(None if argv is None else [str(a) for a in argv])
+    run_dir = run_folder(args.run)
+    if args.export:
+        check_output_folder(args.export, args.overwrite, inputs=[run_dir, *args.evaluation])
+    out = Path(args.out) if args.out else Path(args.export or run_dir) / "README.md"
+    if not args.export:
+        refuse_existing(out, args.overwrite)
+    reports = []
+    for folder in args.evaluation:
+        if not (Path(folder) / "report.json").is_file():
+            raise ValueError(f"--evaluation {folder} holds no report.json: name a folder pipelines.evaluate wrote")
+        reports.append(read_json(Path(folder) / "report.json"))
+    provenance = read_json(args.provenance) if args.provenance else None
+    if provenance is not None and not isinstance(provenance, dict):
+        raise ValueError(f"--provenance {args.provenance} must hold a JSON object, not {json.dumps(provenance)[:40]}")
+    name = args.name or args.export or args.run
+    text = model_card(run_dir, reports, provenance, args.license, name)  # a bad report refused before any export
+    if args.export:
+        run_dir = export_generator(run_dir, args.export, args.overwrite)
+        text = model_card(run_dir, reports, provenance, args.license, name)
+    write_text(out, text)
+    print(f"model card -> {out}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
