@@ -63,6 +63,7 @@ def main(argv=None):
     parser.add_argument("--notes", default="", help="more of how it was made, for the card (e.g. where the steps "
                                                     "reused were run)")
     args = parser.parse_args(argv)
+    made_at = commit()  # before the export below replaces the shipped folder, a change of the work tree
     work, seconds = args.work, {}
     work.mkdir(parents=True, exist_ok=True)
     root = ["--output-root", str(work)]
@@ -98,7 +99,7 @@ def main(argv=None):
     commands = ["python -m " + " ".join(tokenizer_command), "python -m " + " ".join(prior_command),
                 *(f"python -m pipelines.evaluate --prior checkpoints/{RUN_NAME} --seed {s} "
                   f"{args.evaluate_flags}".rstrip() for s in args.seeds.split(","))]
-    provenance = {"commands": commands, "commit": commit(), "machine": machine(), "seconds": seconds,
+    provenance = {"commands": commands, "commit": made_at, "machine": machine(), "seconds": seconds,
                   "notes": "Regenerate this folder with `python -m bench.pretrained` (the steps above, the export, "
                            "the evaluations and this card)."
                            + (f" The tokenizer run was reused from {args.tokenizer}, made by the first command."
