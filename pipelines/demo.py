@@ -47,12 +47,18 @@ def _label(choice):
     return None if choice in (None, ANY_CLASS) else "none" if choice == NO_LABEL else choice
 
 
+def _guidance(generator, label, scale):
+    """The guidance scale a request takes: the page's, but none for the "no label" draw or an unconditional prior
+    (nothing to guide towards); the training mix is guided towards each sample's class, as `sample` guides it."""
+    return None if label == "none" or not generator.model.config.num_classes else float(scale)
+
+
 def sample_mosaic(generator, choice, guidance_scale, seed, count):
     """A mosaic (H, W, 3) uint8 of `count` samples of the class chosen in the menu, drawn as `pipelines.sample`
     draws them at this seed and guidance scale."""
     label = _label(choice)
     images, _ = generator.sample(int(count), label, seed=int(seed),
-                                 guidance_scale=None if label in (None, "none") else float(guidance_scale))
+                                 guidance_scale=_guidance(generator, label, guidance_scale))
     return mosaic_array(images)
 
 
@@ -72,7 +78,7 @@ def token_views(generator, picture, choice, guidance_scale, seed, keep_rows, cou
         else tokens.expand(int(count), *tokenizer.token_shape)
     label = _label(choice)
     completions, _ = generator.sample(int(count), label, seed=int(seed), prefix=prefix, keep_rows=rows,
-                                      guidance_scale=None if label in (None, "none") else float(guidance_scale))
+                                      guidance_scale=_guidance(generator, label, guidance_scale))
     return mosaic_array(torch.cat([original, reconstruction]), columns=2), mosaic_array(completions)
 
 
@@ -94,7 +100,7 @@ def build_demo(generator, max_count=64):
         gr.Markdown(f"## vqprior: `{generator.run_dir}`\nA VQ-VAE tokenizer and a PixelCNN prior over its tokens.")
         with gr.Row():
             choice = gr.Dropdown(choices, value=choices[0], label="class", elem_id="class")
-            guidance = gr.Slider(0, 5, value=1.5, step=0.1, label="guidance scale (a class only)",
+            guidance = gr.Slider(0, 5, value=1.5, step=0.1, label="guidance scale (classifier-free; 1: none)",
                                  elem_id="guidance")
             seed = gr.Number(value=0, precision=0, minimum=0, label="seed", elem_id="seed")
         with gr.Tab("Sample"):

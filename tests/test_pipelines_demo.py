@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import TINY_PRIOR
 from generation import ImageGenerator
-from pipelines import demo
+from pipelines import demo, fit_prior
 
 
 @pytest.fixture
@@ -28,6 +29,9 @@ def test_the_page_work_draws_mosaics_of_samples_and_of_an_uploaded_pictures_toke
     assert np.array_equal(four, demo.sample_mosaic(generator, choices[1], 2.0, 3, 4))
     assert not np.array_equal(four, demo.sample_mosaic(generator, choices[1], 2.0, 4, 4))
     assert demo.sample_mosaic(generator, demo.NO_LABEL, 2.0, 0, 1).shape[:2] < four.shape[:2]
+    # The training mix is guided by the page's scale, as `sample` guides it.
+    assert not np.array_equal(demo.sample_mosaic(generator, demo.ANY_CLASS, 1.0, 0, 4),
+                              demo.sample_mosaic(generator, demo.ANY_CLASS, 4.0, 0, 4))
 
     # A picture of another size and mode: fitted to the tokenizer's 28x28 grey, encoded, decoded, completed.
     picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 45, 3), dtype=np.uint8), "RGB")
@@ -36,6 +40,15 @@ def test_the_page_work_draws_mosaics_of_samples_and_of_an_uploaded_pictures_toke
     assert both.shape[1] > both.shape[0]  # the picture and its reconstruction side by side
     with pytest.raises(ValueError, match="upload an image first"):
         demo.token_views(generator, None, demo.ANY_CLASS, 1.5, 0, 3, 6)
+
+
+def test_an_unconditional_prior_offers_no_class_and_ignores_the_guidance_scale(tokenizer_run, tmp_path):
+    fit_prior.main([*TINY_PRIOR, "--tokenizer", tokenizer_run, "--output-root", tmp_path / "runs", "--run-name", "u",
+                    "--condition", "none"])
+    unconditional = ImageGenerator.load(tmp_path / "runs" / "prior" / "u")
+    assert demo.label_choices(unconditional) == [demo.ANY_CLASS]
+    assert np.array_equal(demo.sample_mosaic(unconditional, demo.ANY_CLASS, 3.0, 0, 2),
+                          demo.sample_mosaic(unconditional, demo.ANY_CLASS, 1.0, 0, 2))
 
 
 def free_port():
@@ -63,7 +76,7 @@ def test_the_page_answers_a_click_in_a_real_browser(generator):
     browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
     try:
         browser.get(f"http://127.0.0.1:{port}/")
-        wait = WebDriverWait(browser, 120)
+        wait = WebDriverWait(browser, 60)
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#sample-button"))
         assert not browser.find_elements(By.CSS_SELECTOR, "#samples img")  # nothing before the click
         browser.find_element(By.CSS_SELECTOR, "#sample-button").click()
