@@ -22,6 +22,7 @@ KEPT_FILES = ("config.json", "results.json", "metrics.jsonl", "maps/meta.json")
 
 def _newest_or_shipped(output_root, stage, shipped, what):
     """The newest finished run under output_root/stage, else the shipped one (said on stderr), else the error."""
+    shipped = Path(shipped)
     try:
         return newest_run(output_root, stage)
     except ValueError:
@@ -32,17 +33,20 @@ def _newest_or_shipped(output_root, stage, shipped, what):
     return shipped
 
 
-def choose_prior(name, output_root, shipped=SHIPPED_GENERATOR):
+def choose_prior(name, output_root, shipped=None):
     """The prior run folder a command reads: the one named (a folder, or a Hub id fetched into the cache), else
-    the newest under output_root/prior, else the shipped generator."""
-    return run_folder(name) if name else _newest_or_shipped(output_root, "prior", shipped, "generator")
+    the newest under output_root/prior, else the shipped generator (shipped: another folder in its place)."""
+    if name:
+        return run_folder(name)
+    return _newest_or_shipped(output_root, "prior", shipped or SHIPPED_GENERATOR, "generator")
 
 
-def choose_tokenizer(name, output_root, shipped=SHIPPED_GENERATOR):
+def choose_tokenizer(name, output_root, shipped=None):
     """The tokenizer run folder a command reads: the one named (a tokenizer run, or a prior run carrying one; a
     folder or a Hub id), else the newest under output_root/tokenizer, else the shipped generator's."""
     if not name:
-        return _newest_or_shipped(output_root, "tokenizer", shipped / TOKENIZER_COPY, "tokenizer")
+        return _newest_or_shipped(output_root, "tokenizer", Path(shipped or SHIPPED_GENERATOR) / TOKENIZER_COPY,
+                                  "tokenizer")
     folder = run_folder(name)
     carried = folder / TOKENIZER_COPY
     return carried if (carried / "config.json").is_file() else folder

@@ -26,7 +26,7 @@ from prior import Prior, TwoLevelPrior
 from conftest import TINY_PRIOR, TINY_TOKENIZER, make_fashion_dir, run_module
 from pipelines import fit_prior, fit_tokenizer
 from store.index_maps import read_index_maps, read_plain_tokens
-from store.runs import load_tensors, save_tensors
+from store.runs import WEIGHTS_HASHES, load_tensors, save_tensors, weights_hashes
 from evaluation import EvaluationConfig, evaluate
 from generation import ImageGenerator
 from tokenizer import Tokenizer
@@ -64,6 +64,7 @@ def world(tmp_path_factory):
         torch.manual_seed(1)
         config = TokenizerConfig(**json.loads((tokenizer / "config.json").read_text())["model"])
         save_tensors(other / "model.safetensors", VQVAE(config).state_dict())
+        edit_json(other / "results.json", lambda r: r.update({WEIGHTS_HASHES: weights_hashes(other)}))
         fit_tokenizer.main(["--dump-only", other])
     yield World(root, fashion, tokenizer, runs / "prior" / "prior", other)
 
@@ -138,8 +139,9 @@ def sample_images(prior_dir, n, **settings):
 
 
 def replace_tokenizer(tokenizer, other):
-    """The tokenizer run retrained: another run's weights and the maps those weights made."""
-    shutil.copy(other / "model.safetensors", tokenizer / "model.safetensors")
+    """The tokenizer run retrained: another run's weights, its record of them and the maps those weights made."""
+    for name in ("model.safetensors", "results.json"):
+        shutil.copy(other / name, tokenizer / name)
     shutil.rmtree(tokenizer / "maps")
     shutil.copytree(other / "maps", tokenizer / "maps")
     edit_json(tokenizer / "maps" / "meta.json", lambda m: m.update(tokenizer_run=str(tokenizer.resolve())))
@@ -239,7 +241,8 @@ def _tokenizer_changed_under_prior(w, d):
     tokenizer, prior_dir = copy_pair(w, d)
     replace_tokenizer(tokenizer, w.other_tokenizer)
     # The copy the prior run carries, which is what it samples with.
-    shutil.copy(w.other_tokenizer / "model.safetensors", prior_dir / "tokenizer" / "model.safetensors")
+    for name in ("model.safetensors", "results.json"):
+        shutil.copy(w.other_tokenizer / name, prior_dir / "tokenizer" / name)
     return sample_args(w, d, prior_dir=prior_dir)
 
 
@@ -449,7 +452,8 @@ def copy_of(run, pickled=None, truncated=None, latent_dim=None):
 def _retrained_pair(w, d):
     """A prior run whose carried tokenizer copy holds other weights than those of its maps."""
     tokenizer, prior_dir = copy_pair(w, d)
-    shutil.copy(w.other_tokenizer / "model.safetensors", prior_dir / "tokenizer" / "model.safetensors")
+    for name in ("model.safetensors", "results.json"):
+        shutil.copy(w.other_tokenizer / name, prior_dir / "tokenizer" / name)
     return prior_dir
 
 

@@ -86,7 +86,9 @@ def test_a_missing_run_is_one_line_from_the_command_line(tmp_path):
     assert not (tmp_path / "out").exists() and not (tmp_path / "classifiers").exists()
 
 
-def test_no_prior_run_at_all_is_one_line(tmp_path, capsys):
+def test_no_prior_run_at_all_is_one_line(tmp_path, capsys, monkeypatch):
+    # Without the shipped generator either (a copy of the package without checkpoints/, say).
+    monkeypatch.setattr("generation.pretrained.SHIPPED_GENERATOR", tmp_path / "not-shipped")
     status, _, errors = run_cli(["--output-root", tmp_path, "--out", tmp_path / "out"], capsys)
     assert status == 2 and errors == [f"error: no finished prior run under {tmp_path / 'prior'}: train one first"]
 
