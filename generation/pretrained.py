@@ -12,8 +12,8 @@ from pathlib import Path
 
 from prior import PriorRun
 from store.hub import run_folder
-from store.runs import (TOKENIZER_COPY, WEIGHTS_HASHES, newest_run, read_json, staged_folder, weights_file,
-                        weights_hashes, write_json)
+from store.runs import (TOKENIZER_COPY, WEIGHTS_HASHES, newest_run, read_json, staged_folder, tokenizer_run_of,
+                        weights_file, weights_hashes, write_json)
 
 SHIPPED_GENERATOR = Path(__file__).resolve().parents[1] / "checkpoints" / "fashion-mnist"
 # What a shared run keeps besides its weights in use (the maps' meta.json carries the codes' usage histograms).
@@ -47,9 +47,7 @@ def choose_tokenizer(name, output_root, shipped=None):
     if not name:
         return _newest_or_shipped(output_root, "tokenizer", Path(shipped or SHIPPED_GENERATOR) / TOKENIZER_COPY,
                                   "tokenizer")
-    folder = run_folder(name)
-    carried = folder / TOKENIZER_COPY
-    return carried if (carried / "config.json").is_file() else folder
+    return tokenizer_run_of(run_folder(name))
 
 
 def _export_run(source, target):

@@ -143,6 +143,12 @@ def weights_file(run_dir, weights=None):
     return AVERAGED_WEIGHTS if (Path(run_dir) / AVERAGED_WEIGHTS).exists() else MODEL_WEIGHTS
 
 
+def tokenizer_run_of(folder):
+    """A tokenizer run's folder as it is, or the copy of its tokenizer that a prior run's folder carries."""
+    carried = Path(folder) / TOKENIZER_COPY
+    return carried if (carried / "config.json").is_file() else Path(folder)
+
+
 def weights_hashes(run_dir):
     """{weights file name: its SHA-256} of the weights files a run directory holds, for its results.json."""
     return {name: file_sha256(Path(run_dir) / name) for name in (MODEL_WEIGHTS, AVERAGED_WEIGHTS)

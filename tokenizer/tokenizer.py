@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from store.hub import run_folder
-from store.runs import TOKENIZER_COPY, file_sha256, load_run_model, weights_file
+from store.runs import file_sha256, load_run_model, tokenizer_run_of, weights_file
 from tokenizer.model import build_tokenizer_model
 from tokenizer.run import TokenizerRun
 
@@ -44,9 +44,7 @@ class Tokenizer:
     def from_pretrained(cls, name, device="cpu", weights=None):
         """The tokenizer of a run named by a folder or a Hugging Face Hub repository id ("owner/name"): a tokenizer
         run, or a prior run (a generator), whose carried tokenizer is taken."""
-        folder = run_folder(name)
-        carried = folder / TOKENIZER_COPY
-        return cls.load(carried if (carried / "config.json").is_file() else folder, device, weights)
+        return cls.load(tokenizer_run_of(run_folder(name)), device, weights)
 
     @property
     def device(self):
