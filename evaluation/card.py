@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from prior import PriorRun
-from store.runs import TOKENIZER_COPY, file_sha256, read_json, weights_file
+from store.runs import TOKENIZER_COPY, WEIGHTS_HASHES, file_sha256, read_json, weights_file
 from tokenizer.run import TokenizerRun
 
 LIBRARY = "vqprior"
@@ -30,15 +30,21 @@ FIGURES = [("fd_samples_vs_test", "sample Frechet distance to test (reference cl
            ("codes_used_test", "codes used on test", ".1%")]
 
 
-def _run_kind(run_dir):
-    """("prior", the prior's folder, its tokenizer's folder) or ("tokenizer", None, the folder) of a run folder."""
+def _runs(run_dir):
+    """(the PriorRun or None, its folder or None, the TokenizerRun, its folder) of a prior run folder (carrying its
+    tokenizer) or a tokenizer run folder."""
     run_dir = Path(run_dir)
     config = read_json(run_dir / "config.json")
     if "tokenizer" in config and "model" in config and "label_dropout" in config:
-        PriorRun.load(run_dir)
-        return "prior", run_dir, run_dir / TOKENIZER_COPY
-    TokenizerRun.load(run_dir)  # a one-line error for a folder that is neither
-    return "tokenizer", None, run_dir
+        return PriorRun.load(run_dir), run_dir, TokenizerRun.load(run_dir / TOKENIZER_COPY), run_dir / TOKENIZER_COPY
+    return None, None, TokenizerRun.load(run_dir), run_dir  # a one-line error for a folder that is neither
+
+
+def _results(folder):
+    """A run's results.json without the weights' hashes (the files list them), or {} when it has none."""
+    results = read_json(folder / "results.json") if folder is not None and (folder / "results.json").is_file() \
+        else {}
+    return {k: v for k, v in results.items() if k != WEIGHTS_HASHES}
 
 
 def _figure_rows(reports):
@@ -70,14 +76,14 @@ def model_card(run_dir, reports=(), provenance=None, license_name="mit", name=No
     reports: report.json dicts of `python -m pipelines.evaluate` on this run (one per sampling seed, say);
     provenance: a dict with any of "commands" (list of str), "commit", "machine", "seconds" ({step: s}), "notes";
     name: how users load it (a Hub id or a folder), for the usage lines."""
-    kind, prior_dir, tokenizer_dir = _run_kind(run_dir)
+    prior_run, prior_dir, tokenizer_run, tokenizer_dir = _runs(run_dir)
+    kind = "tokenizer" if prior_run is None else "prior"
     tokenizer_sha256 = file_sha256(tokenizer_dir / weights_file(tokenizer_dir))
     for report in reports:  # a report of another run would put its figures on this card
         if report.get("runs", {}).get("tokenizer_weights_sha256") != tokenizer_sha256:
             raise ValueError(f"an evaluation given is of other tokenizer weights than {tokenizer_dir}'s: evaluate "
                              f"{run_dir} itself")
-    tokenizer_run = TokenizerRun.load(tokenizer_dir)
-    tokenizer_results = read_json(tokenizer_dir / "results.json") if (tokenizer_dir / "results.json").is_file() else {}
+    tokenizer_results, prior_results = _results(tokenizer_dir), _results(prior_dir)
     data_set = tokenizer_run.data.dataset
     name = name or str(run_dir)
     model = tokenizer_run.model
@@ -89,8 +95,6 @@ def model_card(run_dir, reports=(), provenance=None, license_name="mit", name=No
                       f"{tokenizer_results.get('parameters', '?'):,} parameters)"
                       if isinstance(tokenizer_results.get("parameters"), int) else "a VQ-VAE tokenizer")
     if kind == "prior":
-        prior_run = PriorRun.load(prior_dir)
-        prior_results = read_json(prior_dir / "results.json") if (prior_dir / "results.json").is_file() else {}
         conditional = "class-conditional (classifier-free guidance)" if prior_run.model.num_classes else \
             "unconditional"
         parameters = prior_results.get("parameters")
@@ -127,9 +131,8 @@ def model_card(run_dir, reports=(), provenance=None, license_name="mit", name=No
     else:
         lines += ["No evaluation given to the card (`python -m pipelines.card RUN --evaluation REPORT_DIR`).", ""]
     lines += ["Results the runs recorded:", "", "```json",
-              json.dumps({"tokenizer": _public(tokenizer_results),
-                          **({"prior": _public(read_json(prior_dir / "results.json"))}
-                             if kind == "prior" and (prior_dir / "results.json").is_file() else {})}, indent=1),
+              json.dumps({"tokenizer": tokenizer_results, **({"prior": prior_results} if prior_results else {})},
+                         indent=1),
               "```", ""]
 
     lines += ["## How it was made", ""]
@@ -150,7 +153,3 @@ def model_card(run_dir, reports=(), provenance=None, license_name="mit", name=No
               "differs is refused when loaded.", ""]
     return "\n".join(lines).rstrip() + "\n"
 
-
-def _public(results):
-    """A run's results without the hashes (they are listed in the files themselves)."""
-    return {k: v for k, v in results.items() if k != "weights_sha256"}
