@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from bench.fingerprint import commit_of
 from bench.steps import cpu_flags, run_step
 from generation.pretrained import SHIPPED_GENERATOR, export_generator
 from store.runs import read_json, write_json
@@ -31,12 +32,11 @@ RUN_NAME = "fashion-mnist"
 
 
 def commit():
-    """The repository's commit, marked when the work tree differs from it."""
-    def git(*args):
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout
-    head = git("rev-parse", "HEAD").strip() or "unknown"
-    return head + (" (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no").strip()
-                   else "")
+    """The repository's commit (bench.fingerprint.commit_of), marked when the work tree differs from it."""
+    repo = Path(__file__).parent
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                             capture_output=True, text=True).stdout.strip()
+    return (commit_of(repo) or "unknown") + (" (with uncommitted changes)" if changed else "")
 
 
 def machine():
