@@ -21,11 +21,13 @@ from tqdm.auto import tqdm
 
 from evaluation.classifier import ClassifierConfig
 from evaluation.frechet import feature_statistics, frechet_distance
+from evaluation.inception import fid, inception_features, inception_weights, kid, load_inception
+from evaluation.manifold import NEAREST_K, copies, precision_recall_density_coverage
 from evaluation.reference import ClassifierTrainConfig, classifier_dir, load_or_train_classifier, predict
 from evaluation.report import plot_curves, plot_mosaic, plot_usage, write_html
 from generation import ImageGenerator, ProgressBar, check_memory
 from prior.sampling import ClassLabels, check_count
-from store.images import load_images
+from store.images import DataConfig, load_images, read_image_collection
 from store.runs import (check_output_folder, file_sha256, newest_run, read_json, read_metrics, staged_folder,
                         weights_file, write_json)
 from tokenizer import Tokenizer, psnr
@@ -34,6 +36,14 @@ from training import batches_in_order, check_seed
 TOKENIZER_PANELS = [("loss", "step", [("loss", "train")], True), ("MSE", "step", [("mse", "train")], True),
                     ("perplexity", "step", [("perplexity", "train")], False),
                     ("codes used", "step", [("codes_used", "train")], False)]
+FEATURES = ("classifier", "inception")
+MANIFOLD_FIGURES = ("precision", "recall", "density", "coverage")
+RECONSTRUCTION_FIGURES = ("fd_reconstructions_vs_test", "reconstruction_mse", "reconstruction_psnr",
+                          "classifier_accuracy_on_reconstructions")
+INCEPTION_FIGURES = ("inception_fid_train_vs_test", "inception_fid_reconstructions_vs_test",
+                     "inception_fid_samples_vs_test", "inception_kid_samples_vs_test",
+                     *(f"inception_{name}" for name in MANIFOLD_FIGURES))
+INCEPTION_BATCH = 50  # images through Inception at once: 299x299 activations take ~25 MiB per image
 PRIOR_PANELS = [("loss (nats per token)", "step", [("loss", "train")], False),
                 ("bits per token", "epoch", [("bits_per_token", "train"), ("test_bits_per_token", "test")], False)]
 
@@ -97,14 +107,21 @@ class EvaluationConfig:
     # and class count come from the data), and how it is trained.
     classifier: ClassifierConfig | None = None
     classifier_train: ClassifierTrainConfig | None = None
+    # "classifier": the reference classifier's features; "inception": also Inception-v3's (FID, KID, precision,
+    # recall, density, coverage), with the weights file inception_weights (default: torch's hub cache, downloaded
+    # there when missing).
+    features: str = "classifier"
+    inception_weights: str | None = None
 
     def __post_init__(self):
         check_count(self.n_samples, self.batch_size)
         check_seed(self.seed)
+        if self.features not in FEATURES:
+            raise ValueError(f"features must be one of {', '.join(FEATURES)}, not {self.features!r}")
 
 
-def evaluate(prior_dir=None, tokenizer_dir=None, config=None, *, output_root="checkpoints", out=None,
-             overwrite=False, device="cpu", progress=True, accelerator=None):
+def evaluate(prior_dir=None, tokenizer_dir=None, config=None, *, images=None, data_config=None,
+             output_root="checkpoints", out=None, overwrite=False, device="cpu", progress=True, accelerator=None):
     """Evaluate a prior run and its tokenizer (or, with tokenizer_dir alone, the tokenizer); returns the report.
 
     With neither run given, the newest prior under output_root is evaluated. The reference classifier is read
@@ -112,6 +129,9 @@ def evaluate(prior_dir=None, tokenizer_dir=None, config=None, *, output_root="ch
     report.html, pictures) is written there, refusing an existing folder unless overwrite, and refusing always a
     folder that is, lies inside or holds what the evaluation reads. Samples are drawn as `python -m
     pipelines.sample` draws them (ImageGenerator.request), by config (an EvaluationConfig).
+
+    images: instead of runs, a folder or .npz of images some other model made (store.images.read_image_collection),
+    scored as samples against data_config's test split (a DataConfig, default Fashion-MNIST): no reconstructions.
 
     accelerator: under `accelerate launch`/`torchrun`, the processes share the sampling, decoding and
     reconstruction batches (every process gets the same report; only the main one writes the folder and trains a
@@ -122,26 +142,34 @@ def evaluate(prior_dir=None, tokenizer_dir=None, config=None, *, output_root="ch
     progress = progress and main_process
     started_all = time.perf_counter()
     seconds = {}
-    if prior_dir is None and tokenizer_dir is None:
+    if images is not None and (prior_dir is not None or tokenizer_dir is not None):
+        raise ValueError("images made elsewhere are scored on their own: give them without a prior or tokenizer run")
+    if prior_dir is None and tokenizer_dir is None and images is None:
         prior_dir = newest_run(output_root, "prior")
 
     started = time.perf_counter()
-    runs = _load_runs(prior_dir, tokenizer_dir, config, device)
-    data_config = runs.tokenizer.run.data
+    runs = _Runs(None) if images is not None else _load_runs(prior_dir, tokenizer_dir, config, device)
+    data_config = (data_config or DataConfig()) if runs.tokenizer is None else runs.tokenizer.run.data
+    inception_path = inception_weights(config.inception_weights, progress) if config.features == "inception" \
+        else None
     if out is not None:  # before any work, and never over what is read
         check_output_folder(out, overwrite, inputs=[*runs.directories(), classifier_dir(output_root, data_config),
-                                                    *data_config.sources()])
+                                                    *data_config.sources(), images, inception_path])
     seconds["load_runs"] = time.perf_counter() - started
 
     started = time.perf_counter()
     train_set, test_set = load_images(data_config, "train"), load_images(data_config, "test")
-    runs.tokenizer.check_images(test_set.images.shape[1:], data_config.dataset)
+    if runs.tokenizer is not None:
+        runs.tokenizer.check_images(test_set.images.shape[1:], data_config.dataset)
     if runs.num_classes and list(runs.generator.run.class_names or []) != list(test_set.class_names):
         raise ValueError(f"the classes of prior {prior_dir} are not those of {data_config.dataset}: "
                          "its samples' classes cannot be checked")
+    samples = None
+    if images is not None:
+        channels, size, _ = test_set.images.shape[1:]
+        samples = read_image_collection(images, channels, size).float() / 255
     seconds["load_data"] = time.perf_counter() - started
 
-    samples = None
     if runs.generator is not None:
         # The images are joined from their batches (two copies for a moment), and their features kept.
         feature_dim = (config.classifier or ClassifierConfig()).feature_dim
@@ -163,39 +191,59 @@ def evaluate(prior_dir=None, tokenizer_dir=None, config=None, *, output_root="ch
         return predict(reference.model, images, config.batch_size, desc if progress else None)
 
     started = time.perf_counter()
-    figures, test_stats = _real_figures(features_of, train_set, test_set)
+    # The floor of the figures that depend on the sets' sizes: as many training images as samples (or test images).
+    floor_picks = _floor_picks(len(train_set), len(test_set) if samples is None else len(samples))
+    features, figures = _real_figures(features_of, train_set, test_set, floor_picks)
     seconds["features_real"] = time.perf_counter() - started
 
-    started = time.perf_counter()
-    reconstructions, reconstruction_figures = _reconstruction_figures(runs.tokenizer, test_set, features_of, test_stats,
-                                                                      config.batch_size, progress, accelerator)
-    figures.update(reconstruction_figures)
-    seconds["reconstructions"] = time.perf_counter() - started
+    reconstructions = None
+    if runs.tokenizer is not None:
+        started = time.perf_counter()
+        reconstructions, reconstruction_figures = _reconstruction_figures(runs.tokenizer, test_set, features_of,
+                                                                          features["test_stats"], config.batch_size,
+                                                                          progress, accelerator)
+        figures.update(reconstruction_figures)
+        seconds["reconstructions"] = time.perf_counter() - started
+    else:
+        figures.update(dict.fromkeys(RECONSTRUCTION_FIGURES))
 
     started = time.perf_counter()
-    sample_figures, per_class = _sample_figures(samples, runs.asked, features_of, test_stats, test_set.class_names,
-                                                figures["fd_reconstructions_vs_test"])
+    sample_figures, per_class, nearest_training = _sample_figures(samples, runs.asked, features_of, features,
+                                                                  test_set.class_names,
+                                                                  figures["fd_reconstructions_vs_test"])
     figures.update(sample_figures)
     if samples is not None:
         seconds["features_samples"] = time.perf_counter() - started
     figures.update(_run_figures(prior_dir, runs.tokenizer))
+
+    figures.update(dict.fromkeys(INCEPTION_FIGURES))
+    if inception_path is not None:
+        started = time.perf_counter()
+        figures.update(_inception_figures(load_inception(inception_path, device), train_set, test_set, floor_picks,
+                                          reconstructions, samples, progress))
+        seconds["inception"] = time.perf_counter() - started
     seconds["total"] = time.perf_counter() - started_all
 
     report = {
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         # The tokenizer run the prior was trained for (its weights may be read from the copy the prior carries).
-        "runs": {"tokenizer": str(runs.tokenizer.run_dir.resolve()) if runs.generator is None
+        "runs": {"tokenizer": None if runs.tokenizer is None
+                 else str(runs.tokenizer.run_dir.resolve()) if runs.generator is None
                  else runs.generator.run.tokenizer.run,
-                 "tokenizer_loaded_from": str(runs.tokenizer.run_dir.resolve()),
-                 "tokenizer_weights_sha256": runs.tokenizer.weights_sha256,
+                 "tokenizer_loaded_from": None if runs.tokenizer is None else str(runs.tokenizer.run_dir.resolve()),
+                 "tokenizer_weights_sha256": None if runs.tokenizer is None else runs.tokenizer.weights_sha256,
                  "prior": None if prior_dir is None else str(Path(prior_dir).resolve()),
-                 "prior_weights": None if runs.generator is None else runs.generator.weights},
+                 "prior_weights": None if runs.generator is None else runs.generator.weights,
+                 "images": None if images is None else str(Path(images).resolve())},
         "dataset": dataclasses.asdict(data_config),
         "classifier": reference.describe(),
+        "inception": None if inception_path is None else {"weights": str(Path(inception_path).resolve()),
+                                                          "weights_sha256": file_sha256(inception_path)},
         "settings": {"n_samples": config.n_samples if runs.generator is not None else 0,
                      "batch_size": config.batch_size, "seed": config.seed, **(runs.settings or {}),
                      "label": config.label,
                      "sampled_class_counts": None if runs.asked is None else runs.asked.counts(),
+                     "features": config.features, "nearest_k": NEAREST_K, "floor_train_images": len(floor_picks),
                      "device": str(device), "threads": torch.get_num_threads()},
         "counts": {"train": len(train_set), "test": len(test_set), "samples": 0 if samples is None else len(samples)},
         "figures": figures,
@@ -203,16 +251,16 @@ def evaluate(prior_dir=None, tokenizer_dir=None, config=None, *, output_root="ch
         "seconds": seconds,
     }
     if out is not None and main_process:
-        write_report(out, overwrite, report, runs.tokenizer.run_dir, prior_dir, test_set, reconstructions, samples,
-                     None if runs.asked is None else runs.asked[:])
+        write_report(out, overwrite, report, runs, prior_dir, train_set, test_set, reconstructions, samples,
+                     nearest_training)
     return report
 
 
 @dataclass
 class _Runs:
-    """What an evaluation reads: the tokenizer, and with a prior its generator, the class ids asked for (ClassLabels
-    or None) and the sampling settings."""
-    tokenizer: Tokenizer
+    """What an evaluation reads: the tokenizer (None when scoring images made elsewhere), and with a prior its
+    generator, the class ids asked for (ClassLabels or None) and the sampling settings."""
+    tokenizer: Tokenizer | None
     generator: ImageGenerator | None = None
     asked: ClassLabels | None = None
     settings: dict | None = None
@@ -253,13 +301,32 @@ def _draw_samples(runs, config, progress, accelerator):
         bar.close()
 
 
-def _real_figures(features_of, train_set, test_set):
-    """The classifier's test accuracy and the floor (train vs test), and the test features' statistics."""
+def _floor_picks(n_train, count):
+    """Indices of `count` training images (all when fewer), the same whatever the sampling seed."""
+    if count >= n_train:
+        return torch.arange(n_train)
+    return torch.randperm(n_train, generator=torch.Generator().manual_seed(0))[:count].sort().values
+
+
+def _manifold_figures(real, generated, prefix):
+    """precision, recall, density, coverage of generated against real features under prefix_*; None with fewer
+    than k + 1 points on either side."""
+    if min(len(real), len(generated)) <= NEAREST_K:
+        return {f"{prefix}{name}": None for name in MANIFOLD_FIGURES}
+    values = precision_recall_density_coverage(real, generated)
+    return {f"{prefix}{name}": values[name] for name in MANIFOLD_FIGURES}
+
+
+def _real_figures(features_of, train_set, test_set, floor_picks):
+    """The classifier's test accuracy and the floor (train vs test: the Frechet distance of the whole training split,
+    precision... of floor_picks), and the features kept: train, test, the test features' statistics."""
     train_features, _ = features_of(train_set.images, "features train")
     test_features, test_predicted = features_of(test_set.images, "features test")
     test_stats = feature_statistics(test_features)
-    return {"classifier_test_accuracy": (test_predicted == test_set.labels).float().mean().item(),
-            "fd_train_vs_test": frechet_distance(feature_statistics(train_features), test_stats)}, test_stats
+    figures = {"classifier_test_accuracy": (test_predicted == test_set.labels).float().mean().item(),
+               "fd_train_vs_test": frechet_distance(feature_statistics(train_features), test_stats),
+               **_manifold_figures(test_features, train_features[floor_picks], "train_")}
+    return {"train": train_features, "test": test_features, "test_stats": test_stats}, figures
 
 
 def _reconstruction_figures(tokenizer, test_set, features_of, test_stats, batch_size, progress, accelerator):
@@ -273,22 +340,47 @@ def _reconstruction_figures(tokenizer, test_set, features_of, test_stats, batch_
         "classifier_accuracy_on_reconstructions": (predicted == test_set.labels).float().mean().item()}
 
 
-def _sample_figures(samples, asked, features_of, test_stats, class_names, fd_reconstructions):
-    """(the samples' figures, None where there are no samples; the classifier's accuracy per class asked for)."""
-    figures = dict(fd_samples_vs_test=None, fd_samples_over_reconstructions=None, classifier_accuracy_on_samples=None)
+def _sample_figures(samples, asked, features_of, real, class_names, fd_reconstructions):
+    """(the samples' figures, None where there are no samples; the classifier's accuracy per class asked for; each
+    sample's nearest training image: (distances, indices) in the classifier's features, or None)."""
+    figures = dict(fd_samples_vs_test=None, fd_samples_over_reconstructions=None, classifier_accuracy_on_samples=None,
+                   copies_samples=None, copies_test=None, **dict.fromkeys(MANIFOLD_FIGURES))
     if samples is None:
-        return figures, None
+        return figures, None, None
     features, predicted = features_of(samples, "features samples")
     if len(samples) >= 2:
-        figures["fd_samples_vs_test"] = frechet_distance(feature_statistics(features), test_stats)
-        figures["fd_samples_over_reconstructions"] = figures["fd_samples_vs_test"] / max(fd_reconstructions, 1e-12)
+        figures["fd_samples_vs_test"] = frechet_distance(feature_statistics(features), real["test_stats"])
+        if fd_reconstructions is not None:
+            figures["fd_samples_over_reconstructions"] = figures["fd_samples_vs_test"] / max(fd_reconstructions, 1e-12)
+    figures.update(_manifold_figures(real["test"], features, ""))
+    found = copies(features, real["train"], real["test"])
+    figures["copies_samples"], figures["copies_test"] = found["fraction"], found["test_fraction"]
+    nearest_training = (found["distances"], found["indices"])
     if asked is None:
-        return figures, None
+        return figures, None, nearest_training
     asked = asked[:]
     hits = (predicted == asked).float()
     figures["classifier_accuracy_on_samples"] = hits.mean().item()
     return figures, {name: hits[asked == c].mean().item() if (asked == c).any() else None
-                     for c, name in enumerate(class_names)}
+                     for c, name in enumerate(class_names)}, nearest_training
+
+
+def _inception_figures(extractor, train_set, test_set, floor_picks, reconstructions, samples, progress):
+    """FID (train vs test: floor_picks of the training split; reconstructions vs test; samples vs test), the samples'
+    KID, precision, recall, density and coverage, in Inception-v3's features (torch-fidelity)."""
+    def features_of(images, desc):
+        return inception_features(extractor, images, INCEPTION_BATCH, f"inception {desc}" if progress else None)
+
+    test = features_of(test_set.images, "test")
+    figures = {"inception_fid_train_vs_test": fid(features_of(train_set.images[floor_picks], "train"), test)}
+    if reconstructions is not None:
+        figures["inception_fid_reconstructions_vs_test"] = fid(features_of(reconstructions, "reconstructions"), test)
+    if samples is not None and len(samples) >= 2:
+        generated = features_of(samples, "samples")
+        figures["inception_fid_samples_vs_test"] = fid(generated, test)
+        figures["inception_kid_samples_vs_test"] = kid(generated, test)[0]
+        figures.update(_manifold_figures(test, generated, "inception_"))
+    return figures
 
 
 def _run_figures(prior_dir, tokenizer):
@@ -297,32 +389,39 @@ def _run_figures(prior_dir, tokenizer):
                      "prior_test_bits_per_image": "test_bits_per_image"}
     figures = _figures_of_results(Path(prior_dir) / "results.json", prior_figures) if prior_dir is not None \
         else dict.fromkeys(prior_figures)
-    figures.update(_figures_of_results(tokenizer.run_dir / "results.json", {
-        "codebook_perplexity_test": "test_perplexity", "codes_used_test": "test_codes_used"}))
+    tokenizer_figures = {"codebook_perplexity_test": "test_perplexity", "codes_used_test": "test_codes_used"}
+    figures.update(_figures_of_results(tokenizer.run_dir / "results.json", tokenizer_figures) if tokenizer is not None
+                   else dict.fromkeys(tokenizer_figures))
     return figures
 
 
-def write_report(out, overwrite, report, tokenizer_dir, prior_dir, test_set, reconstructions, samples, asked):
+def write_report(out, overwrite, report, runs, prior_dir, train_set, test_set, reconstructions, samples,
+                 nearest_training):
     """The report folder: report.json, report.html and its pictures, renamed into place whole."""
+    asked = None if runs.asked is None else runs.asked[:]
     with staged_folder(out, overwrite) as folder:
         pictures = []
-        if plot_curves(folder / "tokenizer_curves.png", read_metrics(Path(tokenizer_dir) / "metrics.jsonl"),
-                       TOKENIZER_PANELS, "tokenizer training"):
-            pictures.append(("tokenizer_curves.png", "Tokenizer training curves (metrics.jsonl)"))
-        if prior_dir is not None and plot_curves(folder / "prior_curves.png",
-                                                 read_metrics(Path(prior_dir) / "metrics.jsonl"),
-                                                 PRIOR_PANELS, "prior training"):
-            pictures.append(("prior_curves.png", "Prior training curves (metrics.jsonl)"))
-        histograms = _usage_histograms(tokenizer_dir)
-        if histograms is not None:
-            plot_usage(folder / "codebook_usage.png", histograms, "codebook usage, test split")
-            pictures.append(("codebook_usage.png", "How often each code appears in the test split's tokens"))
-        shown = min(16, len(reconstructions))
-        plot_mosaic(folder / "reconstructions.png",
-                    [test_set.images[:shown].float() / 255, reconstructions[:shown]], ["test", "reconstruction"],
-                    "test images and their reconstructions")
-        pictures.append(("reconstructions.png", "Test images (top) and their reconstructions (bottom)"))
+        if runs.tokenizer is not None:
+            tokenizer_dir = runs.tokenizer.run_dir
+            if plot_curves(folder / "tokenizer_curves.png", read_metrics(Path(tokenizer_dir) / "metrics.jsonl"),
+                           TOKENIZER_PANELS, "tokenizer training"):
+                pictures.append(("tokenizer_curves.png", "Tokenizer training curves (metrics.jsonl)"))
+            if prior_dir is not None and plot_curves(folder / "prior_curves.png",
+                                                     read_metrics(Path(prior_dir) / "metrics.jsonl"),
+                                                     PRIOR_PANELS, "prior training"):
+                pictures.append(("prior_curves.png", "Prior training curves (metrics.jsonl)"))
+            histograms = _usage_histograms(tokenizer_dir)
+            if histograms is not None:
+                plot_usage(folder / "codebook_usage.png", histograms, "codebook usage, test split")
+                pictures.append(("codebook_usage.png", "How often each code appears in the test split's tokens"))
+        if reconstructions is not None:
+            shown = min(16, len(reconstructions))
+            plot_mosaic(folder / "reconstructions.png",
+                        [test_set.images[:shown].float() / 255, reconstructions[:shown]], ["test", "reconstruction"],
+                        "test images and their reconstructions")
+            pictures.append(("reconstructions.png", "Test images (top) and their reconstructions (bottom)"))
         if samples is not None:
+            made = "samples from the prior" if runs.generator is not None else "the images scored"
             if asked is not None:
                 rows = [(samples[asked == c][:10], name) for c, name in enumerate(test_set.class_names)
                         if (asked == c).any()]
@@ -330,8 +429,26 @@ def write_report(out, overwrite, report, tokenizer_dir, prior_dir, test_set, rec
                 per_row = min(10, max(1, math.ceil(math.sqrt(len(samples)))))
                 rows = [(samples[start:start + per_row], "") for start in range(0, min(len(samples), 80), per_row)]
             plot_mosaic(folder / "samples.png", [row for row, _ in rows], [label for _, label in rows],
-                        "samples from the prior" + (", one row per class asked for" if asked is not None else ""))
-            pictures.append(("samples.png", "Samples, decoded by the tokenizer"))
+                        made + (", one row per class asked for" if asked is not None else ""))
+            pictures.append(("samples.png", "Samples, decoded by the tokenizer" if runs.generator is not None
+                             else "The images scored"))
+        if nearest_training is not None:
+            plot_mosaic(folder / "nearest_training.png", *_nearest_training_rows(samples, train_set, *nearest_training),
+                        "samples and their nearest training images (reference classifier's features)")
+            pictures.append(("nearest_training.png", "Copies? The samples nearest to a training image, then the "
+                             "first samples, each above its nearest training image"))
         report["pictures"] = [name for name, _ in pictures]
         write_json(folder / "report.json", report)
         write_html(folder / "report.html", report, pictures)
+
+
+def _nearest_training_rows(samples, train_set, distances, indices, per_row=10):
+    """(rows, labels) of plot_mosaic: the samples nearest to a training image and the first samples, each row of
+    samples above a row of their nearest training images."""
+    closest = distances.argsort()[:per_row]
+    first = torch.arange(min(per_row, len(samples)))
+    rows, labels = [], []
+    for picked, name in ((closest, "nearest samples"), (first, "first samples")):
+        rows += [samples[picked], train_set.images[indices[picked]].float() / 255]
+        labels += [name, "their nearest\ntraining images"]
+    return rows, labels

@@ -29,6 +29,29 @@ FIGURES = [
      "how far the prior is from what its tokenizer can draw; 1 is a perfect prior"),
     ("classifier_accuracy_on_samples", "classifier accuracy on samples",
      "against the label asked for (class-conditional priors)"),
+    ("precision", "precision of samples (k = 3)",
+     "fidelity: the share of samples inside the test images' manifold (Kynkaanniemi et al. 2019)"),
+    ("recall", "recall of samples (k = 3)", "diversity: the share of test images inside the samples' manifold"),
+    ("density", "density of samples (k = 3)",
+     "fidelity: test images' balls holding a sample, on average, over k; 1 for real images (Naeem et al. 2020)"),
+    ("coverage", "coverage of samples (k = 3)", "diversity: the share of test images whose ball holds a sample"),
+    ("train_precision", "precision, train vs test", "the floor of the four: as many training images as samples"),
+    ("train_recall", "recall, train vs test", ""),
+    ("train_density", "density, train vs test", ""),
+    ("train_coverage", "coverage, train vs test", ""),
+    ("copies_samples", "samples nearer a training image than any test image is",
+     "copies of the training set? compare with the next line"),
+    ("copies_test", "test images nearer a training image than any other test image is",
+     "the yardstick: what a generator of new images from the data's distribution scores"),
+    ("inception_fid_train_vs_test", "FID (Inception-v3), train vs test",
+     "the floor, as many training images as samples; the standard protocol (torch-fidelity)"),
+    ("inception_fid_reconstructions_vs_test", "FID (Inception-v3), reconstructions vs test", "lower is better"),
+    ("inception_fid_samples_vs_test", "FID (Inception-v3), samples vs test", "lower is better"),
+    ("inception_kid_samples_vs_test", "KID (Inception-v3), samples vs test", "lower is better; unbiased"),
+    ("inception_precision", "precision of samples, Inception-v3 features", ""),
+    ("inception_recall", "recall of samples, Inception-v3 features", ""),
+    ("inception_density", "density of samples, Inception-v3 features", ""),
+    ("inception_coverage", "coverage of samples, Inception-v3 features", ""),
     ("prior_test_bits_per_token", "prior bits per token (test)", "from the prior run's results.json"),
     ("prior_test_bits_per_image", "prior bits per image (test)", "from the prior run's results.json"),
     ("codebook_perplexity_test", "codebook perplexity (test)", "of the test split's tokens"),
@@ -119,11 +142,20 @@ def _format(value):
     return html.escape(str(value))
 
 
+def _subject(runs):
+    """The page's line on what was scored: a prior's samples, images made elsewhere, or a tokenizer alone."""
+    if runs.get("images"):
+        return f"Images <code>{html.escape(runs['images'])}</code> (made elsewhere)"
+    return f"Prior <code>{html.escape(str(runs['prior'] or 'none (tokenizer only)'))}</code>"
+
+
 def write_html(path, report, pictures):
     """report.html: the runs, the table of figures, then each picture (file name, caption) that was drawn."""
     figures, runs = report["figures"], report["runs"]
+    # Inception's figures are rows only when asked for (--features inception).
     rows = "\n".join(f"<tr><td>{html.escape(label)}</td><td class=num>{_format(figures.get(key))}</td>"
-                     f"<td>{html.escape(note)}</td></tr>" for key, label, note in FIGURES)
+                     f"<td>{html.escape(note)}</td></tr>" for key, label, note in FIGURES
+                     if not key.startswith("inception_") or report.get("inception"))
     per_class = report.get("per_class_sample_accuracy") or {}
     class_rows = "\n".join(f"<tr><td>{html.escape(name)}</td><td class=num>{_format(value)}</td></tr>"
                            for name, value in per_class.items())
@@ -143,14 +175,17 @@ figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }} figcaption {{ color: #5
 code {{ font-size: 0.9em; }}
 </style></head><body>
 <h1>Evaluation</h1>
-<p>Tokenizer <code>{html.escape(str(runs["tokenizer"]))}</code><br>
-Prior <code>{html.escape(str(runs["prior"] or "none (tokenizer only)"))}</code><br>
+<p>Tokenizer <code>{html.escape(str(runs["tokenizer"] or "none"))}</code><br>
+{_subject(runs)}<br>
 Data set <code>{html.escape(report["dataset"]["dataset"])}</code>; reference classifier
 <code>{html.escape(report["classifier"]["directory"])}</code> (test accuracy
 {_format(report["classifier"].get("test_accuracy"))}).<br>
 Settings <code>{settings}</code>; {report["seconds"]["total"]:.1f} s in all.</p>
 <p>Frechet distances are between Gaussian fits to the reference classifier's penultimate features; they are
-comparable only between reports made with the same classifier (its weights' SHA-256 is in report.json).</p>
+comparable only between reports made with the same classifier (its weights' SHA-256 is in report.json). Precision,
+recall, density and coverage estimate each set's manifold by balls reaching every point's third nearest neighbour in
+the same features: the first of each pair measures fidelity, the second diversity. Those marked Inception-v3 follow
+the papers' protocol and can be set beside other projects' figures.</p>
 <table><tr><th>figure</th><th>value</th><th>how to read it</th></tr>
 {rows}
 </table>

@@ -6,6 +6,7 @@
     python -m pipelines.sample --n 16 --label 7 --guidance-scale 3
     python -m pipelines.sample --n 16 --label none          # a conditional prior's "no label" (unconditional) draw
     python -m pipelines.sample --n 8 --complete shoe.png --keep-rows 3
+    python -m pipelines.sample --n 10000 --npz              # also samples.npz, for other projects' evaluators
 
 As a library: generation.ImageGenerator.load("checkpoints/prior/RUN").sample(16, temperature=0.9)
 """
@@ -23,7 +24,7 @@ from generation.pretrained import choose_prior
 from pipelines import cli
 from store.images import read_image
 from store.index_maps import IndexMapWriter, record_index_maps, smallest_uint_dtype
-from store.pictures import save_mosaic, save_pngs
+from store.pictures import NpzImageWriter, save_mosaic, save_pngs
 from store.runs import check_disk_space, check_output_folder, staged_folder, write_json
 from training import TrainConfig, make_accelerator
 
@@ -50,6 +51,10 @@ def build_parser():
     p("--sampler", choices=["cached", "naive"], default="cached",
       help="cached: fast generation (Ramachandran et al. 2017); naive: the whole network per position; "
            "both give the same grids (default: cached)")
+    p("--npz", action="store_true",
+      help="also write every image into OUT/samples.npz, arr_0 uint8 (n, H, W, 3) (grey repeated), as the "
+           "reference-batch evaluators of guided-diffusion, LlamaGen and VAR read it; `python -m pipelines.evaluate "
+           "--images` scores it")
     cli.add_mixed_precision_flag(parser, "no")
     return parser
 
@@ -74,7 +79,9 @@ def main(argv=None):
     # Per sample: its tokens (every level, in the maps' dtype) and its label; and a PNG file, at least one block.
     token_bytes = sum(math.prod(shape) for shape in tokenizer.level_shapes.values()) \
         * np.dtype(smallest_uint_dtype(tokenizer.codebook_size)).itemsize + 8
-    check_disk_space(out.parent, n * token_bytes, n + 8, f"{n} samples",
+    height, width = tokenizer.image_shape[1:]
+    npz_bytes = n * height * width * 3 if args.npz else 0
+    check_disk_space(out.parent, n * token_bytes + npz_bytes, n + 8, f"{n} samples",
                      "sample fewer (--n), or write them elsewhere (--out)")
     completion, original = {}, None
     if args.complete:
@@ -106,7 +113,9 @@ def main(argv=None):
     with staged_folder(out, args.overwrite) if main_process else contextlib.nullcontext() as folder:
         with (IndexMapWriter(folder / "tokens", "samples", n, tokenizer.token_shape, tokenizer.codebook_size,
                              tokenizer.level_shapes.get("top")) if main_process
-              else contextlib.nullcontext()) as writer, accelerator.autocast():
+              else contextlib.nullcontext()) as writer, \
+                (NpzImageWriter(folder / "samples.npz", n, height, width) if main_process and args.npz
+                 else contextlib.nullcontext()) as npz, accelerator.autocast():
             if main_process:
                 (folder / "images").mkdir()
             try:
@@ -114,6 +123,8 @@ def main(argv=None):
                     written = time.perf_counter()
                     if main_process:
                         write_batch(folder, writer, start, tokens, images, labels)
+                        if npz is not None:
+                            npz.write(images)
                         shown.append(images[:max(0, args.mosaic - sum(len(s) for s in shown))])
                     seconds["write"] += time.perf_counter() - written
             finally:
@@ -132,7 +143,7 @@ def main(argv=None):
             "mixed_precision": precision.mixed_precision, "label": args.label,
             "label_name": None if labels is None or args.label is None else run.class_names[int(labels[0:1][0])],
             "class_counts": None if labels is None else labels.counts(),
-            **settings, "sampler": args.sampler, "complete": args.complete,
+            **settings, "sampler": args.sampler, "complete": args.complete, "npz": args.npz,
             "keep_rows": completion.get("keep_rows", 0), "seconds": seconds,
             "grids_per_s": n / max(seconds["sample"], 1e-9)})
     print(f"{n} samples in {seconds['sample']:.2f} s ({n / max(seconds['sample'], 1e-9):.0f} grids/s, decoded) "

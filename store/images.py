@@ -8,6 +8,7 @@ import array
 import gzip
 import os
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -335,3 +336,47 @@ def read_image(path, channels, size):
         raise ValueError(f"image {path} is {array.shape[1]}x{array.shape[0]}, the tokenizer takes {size}x{size}")
     tensor = torch.from_numpy(array)
     return (tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)).unsqueeze(0)
+
+
+def _grey_of_rgb(array):
+    """uint8 (..., 3) -> (...): Pillow's "L" conversion (ITU-R 601-2 luma, its integer rounding), so that an array
+    and the PNG files of the same pictures read the same; equal channels give that channel back exactly."""
+    wide = array.astype(np.uint32)
+    return ((wide[..., 0] * 19595 + wide[..., 1] * 38470 + wide[..., 2] * 7471 + 0x8000) >> 16).astype(np.uint8)
+
+
+def read_image_collection(path, channels, size):
+    """Images some model made, as uint8 (n, channels, size, size): a folder of image files (every one under it, in
+    sorted order) or an .npz whose arr_0 is uint8 (n, H, W, 3), (n, H, W, 1) or (n, H, W), as the reference-batch
+    evaluators write. Grey and colour are converted as Pillow converts; other sizes are refused, not resized."""
+    path = Path(path)
+    if path.is_dir():
+        files = list(_image_files(path))
+        if not files:
+            raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {path}")
+        return torch.cat([read_image(path / relative, channels, size) for relative in files])
+    if not path.exists():
+        raise ValueError(f"images {path} do not exist")
+    if path.suffix.lower() != ".npz":
+        raise ValueError(f"{path} is neither a folder of images nor an .npz file")
+    if not zipfile.is_zipfile(path):  # np.load reads a non-zip file as a pickle, refused with a long message
+        raise ValueError(f"cannot read {path}: not an .npz (zip) file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = archive.files
+            array = archive["arr_0"] if "arr_0" in names else None
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(f"cannot read {path} ({str(error).splitlines()[0]})") from None
+    if array is None:
+        raise ValueError(f"{path} has no array arr_0 (it has {', '.join(names) or 'none'})")
+    if array.dtype != np.uint8 or array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[3] not in (1, 3)):
+        raise ValueError(f"arr_0 of {path} is {array.dtype} {array.shape}: expected uint8 (n, H, W, 3), "
+                         "(n, H, W, 1) or (n, H, W)")
+    if array.shape[1:3] != (size, size):
+        raise ValueError(f"the images of {path} are {array.shape[2]}x{array.shape[1]}, the reference is {size}x{size}")
+    if array.ndim == 3:
+        array = array[..., None]
+    if channels == 1 and array.shape[3] == 3:
+        array = _grey_of_rgb(array)[..., None]
+    images = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
+    return (images.expand(-1, 3, -1, -1) if channels == 3 and images.shape[1] == 1 else images).contiguous()

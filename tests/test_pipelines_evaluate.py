@@ -11,7 +11,8 @@ from pipelines import evaluate, fit_prior
 from store.images import DataConfig, load_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-PICTURES = ["tokenizer_curves.png", "prior_curves.png", "codebook_usage.png", "reconstructions.png", "samples.png"]
+PICTURES = ["tokenizer_curves.png", "prior_curves.png", "codebook_usage.png", "reconstructions.png", "samples.png",
+            "nearest_training.png"]
 
 
 def run_cli(args, capsys):
@@ -31,7 +32,13 @@ def test_evaluate_writes_a_report_of_a_prior_and_of_a_tokenizer_alone(tokenizer_
     report = json.loads((out / "report.json").read_text())
     figures = report["figures"]
     assert set(figures) == {key for key, *_ in FIGURES}
-    assert all(value is not None for value in figures.values()), figures
+    # Every figure but Inception's (asked for with --features inception).
+    assert all((value is None) == key.startswith("inception_") for key, value in figures.items()), figures
+    for prefix in ("", "train_"):  # the samples' and the floor's
+        assert all(0 <= figures[prefix + name] <= 1 for name in ("precision", "recall", "coverage"))
+        assert figures[prefix + "density"] >= 0
+    assert 0 <= figures["copies_samples"] <= 1 and 0 <= figures["copies_test"] <= 1
+    assert report["settings"]["floor_train_images"] == 23 and report["settings"]["nearest_k"] == 3
     assert figures["fd_train_vs_test"] >= 0 and figures["fd_reconstructions_vs_test"] > 0
     assert figures["fd_samples_vs_test"] > 0 and 0 <= figures["classifier_accuracy_on_samples"] <= 1
     assert figures["prior_test_bits_per_token"] == json.loads((root / "prior" / "p" / "results.json").read_text())[
@@ -51,6 +58,7 @@ def test_evaluate_writes_a_report_of_a_prior_and_of_a_tokenizer_alone(tokenizer_
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f'src="{name}"' in html
     assert "Frechet distance, samples vs test" in html and "Sandal" in html  # the table and the per-class table
+    assert "recall of samples" in html and "Inception" not in html.split("<table>")[1]  # no Inception rows
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report.")], "staging folder left behind"
 
     # The tokenizer alone: no samples, no prior figures, the same classifier, not retrained.

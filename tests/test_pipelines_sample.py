@@ -44,6 +44,22 @@ def test_sample_writes_complete_images_tokens_and_settings(prior_run, tokenizer_
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")], "staging folder left behind"
 
 
+def test_npz_holds_the_pixels_of_the_pngs_in_the_evaluators_layout(prior_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    status, _ = run_cli(["--prior", prior_run, "--n", 5, "--batch-size", 2, "--out", out, "--npz"], capsys)
+    assert status == 0
+    with np.load(out / "samples.npz", allow_pickle=False) as archive:
+        assert archive.files == ["arr_0"]
+        images = archive["arr_0"]
+    assert images.dtype == np.uint8 and images.shape == (5, 28, 28, 3)
+    for i, file in enumerate(sorted((out / "images").iterdir())):
+        with Image.open(file) as png:
+            assert np.array_equal(np.asarray(png.convert("RGB")), images[i])
+    assert json.loads((out / "sample.json").read_text())["npz"] is True
+    status, _ = run_cli(["--prior", prior_run, "--n", 2, "--out", tmp_path / "plain"], capsys)
+    assert status == 0 and not (tmp_path / "plain" / "samples.npz").exists()
+
+
 def test_without_a_label_the_classes_follow_the_training_split_and_none_means_no_label(prior_run, tokenizer_run,
                                                                                           tmp_path, capsys):
     train_labels = read_index_maps(tokenizer_run / "maps", "train").labels

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from conftest import labelled_image_folder, npy_bytes, synthetic_images
-from store.images import IMAGE_SUFFIXES, DataConfig, _image_files, load_images, read_image
+from store.images import IMAGE_SUFFIXES, DataConfig, _image_files, load_images, read_image, read_image_collection
+from store.pictures import NpzImageWriter, save_pngs
 from store.index_maps import IndexMapWriter, MapDataset, read_index_maps, smallest_uint_dtype, write_index_maps
 from store.runs import (atomic_path, config_from_dict, create_run_dir, file_sha256, new_run_dir, newest_run,
                         staged_folder, write_json)
@@ -301,3 +302,58 @@ def test_float_pixels_have_no_range_and_are_refused_in_one_line(tmp_path):
     assert "float.tif" in str(error.value) and "\n" not in str(error.value)
     with pytest.raises(ValueError, match="cannot read image .*float.tif .*32-bit floats"):
         read_image(tmp_path / "float.tif", 1, 28)
+
+
+def test_an_npz_written_in_batches_is_what_numpy_savez_writes_and_reads_back_as_the_pngs(tmp_path):
+    images = torch.rand(7, 1, 6, 6)
+    images[0, 0, 0, 0] = 0.5 / 255  # a pixel exactly between two levels rounds as a PNG rounds it
+    with NpzImageWriter(tmp_path / "a.npz", 7, 6, 6) as writer:
+        for start in range(0, 7, 3):
+            writer.write(images[start:start + 3])
+    expected = images.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).permute(0, 2, 3, 1)
+    np.savez(tmp_path / "b.npz", expected.numpy())
+    with np.load(tmp_path / "a.npz") as ours, np.load(tmp_path / "b.npz") as numpy_own:
+        assert np.array_equal(ours["arr_0"], numpy_own["arr_0"]) and ours["arr_0"].dtype == np.uint8
+    (tmp_path / "pngs").mkdir()
+    save_pngs(tmp_path / "pngs", images)
+    from_folder = read_image_collection(tmp_path / "pngs", 1, 6)
+    assert from_folder.shape == (7, 1, 6, 6) and torch.equal(from_folder, read_image_collection(tmp_path / "a.npz", 1, 6))
+    assert torch.equal(read_image_collection(tmp_path / "a.npz", 3, 6), from_folder.expand(-1, 3, -1, -1))
+    with pytest.raises(ValueError, match="images were never written"):
+        with NpzImageWriter(tmp_path / "c.npz", 7, 6, 6) as writer:
+            writer.write(images[:3])
+
+
+def test_colour_arrays_turn_grey_as_pillow_turns_them(tmp_path):
+    colour = np.random.default_rng(0).integers(0, 256, (4, 5, 5, 3), dtype=np.uint8)
+    np.savez(tmp_path / "colour.npz", colour)
+    grey = read_image_collection(tmp_path / "colour.npz", 1, 5)
+    pillow = np.stack([np.asarray(Image.fromarray(image).convert("L")) for image in colour])
+    assert np.array_equal(grey[:, 0].numpy(), pillow)
+    np.savez(tmp_path / "plain.npz", colour[..., 0])  # (n, H, W): one grey channel
+    assert torch.equal(read_image_collection(tmp_path / "plain.npz", 1, 5)[:, 0], torch.from_numpy(colour[..., 0]))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("floats", "arr_0 of .* is float32 .*: expected uint8"),
+    ("size", "are 6x5, the reference is 5x5"),
+    ("named", "has no array arr_0 .it has pictures"),
+    ("text", "neither a folder of images nor an .npz file"),
+    ("missing", "do not exist"),
+    ("broken", "cannot read"),
+    ("empty", "no images"),
+])
+def test_bad_image_collections_are_one_line(tmp_path, case, message):
+    path = tmp_path / {"text": "x.txt", "empty": "empty"}.get(case, "x.npz")
+    if case == "floats":
+        np.savez(path, np.zeros((2, 5, 5, 3), dtype=np.float32))
+    elif case == "size":
+        np.savez(path, np.zeros((2, 5, 6, 3), dtype=np.uint8))
+    elif case == "named":
+        np.savez(path, pictures=np.zeros((2, 5, 5, 3), dtype=np.uint8))
+    elif case in ("text", "broken"):
+        path.write_text("not images")
+    elif case == "empty":
+        path.mkdir()
+    with pytest.raises(ValueError, match=message):
+        read_image_collection(path, 1, 5)
