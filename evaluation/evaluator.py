@@ -23,7 +23,8 @@ from evaluation.classifier import ClassifierConfig
 from evaluation.frechet import feature_statistics, frechet_distance
 from evaluation.inception import fid, inception_features, inception_weights, kid, load_inception
 from evaluation.manifold import NEAREST_K, copies, precision_recall_density_coverage
-from evaluation.reference import ClassifierTrainConfig, classifier_dir, load_or_train_classifier, predict
+from evaluation.reference import (ClassifierTrainConfig, as_floats, classifier_dir, load_or_train_classifier,
+                                  predict)
 from evaluation.report import plot_curves, plot_mosaic, plot_usage, write_html
 from generation import ImageGenerator, ProgressBar, check_memory
 from prior.sampling import ClassLabels, check_count
@@ -167,7 +168,7 @@ def evaluate(prior_dir=None, tokenizer_dir=None, config=None, *, images=None, da
     samples = None
     if images is not None:
         channels, size, _ = test_set.images.shape[1:]
-        samples = read_image_collection(images, channels, size).float() / 255
+        samples = read_image_collection(images, channels, size)  # uint8: converted a batch at a time
     seconds["load_data"] = time.perf_counter() - started
 
     if runs.generator is not None:
@@ -427,7 +428,8 @@ def write_report(out, overwrite, report, runs, prior_dir, train_set, test_set, r
                         if (asked == c).any()]
             else:
                 per_row = min(10, max(1, math.ceil(math.sqrt(len(samples)))))
-                rows = [(samples[start:start + per_row], "") for start in range(0, min(len(samples), 80), per_row)]
+                rows = [(as_floats(samples[start:start + per_row]), "")
+                        for start in range(0, min(len(samples), 80), per_row)]
             plot_mosaic(folder / "samples.png", [row for row, _ in rows], [label for _, label in rows],
                         made + (", one row per class asked for" if asked is not None else ""))
             pictures.append(("samples.png", "Samples, decoded by the tokenizer" if runs.generator is not None
@@ -449,6 +451,6 @@ def _nearest_training_rows(samples, train_set, distances, indices, per_row=10):
     first = torch.arange(min(per_row, len(samples)))
     rows, labels = [], []
     for picked, name in ((closest, "nearest samples"), (first, "first samples")):
-        rows += [samples[picked], train_set.images[indices[picked]].float() / 255]
+        rows += [as_floats(samples[picked]), as_floats(train_set.images[indices[picked]])]
         labels += [name, "their nearest\ntraining images"]
     return rows, labels
