@@ -3,12 +3,12 @@ plumbing, not the values) through evaluate --features inception, an .npz and a f
 alike, torch-fidelity's own calculate_metrics agreeing, and one-line errors when the weights are not at hand."""
 
 import json
-from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 
+from bench.inception_speed import random_inception_weights
 from conftest import TINY_CLASSIFIER_FLAGS, make_fashion_dir, run_in_process
 from evaluation import inception
 from pipelines import evaluate, sample
@@ -17,22 +17,8 @@ from store.runs import file_sha256
 
 @pytest.fixture(scope="module")
 def built_weights(tmp_path_factory):
-    """A weights file of torch-fidelity's Inception-v3, random weights (He-initialised so the features neither vanish
-    nor blow up over its depth), written as the real one is: torch.save of the state dict."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    # The constructor loads the real weights: here it is given nothing to load.
-    with mock.patch("torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url", lambda *a, **k: {}), \
-            mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lambda *a, **k: None):
-        model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        for module in model.modules():
-            if isinstance(module, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    path = tmp_path_factory.mktemp("inception") / inception.INCEPTION_WEIGHTS_NAME
-    torch.save(model.state_dict(), path)
-    return path
+    """A weights file of torch-fidelity's Inception-v3 with random weights, written as the real one is."""
+    return random_inception_weights(tmp_path_factory.mktemp("inception") / inception.INCEPTION_WEIGHTS_NAME)
 
 
 class Images(torch.utils.data.Dataset):
