@@ -50,8 +50,8 @@ def print_table(rows, floor):
           f"{floor['classifier_test_accuracy']:.1%} (test) | {floor['copies_test']:.1%} (test) |")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench.fidelity_diversity", description=__doc__.splitlines()[0])
     parser.add_argument("--prior", default=str(SHIPPED_GENERATOR),
                         help="the prior run to sample (default: the shipped generator)")
     parser.add_argument("--scales", type=float, nargs="+", default=SCALES, help="guidance scales")
@@ -59,7 +59,7 @@ def main():
     parser.add_argument("--n-samples", type=int, default=10000, help="samples per evaluation (default: 10000)")
     parser.add_argument("--output-root", default="checkpoints",
                         help="where the reference classifier and the reports go (default: checkpoints)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows_path = Path(args.output_root) / "bench-fidelity-diversity" / "rows.json"
     rows = json.loads(rows_path.read_text()) if rows_path.exists() else []
     floor = None

@@ -40,7 +40,8 @@ TOKENIZER_PANELS = [("loss", "step", [("loss", "train")], True), ("MSE", "step",
 FEATURES = ("classifier", "inception")
 MANIFOLD_FIGURES = ("precision", "recall", "density", "coverage")
 RECONSTRUCTION_FIGURES = ("fd_reconstructions_vs_test", "reconstruction_mse", "reconstruction_psnr",
-                          "classifier_accuracy_on_reconstructions")
+                          "classifier_accuracy_on_reconstructions",
+                          *(f"reconstructions_{name}" for name in MANIFOLD_FIGURES))
 INCEPTION_FIGURES = ("inception_fid_train_vs_test", "inception_fid_reconstructions_vs_test",
                      "inception_fid_samples_vs_test", "inception_kid_samples_vs_test",
                      *(f"inception_{name}" for name in MANIFOLD_FIGURES))
@@ -200,9 +201,9 @@ def evaluate(prior_dir=None, tokenizer_dir=None, config=None, *, images=None, da
     reconstructions = None
     if runs.tokenizer is not None:
         started = time.perf_counter()
-        reconstructions, reconstruction_figures = _reconstruction_figures(runs.tokenizer, test_set, features_of,
-                                                                          features["test_stats"], config.batch_size,
-                                                                          progress, accelerator)
+        reconstructions, reconstruction_figures = _reconstruction_figures(
+            runs.tokenizer, test_set, features_of, {"stats": features["test_stats"], "features": features["test"]},
+            config.batch_size, progress, accelerator)
         figures.update(reconstruction_figures)
         seconds["reconstructions"] = time.perf_counter() - started
     else:
@@ -336,9 +337,11 @@ def _reconstruction_figures(tokenizer, test_set, features_of, test_stats, batch_
     mse = squared_error / test_set.images.numel()
     features, predicted = features_of(reconstructions, "features reconstructions")
     return reconstructions, {
-        "fd_reconstructions_vs_test": frechet_distance(feature_statistics(features), test_stats),
+        "fd_reconstructions_vs_test": frechet_distance(feature_statistics(features), test_stats["stats"]),
         "reconstruction_mse": mse, "reconstruction_psnr": psnr(mse),
-        "classifier_accuracy_on_reconstructions": (predicted == test_set.labels).float().mean().item()}
+        "classifier_accuracy_on_reconstructions": (predicted == test_set.labels).float().mean().item(),
+        # What the tokenizer lets samples reach: a sample can be no nearer the test images than its decoding allows.
+        **_manifold_figures(test_stats["features"], features, "reconstructions_")}
 
 
 def _sample_figures(samples, asked, features_of, real, class_names, fd_reconstructions):

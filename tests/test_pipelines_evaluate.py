@@ -118,3 +118,26 @@ def test_residual_tokens_with_a_depth_axis_go_through(fashion_dir, tmp_path, cap
     assert report["counts"]["samples"] == 6 and report["figures"]["fd_samples_vs_test"] > 0
     assert report["figures"]["classifier_accuracy_on_samples"] is None  # unconditional
     assert "codebook_usage.png" in report["pictures"] and "samples.png" in report["pictures"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--images", "{tmp}", "--prior", "{tmp}"], "--images scores images made elsewhere: give it without --prior"),
+    (["--dataset", "mnist"], "the data set flags name the reference of --images"),
+    (["--features", "clip"], "invalid choice: 'clip'"),
+    (["--images", "{tmp}/missing.npz"], "images {tmp}/missing.npz do not exist"),
+])
+def test_scoring_images_made_elsewhere_refuses_mixed_or_bad_requests_in_one_line(fashion_dir, tmp_path, capsys,
+                                                                               flags, message):
+    flags = [flag.format(tmp=tmp_path) for flag in flags]
+    status, _, errors = run_cli([*flags, "--output-root", tmp_path, "--out", tmp_path / "r", *TINY_CLASSIFIER_FLAGS],
+                                capsys)
+    assert status == 2 and len(errors) == 1 and message.format(tmp=tmp_path) in errors[0], errors
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_images_folder_is_never_written_into(fashion_dir, tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    status, _, errors = run_cli(["--images", tmp_path / "images", "--out", tmp_path / "images" / "report",
+                                 "--output-root", tmp_path], capsys)
+    assert status == 2 and "which this command reads" in errors[0]
+    assert list((tmp_path / "images").iterdir()) == []
