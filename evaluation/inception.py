@@ -5,9 +5,9 @@ TensorFlow code of Heusel et al. 2017 (its tests compare them), and torchmetrics
 calling it directly costs no dependency beyond those we have (numpy, pillow, torchvision, tqdm). Images go in as
 it expects: uint8, three channels (grey repeated), any size (it resizes to 299x299 itself, as TensorFlow did).
 
-Its weights (weights-inception-2015-12-05-6726825d.pth, 91 MB, converted from TensorFlow's) are read from a path the
-user gives, else from torch's hub cache, where they are downloaded once when the machine is online. They are read
-with torch.load(weights_only=True): no code in a weights file runs.
+Its weights (weights-inception-2015-12-05-6726825d.pth, about 96 MB, converted from TensorFlow's) are read from a
+path the user gives, else from torch's hub cache, where they are downloaded once when the machine is online. They are
+read with torch.load(weights_only=True): no code in a weights file runs.
 """
 
 import io

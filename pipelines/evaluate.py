@@ -68,7 +68,9 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     # Only width and feature_dim count: the image shape and class count are replaced by the data's.
-    config = cli.config_from_args(EvaluationConfig, args, classifier=ClassifierConfig(width=args.width, feature_dim=args.feature_dim),
+    # (Not config_from_args: the data flags' --image-size would land in the classifier's image_size.)
+    classifier = ClassifierConfig(width=args.width, feature_dim=args.feature_dim)
+    config = cli.config_from_args(EvaluationConfig, args, classifier=classifier,
                                   classifier_train=cli.config_from_args(ClassifierTrainConfig, args))
     accelerator = make_accelerator(TrainConfig())
     out = cli.output_folder(args, "evaluations")

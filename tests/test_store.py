@@ -317,7 +317,8 @@ def test_an_npz_written_in_batches_is_what_numpy_savez_writes_and_reads_back_as_
     (tmp_path / "pngs").mkdir()
     save_pngs(tmp_path / "pngs", images)
     from_folder = read_image_collection(tmp_path / "pngs", 1, 6)
-    assert from_folder.shape == (7, 1, 6, 6) and torch.equal(from_folder, read_image_collection(tmp_path / "a.npz", 1, 6))
+    assert from_folder.shape == (7, 1, 6, 6)
+    assert torch.equal(from_folder, read_image_collection(tmp_path / "a.npz", 1, 6))
     assert torch.equal(read_image_collection(tmp_path / "a.npz", 3, 6), from_folder.expand(-1, 3, -1, -1))
     with pytest.raises(ValueError, match="images were never written"):
         with NpzImageWriter(tmp_path / "c.npz", 7, 6, 6) as writer:
