@@ -331,17 +331,18 @@ def _real_figures(features_of, train_set, test_set, floor_picks):
     return {"train": train_features, "test": test_features, "test_stats": test_stats}, figures
 
 
-def _reconstruction_figures(tokenizer, test_set, features_of, test_stats, batch_size, progress, accelerator):
-    """(the test split's reconstructions, their figures: Frechet distance, MSE, PSNR, classifier accuracy)."""
+def _reconstruction_figures(tokenizer, test_set, features_of, test, batch_size, progress, accelerator):
+    """(the test split's reconstructions, their figures: Frechet distance, MSE, PSNR, classifier accuracy, precision,
+    recall, density, coverage); test: {"stats": the test features' statistics, "features": the test features}."""
     reconstructions, squared_error = _reconstruct(tokenizer, test_set.images, batch_size, progress, accelerator)
     mse = squared_error / test_set.images.numel()
     features, predicted = features_of(reconstructions, "features reconstructions")
     return reconstructions, {
-        "fd_reconstructions_vs_test": frechet_distance(feature_statistics(features), test_stats["stats"]),
+        "fd_reconstructions_vs_test": frechet_distance(feature_statistics(features), test["stats"]),
         "reconstruction_mse": mse, "reconstruction_psnr": psnr(mse),
         "classifier_accuracy_on_reconstructions": (predicted == test_set.labels).float().mean().item(),
-        # What the tokenizer lets samples reach: a sample can be no nearer the test images than its decoding allows.
-        **_manifold_figures(test_stats["features"], features, "reconstructions_")}
+        # Each test image beside its own decoding: an upper bound of what the tokenizer lets samples reach.
+        **_manifold_figures(test["features"], features, "reconstructions_")}
 
 
 def _sample_figures(samples, asked, features_of, real, class_names, fd_reconstructions):
