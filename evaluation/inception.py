@@ -17,6 +17,8 @@ from urllib.error import URLError
 import torch
 from tqdm.auto import tqdm
 
+from store.pictures import as_uint8
+
 INCEPTION_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_WEIGHTS_NAME}"
 INCEPTION_FEATURES = "2048"  # the pool3 features of FID and KID
@@ -73,7 +75,7 @@ def load_inception(weights_path, device="cpu"):
 def as_inception_input(images):
     """uint8 (b, 3, H, W): uint8 images as they are, [0, 1] floats rounded as a PNG stores them, grey repeated."""
     if images.dtype != torch.uint8:
-        images = (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        images = as_uint8(images.float())
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 

@@ -12,7 +12,8 @@ from bench.inception_speed import random_inception_weights
 from conftest import TINY_CLASSIFIER_FLAGS, make_fashion_dir, run_in_process
 from evaluation import inception
 from pipelines import evaluate, sample
-from store.images import DataConfig, load_images
+from store.images import DataConfig, load_images, read_image_collection
+from store.pictures import save_pngs
 from store.runs import file_sha256
 
 @pytest.fixture(scope="module")
@@ -87,11 +88,28 @@ def test_without_the_weights_offline_it_is_one_line_naming_the_file_and_where_it
         raise URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    status, _, errors = run_in_process(evaluate.main, ["--images", tmp_path, "--features", "inception",
+    status, _, errors = run_in_process(evaluate.main, ["--images", tmp_path / "images", "--features", "inception",
                                                        "--output-root", tmp_path, "--out", tmp_path / "r"], capsys)
     assert status == 2 and len(errors) == 1, errors
     assert inception.INCEPTION_WEIGHTS_NAME in errors[0] and str(tmp_path / "hub" / "checkpoints") in errors[0]
     assert "--inception-weights" in errors[0] and not (tmp_path / "r").exists()
+
+
+def test_a_bad_out_is_refused_before_the_weights_are_downloaded(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    downloads = []
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *args, **_: downloads.append(args))
+    (tmp_path / "r").mkdir()
+    status, _, errors = run_in_process(evaluate.main, ["--images", tmp_path / "images", "--features", "inception",
+                                                       "--output-root", tmp_path, "--out", tmp_path / "r"], capsys)
+    assert status == 2 and "exists already" in errors[0] and downloads == []
+
+
+def test_float_images_reach_inception_with_the_pixels_their_pngs_hold(tmp_path):
+    # Every level and a half: where rounding half to even and a PNG's rounding part.
+    images = ((torch.arange(256).float() + 0.5) / 255).clamp(0, 1).reshape(1, 1, 16, 16)
+    save_pngs(tmp_path, images)
+    assert torch.equal(inception.as_inception_input(images), read_image_collection(tmp_path, 3, 16))
 
 
 @pytest.mark.parametrize("content, message", [
