@@ -5,7 +5,8 @@ number of training seconds.
 
 The prior family of taming-transformers and LlamaGen: each grid is one sequence in raster order after a class token
 (one per class, and a "no label" token the label is replaced by a --label-dropout fraction of the time, as
-`pipelines.fit_prior` drops labels), sampled with classifier-free guidance at --guidance like `pipelines.sample`.
+`pipelines.fit_prior` drops labels), sampled with classifier-free guidance as `pipelines.sample` guides (its
+--guidance-scale, --guidance-schedule and --guidance-from, the same defaults).
 The same data, batch, optimizer (AdamW, 200 warm-up steps, a cosine decay to 5% of the peak), gradient clipping,
 weight average and precision choice as the default prior; only the schedule runs on the clock: the cosine decay is
 a function of the training seconds spent out of --seconds, so that the run ends on time whatever its speed.
@@ -31,7 +32,8 @@ from tqdm.auto import tqdm
 from bench.clock import set_learning_rate
 from prior.fit import read_maps_for
 from prior.generate import pick_tokens
-from prior.sampling import class_mix
+from pipelines import cli
+from prior.sampling import class_mix, schedule_values, settings_for
 from training.loop import WeightAverage, computes_in_bf16
 
 
@@ -71,11 +73,14 @@ def test_bits(model, tokens, labels, codebook_size, autocast, batch_size=1000):
 
 @torch.no_grad()
 def sample(model, labels, grid, codebook_size, num_classes, guidance, seed, autocast, batch_size=500):
-    """Token grids (n, h, w) for class ids labels (n,), guided at scale guidance, by inverse CDF of one uniform
-    per position from a generator seeded with seed (as prior.generate draws them)."""
+    """Token grids (n, h, w) for class ids labels (n,), guided as the settings guidance (guidance_scale,
+    guidance_schedule, guidance_from) say, position by position, by inverse CDF of one uniform per position from a
+    generator seeded with seed (as prior.generate draws them)."""
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     positions = grid[0] * grid[1]
+    scales = schedule_values(guidance["guidance_scale"], guidance["guidance_schedule"], positions,
+                             guidance["guidance_from"])
     grids = []
     for start in tqdm(range(0, len(labels), batch_size), desc=f"sample seed {seed}", leave=False):
         asked = labels[start:start + batch_size]
@@ -89,7 +94,7 @@ def sample(model, labels, grid, codebook_size, num_classes, guidance, seed, auto
             cache = out.past_key_values
             logits = out.logits[:, -1, :codebook_size].double()
             conditional, unconditional = logits[:b], logits[b:]
-            guided = unconditional + guidance * (conditional - unconditional)
+            guided = unconditional + scales[position].item() * (conditional - unconditional)
             token = pick_tokens(guided, uniforms[:, position], temperature=1.0, top_k=None, top_p=None)
             written.append(token)
             inputs = torch.cat([token, token]).unsqueeze(1)
@@ -115,7 +120,7 @@ def main(argv=None):
     parser.add_argument("--evaluations", type=int, default=7, help="test-bit points on the curve (default: 7)")
     parser.add_argument("--samples", type=int, default=10000, help="grids sampled per seed (default: 10000)")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1], help="sampling seeds (default: 0 1)")
-    parser.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance scale (default: 1.5)")
+    cli.add_guidance_flags(parser)
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     args = parser.parse_args(argv)
 
@@ -190,9 +195,12 @@ def main(argv=None):
                "test_bits_per_token_raw_weights": test_bits(model, test_tokens, test_labels, codebook_size, autocast)}
     class_counts = np.bincount(train_labels.numpy(), minlength=num_classes)
     labels = class_mix(args.samples, class_counts)[:]
+    guidance = {name: value for name, value in settings_for(labels, **cli.sampling_settings(args)).items()
+                if name.startswith("guidance_")}
+    results["sampling"] = guidance
     for seed in args.seeds:
         started = time.perf_counter()
-        grids = sample(final, labels, grid, codebook_size, num_classes, args.guidance, seed, autocast)
+        grids = sample(final, labels, grid, codebook_size, num_classes, guidance, seed, autocast)
         results[f"sample_seconds_seed{seed}"] = time.perf_counter() - started
         np.savez(out / f"samples-seed{seed}.npz", tokens=grids.numpy().astype(np.uint16), labels=labels.numpy())
     (out / "results.json").write_text(json.dumps(results, indent=1))

@@ -8,10 +8,11 @@ Every contender trains in a process of its own, one after another (nothing else 
   and the reconstructions' Frechet distance;
 - priors on our tokenizer's maps: ours (`pipelines.fit_prior`, the defaults), the PixelSNAIL-style variant of ours
   (`--arch pixelsnail`, --pixelsnail-epochs chosen to fit the same seconds) and `transformers`' GPT-2
-  (bench.peer_gpt) for as many training seconds as ours took (or --prior-seconds): test bits per token against
-  training seconds (a curve), and the Frechet distance of --samples samples per sampling seed, guided at 1.5 like
-  `pipelines.sample`. Our priors are measured by `pipelines.evaluate`; the peers' samples and reconstructions by
-  the same reference classifier, in this process.
+  (bench.peer_gpt) for as many training seconds as ours took (or --prior-seconds), once per learning rate of
+  --gpt-learning-rates (a contender is tuned before it is called behind): test bits per token against training
+  seconds (a curve), and the Frechet distance of --samples samples per sampling seed, every prior guided as
+  `pipelines.sample` guides with no flags (the same schedule). Our priors are measured by `pipelines.evaluate`; the
+  peers' samples and reconstructions by the same reference classifier, in this process.
 
 A finished step is reused (delete its folder to redo it). The figures go to OUT/peers.json, and the tables, with
 the CPU's bf16 flags, to stdout. The peers come from the bench-only extra: pip install -e '.[peers]'.
@@ -27,6 +28,7 @@ import torch
 from evaluation.frechet import feature_statistics, frechet_distance
 from evaluation.reference import load_or_train_classifier, predict
 from bench.steps import cpu_flags, run_step
+from prior.sampling import describe_settings
 from store.images import load_images
 from store.runs import read_json, read_metrics, write_json
 from tokenizer import Tokenizer
@@ -99,6 +101,8 @@ def main(argv=None):
                         help="epochs of the pixelsnail prior, chosen to take our prior's seconds (default: 6)")
     parser.add_argument("--pixelsnail-flags", default="", help="more fit_prior flags for the pixelsnail prior")
     parser.add_argument("--gpt-flags", default="", help="more bench.peer_gpt flags (--layers, --width, ...)")
+    parser.add_argument("--gpt-learning-rates", type=float, nargs="+", default=[1e-3, 2e-3, 4e-3],
+                        help="GPT-2's peak learning rates, a run each (default: 1e-3 2e-3 4e-3)")
     parser.add_argument("--vqmodel-flags", default="", help="more bench.peer_vqmodel flags")
     parser.add_argument("--tokenizer-flags", default="", help="more fit_tokenizer flags for our tokenizer")
     parser.add_argument("--prior-flags", default="", help="more fit_prior flags for both our priors")
@@ -174,27 +178,39 @@ def main(argv=None):
                                                        "--seed", seed], out / "evaluations" / f"{name}-seed{seed}")
             row[f"sample_fd_seed{seed}"] = figures["fd_samples_vs_test"]
             row[f"accuracy_on_samples_seed{seed}"] = figures["classifier_accuracy_on_samples"]
+            settings = read_json(out / "evaluations" / f"{name}-seed{seed}" / "report.json")["settings"]
+            row["sampling"] = {key: value for key, value in settings.items() if key.startswith("guidance_")}
         priors[name] = row
     if "gpt" in only:
         prior_seconds = args.prior_seconds or priors["ours"]["train_seconds"]
-        folder = out / "peers" / "gpt"
-        run_step("gpt", ["bench.peer_gpt", "--tokenizer", str(tokenizer_dir), "--out", str(folder), "--seconds",
-                         f"{prior_seconds:.1f}", "--samples", str(args.samples), "--seeds", *seeds,
-                         *args.gpt_flags.split()], folder / "results.json", wall)
-        results = read_json(folder / "results.json")
-        curve = [(point["seconds"], point["test_bits_per_token"]) for point in read_json(folder / "curve.json")]
-        row = {"parameters": results["parameters"], "train_seconds": results["train_seconds"],
-               "train_grids_per_s": results["train_grids_per_s"], "test_bits_per_token": results["test_bits_per_token"],
-               "curve": curve, "flags": args.gpt_flags.split()}
-        for seed in seeds:
-            samples = np.load(folder / f"samples-seed{seed}.npz")
-            tokens = torch.from_numpy(samples["tokens"].astype(np.int64))
-            images = torch.cat([tokenizer.decode(tokens[i:i + 1000]) for i in range(0, len(tokens), 1000)])
-            fd, accuracy = features().figures(images, torch.from_numpy(samples["labels"]))
-            row[f"sample_fd_seed{seed}"], row[f"accuracy_on_samples_seed{seed}"] = fd, accuracy
-        priors["gpt"] = row
+        for rate in args.gpt_learning_rates:
+            priors[f"gpt lr {rate:g}"] = gpt_row(args, out, tokenizer, tokenizer_dir, prior_seconds, rate, seeds, wall,
+                                                 features)
     write_json(summary_path, summary)
     print_tables(summary, seeds)
+
+
+def gpt_row(args, out, tokenizer, tokenizer_dir, seconds, rate, seeds, wall, features):
+    """GPT-2 at one peak learning rate: trained (bench.peer_gpt, a process of its own) for `seconds`, its samples
+    decoded by our tokenizer and measured by the reference classifier (features())."""
+    folder = out / "peers" / f"gpt-lr{rate:g}"
+    run_step(f"gpt lr {rate:g}", ["bench.peer_gpt", "--tokenizer", str(tokenizer_dir), "--out", str(folder),
+                                  "--seconds", f"{seconds:.1f}", "--samples", str(args.samples), "--seeds", *seeds,
+                                  "--learning-rate", f"{rate:g}", *args.gpt_flags.split()],
+             folder / "results.json", wall)
+    results = read_json(folder / "results.json")
+    curve = [(point["seconds"], point["test_bits_per_token"]) for point in read_json(folder / "curve.json")]
+    row = {"parameters": results["parameters"], "train_seconds": results["train_seconds"],
+           "train_grids_per_s": results["train_grids_per_s"], "test_bits_per_token": results["test_bits_per_token"],
+           "curve": curve, "flags": ["--learning-rate", f"{rate:g}", *args.gpt_flags.split()],
+           "sampling": results.get("sampling")}
+    for seed in seeds:
+        samples = np.load(folder / f"samples-seed{seed}.npz")
+        tokens = torch.from_numpy(samples["tokens"].astype(np.int64))
+        images = torch.cat([tokenizer.decode(tokens[i:i + 1000]) for i in range(0, len(tokens), 1000)])
+        fd, accuracy = features().figures(images, torch.from_numpy(samples["labels"]))
+        row[f"sample_fd_seed{seed}"], row[f"accuracy_on_samples_seed{seed}"] = fd, accuracy
+    return row
 
 
 def print_tables(summary, seeds):
@@ -225,6 +241,10 @@ def print_tables(summary, seeds):
               + " | ".join(points) + f" | {row['test_bits_per_token']:.4f} | "
               + " | ".join(f"{row.get(f'sample_fd_seed{s}', float('nan')):.2f}" for s in seeds)
               + " | " + " / ".join(f"{100 * a:.1f}%" for a in accuracies if a is not None) + " |")
+    sampled = {name: describe_settings(row["sampling"]).split(", temperature")[0] for name, row in priors.items()
+               if row.get("sampling")}
+    if sampled:
+        print("\nSampled with " + "; ".join(f"{name}: {text}" for name, text in sampled.items()))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ The steps, each in a process of its own, a finished one reused (delete its folde
 5. its model card (`python -m pipelines.card`), with the commands, commit, machine and seconds, and the first
    seed's samples picture beside it.
 Nothing else should run meanwhile: the seconds go into the card.
+
+With --reevaluate, steps 1-3 are skipped: the shipped folder is evaluated as it is (its weights untouched) and its
+card rewritten, the training seconds read from the results the folder carries (for a new sampling default).
 """
 
 import argparse
@@ -26,7 +29,7 @@ import torch
 from bench.fingerprint import commit_of
 from bench.steps import cpu_flags, run_step
 from generation.pretrained import SHIPPED_GENERATOR, export_generator
-from store.runs import read_json, write_json
+from store.runs import TOKENIZER_COPY, read_json, write_json
 
 RUN_NAME = "fashion-mnist"
 
@@ -47,6 +50,22 @@ def machine():
             f"no GPU used" if not torch.cuda.is_available() else f"{torch.cuda.get_device_name()}")
 
 
+def train_and_export(args, work, tokenizer_command, prior_command):
+    """Steps 1-3: the tokenizer (or the one reused), the prior, the export to --shipped; (tokenizer, prior) runs."""
+    root = ["--output-root", str(work)]
+    tokenizer = args.tokenizer or work / "tokenizer" / RUN_NAME
+    if args.tokenizer is None:
+        run_step("tokenizer", [*tokenizer_command, *root, "--run-name", RUN_NAME], tokenizer / "results.json", {})
+    elif not (tokenizer / "results.json").is_file():
+        raise SystemExit(f"--tokenizer {tokenizer} is not a finished tokenizer run (no results.json)")
+    prior = work / "prior" / RUN_NAME
+    run_step("prior", [*prior_command, "--tokenizer", str(tokenizer), *root, "--run-name", RUN_NAME],
+             prior / "results.json", {})
+    export_generator(prior, args.shipped, overwrite=True)
+    print(f"[export] {prior} -> {args.shipped}", flush=True)
+    return tokenizer, prior
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.pretrained", description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("checkpoints/pretrained-build"),
@@ -60,6 +79,8 @@ def main(argv=None):
     parser.add_argument("--prior-flags", default="", help="extra flags for fit_prior (tests: tiny runs)")
     parser.add_argument("--evaluate-flags", default="", help="extra flags for evaluate (tests: few samples)")
     parser.add_argument("--seeds", default="0,1", help="sampling seeds, an evaluation each (default: 0,1)")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="evaluate the shipped folder as it is and rewrite its card: no training, no export")
     parser.add_argument("--notes", default="", help="more of how it was made, for the card (e.g. where the steps "
                                                     "reused were run)")
     args = parser.parse_args(argv)
@@ -68,22 +89,14 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     root = ["--output-root", str(work)]
 
-    tokenizer = args.tokenizer or work / "tokenizer" / RUN_NAME
     tokenizer_command = ["pipelines.fit_tokenizer", *args.tokenizer_flags.split()]
-    if args.tokenizer is None:
-        run_step("tokenizer", [*tokenizer_command, *root, "--run-name", RUN_NAME], tokenizer / "results.json", {})
-    elif not (tokenizer / "results.json").is_file():
-        raise SystemExit(f"--tokenizer {tokenizer} is not a finished tokenizer run (no results.json)")
-    seconds["fit_tokenizer (training)"] = read_json(tokenizer / "results.json")["train_seconds_this_session"]
-
-    prior = work / "prior" / RUN_NAME
     prior_command = ["pipelines.fit_prior", *args.prior_flags.split()]
-    run_step("prior", [*prior_command, "--tokenizer", str(tokenizer), *root, "--run-name", RUN_NAME],
-             prior / "results.json", {})
+    if args.reevaluate:
+        tokenizer, prior = args.shipped / TOKENIZER_COPY, args.shipped
+    else:
+        tokenizer, prior = train_and_export(args, work, tokenizer_command, prior_command)
+    seconds["fit_tokenizer (training)"] = read_json(tokenizer / "results.json")["train_seconds_this_session"]
     seconds["fit_prior (training)"] = read_json(prior / "results.json")["train_seconds_this_session"]
-
-    export_generator(prior, args.shipped, overwrite=True)
-    print(f"[export] {prior} -> {args.shipped}", flush=True)
 
     evaluations = []
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -103,7 +116,8 @@ def main(argv=None):
                   "notes": "Regenerate this folder with `python -m bench.pretrained` (the steps above, the export, "
                            "the evaluations and this card)."
                            + (f" The tokenizer run was reused from {args.tokenizer}, made by the first command."
-                              if args.tokenizer else "") + (f" {args.notes}" if args.notes else "")}
+                              if args.tokenizer and not args.reevaluate else "")
+                           + (f" {args.notes}" if args.notes else "")}
     write_json(work / "provenance.json", provenance)
     run_step("card", ["pipelines.card", str(args.shipped), *(a for e in evaluations for a in ("--evaluation", str(e))),
                       "--provenance", str(work / "provenance.json"), "--name", f"checkpoints/{RUN_NAME}",

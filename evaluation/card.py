@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from prior import PriorRun
+from prior.sampling import describe_settings
 from store.runs import TOKENIZER_COPY, WEIGHTS_HASHES, file_sha256, read_json, weights_file
 from tokenizer.run import TokenizerRun
 
@@ -133,7 +134,7 @@ def model_card(run_dir, reports=(), provenance=None, license_name="mit", name=No
         seeds = [f"seed {report['settings'].get('seed')}" for report in reports]
         settings = reports[0]["settings"]
         lines += [f"Measured by `python -m pipelines.evaluate` ({settings.get('n_samples')} samples per seed, "
-                  f"guidance scale {settings.get('guidance_scale')}, temperature {settings.get('temperature')}; "
+                  f"{describe_settings(settings)}; "
                   "Frechet distances in the features of a small reference classifier trained on the data set, "
                   "not Inception: comparable within this project only).", "",
                   "| figure | " + " | ".join(seeds) + " |", "|---|" + "---|" * len(reports), *_figure_rows(reports), ""]

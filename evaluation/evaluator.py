@@ -28,7 +28,7 @@ from evaluation.reference import (ClassifierTrainConfig, as_floats, classifier_d
                                   predict)
 from evaluation.report import plot_curves, plot_mosaic, plot_usage, write_html
 from generation import ImageGenerator, ProgressBar, check_memory
-from prior.sampling import ClassLabels, check_count
+from prior.sampling import SETTINGS, ClassLabels, check_count
 from store.images import DataConfig, load_images, read_image_collection
 from store.runs import (check_output_folder, file_sha256, newest_run, read_json, read_metrics, staged_folder,
                         weights_file, write_json)
@@ -101,10 +101,14 @@ class EvaluationConfig:
     batch_size: int = 500  # grids sampled at once, and images per batch through the tokenizer and classifier
     seed: int = 0
     label: str | None = None
-    temperature: float | None = None
+    # The sampling settings (prior.sampling.SamplingConfig's fields; None: its defaults).
+    temperature: float | tuple[float, float] | None = None
+    temperature_schedule: str | None = None
     top_k: int | None = None
     top_p: float | None = None
-    guidance_scale: float | None = None
+    guidance_scale: float | tuple[float, float] | None = None
+    guidance_schedule: str | None = None
+    guidance_from: int | None = None
     prior_weights: str | None = None  # the prior's weights file (default: its averaged weights when kept)
     # When a reference classifier is first trained for the data set: its width and feature_dim (the image shape
     # and class count come from the data), and how it is trained.
@@ -288,8 +292,8 @@ def _load_runs(prior_dir, tokenizer_dir, config, device):
     generator = ImageGenerator.load(prior_dir, device, config.prior_weights)
     if tokenizer_dir is not None:
         _check_same_tokenizer(prior_dir, generator, tokenizer_dir)
-    asked, settings = generator.request(config.n_samples, config.label, temperature=config.temperature,
-                                        top_k=config.top_k, top_p=config.top_p, guidance_scale=config.guidance_scale)
+    asked, settings = generator.request(config.n_samples, config.label,
+                                        **{name: getattr(config, name) for name in SETTINGS})
     named = () if tokenizer_dir is None else (Path(tokenizer_dir),)
     return _Runs(generator.tokenizer, generator, asked, settings, (generator.tokenizer.run_dir, *named))
 

@@ -14,6 +14,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
+from prior.sampling import describe_settings
+
 # (key in report["figures"], what it is, how to read it); the page's table follows this order.
 FIGURES = [
     ("classifier_test_accuracy", "classifier accuracy, test split", "the reference classifier's own quality"),
@@ -169,6 +171,8 @@ def write_html(path, report, pictures):
     images = "\n".join(f'<figure><img src="{html.escape(name)}" alt="{html.escape(caption)}">'
                        f"<figcaption>{html.escape(caption)}</figcaption></figure>" for name, caption in pictures)
     settings = html.escape(json.dumps(report["settings"]))
+    sampled = (f"Sampled with {html.escape(describe_settings(report['settings']))}.<br>\n"
+               if report["counts"]["samples"] and runs.get("prior") else "")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Evaluation {html.escape(report["created"])}</title>
 <style>
@@ -185,7 +189,7 @@ code {{ font-size: 0.9em; }}
 Data set <code>{html.escape(report["dataset"]["dataset"])}</code>; reference classifier
 <code>{html.escape(report["classifier"]["directory"])}</code> (test accuracy
 {_format(report["classifier"].get("test_accuracy"))}).<br>
-Settings <code>{settings}</code>; {report["seconds"]["total"]:.1f} s in all.</p>
+{sampled}Settings <code>{settings}</code>; {report["seconds"]["total"]:.1f} s in all.</p>
 <p>Frechet distances are between Gaussian fits to the reference classifier's penultimate features; they are
 comparable only between reports made with the same classifier (its weights' SHA-256 is in report.json). Precision,
 recall, density and coverage estimate each set's manifold by balls reaching every point's third nearest neighbour in

@@ -16,7 +16,7 @@ import prior
 from generation.budget import check_memory
 from prior import PriorRun
 from prior.generate import batch_progress
-from prior.sampling import ClassLabels, check_count, resolve_labels, settings_for
+from prior.sampling import SETTINGS, ClassLabels, check_count, resolve_labels, settings_for
 from store.hub import run_folder
 from store.runs import MODEL_WEIGHTS, TOKENIZER_COPY, weights_file
 from tokenizer import Tokenizer
@@ -111,21 +111,19 @@ class ImageGenerator:
         decoder_bytes = 2 * 4 * (tokenizer.image_size // 2) ** 2 * max(tokenizer.widths)
         return batch_size * (prior_bytes + decoder_bytes + self.bytes_per_sample())
 
-    def request(self, n, label=None, *, temperature=None, top_k=None, top_p=None, guidance_scale=None):
+    def request(self, n, label=None, **settings):
         """(labels (ClassLabels of n) or None, generate()'s settings) for a user's request: label None is the
-        training split's class mix for a conditional prior, "none" its no-label draw; settings left None take
-        SamplingConfig's."""
+        training split's class mix for a conditional prior, "none" its no-label draw; settings are SamplingConfig's
+        fields (prior.sampling.SETTINGS: temperature, guidance_scale and their schedules, ...), those left out or
+        None taking its defaults; an unknown one is a ValueError."""
         labels = resolve_labels(label, n, self.run.class_names, self.run.class_counts)
-        settings = settings_for(labels, temperature=temperature, top_k=top_k, top_p=top_p,
-                                guidance_scale=guidance_scale)
-        return labels, settings
+        return labels, settings_for(labels, **settings)
 
-    def sample_tokens(self, n, label=None, *, seed=0, batch_size=64, progress=None, temperature=None, top_k=None,
-                      top_p=None, guidance_scale=None, **kwargs):
+    def sample_tokens(self, n, label=None, *, seed=0, batch_size=64, progress=None, **kwargs):
         """(tokens (n, h, w[, depth]), the labels asked for (ClassLabels) or None, the settings used), drawn as
-        `python -m pipelines.sample` draws them. kwargs go to prior.generate: sampler, prefix, keep_rows."""
-        labels, settings = self.request(n, label, temperature=temperature, top_k=top_k, top_p=top_p,
-                                        guidance_scale=guidance_scale)
+        `python -m pipelines.sample` draws them. kwargs: the sampling settings of request(), and what goes to
+        prior.generate: sampler, prefix, keep_rows."""
+        labels, settings = self.request(n, label, **{name: kwargs.pop(name) for name in SETTINGS if name in kwargs})
         return self.draw(n, labels, settings, seed=seed, batch_size=batch_size, progress=progress, **kwargs), \
             labels, settings
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from prior.sampling import NO_LABEL, SamplingConfig
+from prior.sampling import NO_LABEL, SCHEDULES, SETTINGS, SamplingConfig, describe_schedule
 from store.images import DEBIAN_FASHION_MNIST_DIR, DataConfig
 from training import MAX_SEED, TrainConfig
 
@@ -30,6 +30,17 @@ def non_negative_int(text):
 def seed(text):
     """An argparse type: a seed torch's generators take, 0 .. 2**64 - 1."""
     return _int_in(text, 0, MAX_SEED, "an integer from 0 to 2**64 - 1")
+
+
+def number_or_ramp(text):
+    """An argparse type: one number (a constant), or START:END, a setting that changes along the grid."""
+    try:
+        ends = tuple(float(part) for part in text.split(":"))
+    except ValueError:
+        ends = ()
+    if len(ends) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"must be a number or START:END, not {text!r}")
+    return ends[0] if len(ends) == 1 else ends
 
 
 def _int_in(text, low, high, what):
@@ -162,13 +173,19 @@ def add_sample_count_flag(parser, default):
 
 
 def add_sampling_flags(parser):
-    """The flags of what is drawn and how, shared by sample and evaluate; their defaults are SamplingConfig's."""
+    """The flags of what is drawn and how, shared by sample and evaluate (the demo's page has the same choices);
+    their defaults are SamplingConfig's, and sampling_settings(args) hands them on."""
     defaults = SamplingConfig()
     p = parser.add_argument
     p("--seed", type=seed, default=0,
       help="sampling seed: the same seed, --n and --batch-size on the same device give the same samples (default: 0)")
-    p("--temperature", type=float, default=None,
-      help=f"divide the logits by this; < 1 is more conservative (default: {defaults.temperature})")
+    temperature = describe_schedule(defaults.temperature, defaults.temperature_schedule)
+    p("--temperature", type=number_or_ramp, default=None,
+      help="divide the logits by this; < 1 is more conservative; START:END changes it along the grid "
+           f"(--temperature-schedule) (default: {temperature})")
+    p("--temperature-schedule", choices=SCHEDULES, default=None,
+      help="how a --temperature START:END goes from START at the first position to END at the last (default: "
+           f"{defaults.temperature_schedule}, or linear for START:END)")
     p("--top-k", type=int, default=None,
       help=f"sample only among the k likeliest tokens (default: {defaults.top_k or 'all'})")
     p("--top-p", type=float, default=None,
@@ -176,9 +193,34 @@ def add_sampling_flags(parser):
     p("--label", default=None,
       help=f"class to sample, by index or by name, for a class-conditional prior; {NO_LABEL!r} samples it with "
            "no label (default: classes in the mix of the training split, e.g. a class-balanced mosaic)")
-    p("--guidance-scale", type=float, default=None,
-      help="classifier-free guidance s: uncond + s * (cond - uncond), for a class-conditional prior trained "
-           f"with label dropout (default: {defaults.guidance_scale} where there are labels, else 1)")
+    add_guidance_flags(parser)
+
+
+def add_guidance_flags(parser):
+    """--guidance-scale, --guidance-schedule and --guidance-from (part of add_sampling_flags; alone for a sampler of
+    another model that takes only these)."""
+    defaults = SamplingConfig()
+    p = parser.add_argument
+    guidance = describe_schedule(defaults.guidance_scale, defaults.guidance_schedule, defaults.guidance_from)
+    p("--guidance-scale", type=number_or_ramp, default=None,
+      help="classifier-free guidance s: uncond + s * (cond - uncond), for a class-conditional prior trained with "
+           "label dropout; one number for every position, or START:END rising (or falling) along the grid in "
+           f"raster order, as --guidance-schedule says (default: {guidance} where there are labels, else 1)")
+    p("--guidance-schedule", choices=SCHEDULES, default=None,
+      help="how a --guidance-scale START:END goes from START at the first position to END at the last: linear, or "
+           "cosine (a half-cosine: flat at both ends) (default: "
+           f"{defaults.guidance_schedule if defaults.guidance_schedule != 'constant' else 'linear'} for START:END, "
+           "constant for one number)")
+    p("--guidance-from", type=non_negative_int, default=None,
+      help="the first guided position (raster order, 0 = the top-left token; a completion counts from the grid's "
+           "start too): positions before it are drawn unguided, and the schedule runs from it to the last "
+           f"(default: {defaults.guidance_from})")
+
+
+def sampling_settings(args):
+    """The sampling settings of add_sampling_flags' (or add_guidance_flags') flags, None where not given
+    (SamplingConfig's defaults)."""
+    return {name: getattr(args, name) for name in SETTINGS if hasattr(args, name)}
 
 
 # --------------------------------------------------------------------------------------------- errors

@@ -3,9 +3,9 @@
     python -m pipelines.demo                          # the newest prior run, else the shipped generator
     python -m pipelines.demo --prior you/my-generator --port 7861
 
-Sample: pick a class, a guidance scale and a seed, get a mosaic. Tokens: upload an image; it is fitted to the
-tokenizer's size, encoded, and decoded back (what the tokens keep of it), and completions keep its first token rows
-and sample the rest. Gradio comes from the optional extra: pip install -e '.[demo]'.
+Sample: pick a class, a guidance schedule (its start and end scales) and a seed, get a mosaic. Tokens: upload an
+image; it is fitted to the tokenizer's size, encoded, and decoded back (what the tokens keep of it), and completions
+keep its first token rows and sample the rest. Gradio comes from the optional extra: pip install -e '.[demo]'.
 """
 
 import importlib.util
@@ -15,6 +15,7 @@ import torch
 from generation import ImageGenerator
 from generation.pretrained import choose_prior
 from pipelines import cli
+from prior import sampling
 from store.images import fit_image
 from store.pictures import mosaic_array
 
@@ -44,25 +45,30 @@ def label_choices(generator):
 
 
 def _label(choice):
-    return None if choice in (None, ANY_CLASS) else "none" if choice == NO_LABEL else choice
+    return None if choice in (None, ANY_CLASS) else sampling.NO_LABEL if choice == NO_LABEL else choice
 
 
-def _guidance(generator, label, scale):
-    """The guidance scale a request takes: the page's, but none for the "no label" draw or an unconditional prior
-    (nothing to guide towards); the training mix is guided towards each sample's class, as `sample` guides it."""
-    return None if label == "none" or not generator.model.config.num_classes else float(scale)
+def _guidance(generator, label, schedule, start, end):
+    """The guidance settings a request takes: the page's schedule from start to end (a constant: end alone), but
+    none for the "no label" draw or an unconditional prior (nothing to guide towards); the training mix is guided
+    towards each sample's class, as `sample` guides it."""
+    if label == sampling.NO_LABEL or not generator.model.config.num_classes:
+        return {}
+    if schedule == "constant":
+        return {"guidance_scale": float(end), "guidance_schedule": schedule}
+    return {"guidance_scale": (float(start), float(end)), "guidance_schedule": schedule}
 
 
-def sample_mosaic(generator, choice, guidance_scale, seed, count):
+def sample_mosaic(generator, choice, schedule, start, end, seed, count):
     """A mosaic (H, W, 3) uint8 of `count` samples of the class chosen in the menu, drawn as `pipelines.sample`
-    draws them at this seed and guidance scale."""
+    draws them at this seed and guidance (schedule from start to end; constant: end)."""
     label = _label(choice)
     images, _ = generator.sample(int(count), label, seed=int(seed),
-                                 guidance_scale=_guidance(generator, label, guidance_scale))
+                                 **_guidance(generator, label, schedule, start, end))
     return mosaic_array(images)
 
 
-def token_views(generator, picture, choice, guidance_scale, seed, keep_rows, count):
+def token_views(generator, picture, choice, schedule, start, end, seed, keep_rows, count):
     """(the picture as the tokenizer takes it beside its decoded tokens, completions) of an uploaded picture (a PIL
     image of any size and mode): mosaics (H, W, 3) uint8. The completions keep its first keep_rows token rows."""
     if picture is None:
@@ -78,8 +84,16 @@ def token_views(generator, picture, choice, guidance_scale, seed, keep_rows, cou
         else tokens.expand(int(count), *tokenizer.token_shape)
     label = _label(choice)
     completions, _ = generator.sample(int(count), label, seed=int(seed), prefix=prefix, keep_rows=rows,
-                                      guidance_scale=_guidance(generator, label, guidance_scale))
+                                      **_guidance(generator, label, schedule, start, end))
     return mosaic_array(torch.cat([original, reconstruction]), columns=2), mosaic_array(completions)
+
+
+def default_guidance():
+    """The page's first guidance choice: SamplingConfig's (schedule, start, end)."""
+    defaults = sampling.SamplingConfig()
+    scale = defaults.guidance_scale
+    start, end = scale if sampling.is_ramp(scale) else (scale, scale)
+    return (defaults.guidance_schedule if sampling.is_ramp(scale) else "constant"), start, end
 
 
 def build_demo(generator, max_count=64):
@@ -100,14 +114,21 @@ def build_demo(generator, max_count=64):
         gr.Markdown(f"## vqprior: `{generator.run_dir}`\nA VQ-VAE tokenizer and a PixelCNN prior over its tokens.")
         with gr.Row():
             choice = gr.Dropdown(choices, value=choices[0], label="class", elem_id="class")
-            guidance = gr.Slider(0, 5, value=1.5, step=0.1, label="guidance scale (classifier-free; 1: none)",
-                                 elem_id="guidance")
             seed = gr.Number(value=0, precision=0, minimum=0, label="seed", elem_id="seed")
+        schedule_value, start_value, end_value = default_guidance()
+        with gr.Row():
+            schedule = gr.Dropdown(list(sampling.SCHEDULES), value=schedule_value, elem_id="guidance-schedule",
+                                   label="guidance along the grid (classifier-free; constant: the end scale)")
+            start = gr.Slider(0, 5, value=start_value, step=0.1, label="guidance at the first token (1: none)",
+                              elem_id="guidance-start")
+            end = gr.Slider(0, 5, value=end_value, step=0.1, label="guidance at the last token (1: none)",
+                            elem_id="guidance-end")
+        guidance = [schedule, start, end]
         with gr.Tab("Sample"):
             count = gr.Slider(1, max_count, value=min(16, max_count), step=1, label="images", elem_id="count")
             sample_button = gr.Button("Sample", variant="primary", elem_id="sample-button")
             samples = gr.Image(label="samples", type="numpy", interactive=False, elem_id="samples")
-            sample_button.click(shown(sample_mosaic), [choice, guidance, seed, count], samples)
+            sample_button.click(shown(sample_mosaic), [choice, *guidance, seed, count], samples)
         with gr.Tab("Tokens"):
             with gr.Row():
                 picture = gr.Image(label="your image", type="pil", sources=["upload", "clipboard"],
@@ -119,7 +140,7 @@ def build_demo(generator, max_count=64):
             completions_count = gr.Slider(1, max_count, value=min(8, max_count), step=1, label="completions")
             tokens_button = gr.Button("Encode and complete", variant="primary", elem_id="tokens-button")
             completions = gr.Image(label="completions", type="numpy", interactive=False, elem_id="completions")
-            tokens_button.click(shown(token_views), [picture, choice, guidance, seed, keep_rows, completions_count],
+            tokens_button.click(shown(token_views), [picture, choice, *guidance, seed, keep_rows, completions_count],
                                 [both, completions])
     return page
 

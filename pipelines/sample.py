@@ -91,8 +91,7 @@ def main(argv=None):
         prefix = tuple(level.expand(n, *level.shape[1:]) for level in encoded) if isinstance(encoded, tuple) \
             else encoded.expand(n, *tokenizer.token_shape)
         completion = {"prefix": prefix, "keep_rows": keep_rows}
-    labels, settings = generator.request(n, args.label, temperature=args.temperature, top_k=args.top_k,
-                                         top_p=args.top_p, guidance_scale=args.guidance_scale)
+    labels, settings = generator.request(n, args.label, **cli.sampling_settings(args))
     load_seconds = time.perf_counter() - started
 
     main_process = accelerator.is_main_process

@@ -20,7 +20,6 @@ Engines work on grids with the levels last, (b, h, w, depth), and return logits 
 """
 
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +27,8 @@ from einops import rearrange
 
 from prior.layers import as_map, bias_at, bias_of_position
 from prior.model import TwoLevelPrior
-from prior.sampling import ClassLabels, check_count, is_int, settings_for
+from prior.sampling import (ClassLabels, check_count, check_schedule, describe_schedule, is_int, is_real,
+                            schedule_values, settings_for)
 
 SAMPLERS = ("naive", "cached")
 
@@ -208,10 +208,6 @@ def pick_tokens(logits, uniform, temperature, top_k, top_p):
     return token.clamp_(max=logits.shape[-1] - 1)
 
 
-def _is_real(x):
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
 def _grids(name, value, n, shape):
     """value as (n, *shape) integer token grids (one grid of shape is given to all n), or one ValueError."""
     value = torch.as_tensor(value)
@@ -231,8 +227,8 @@ def _check_tokens(name, tokens, codebook_size):
                          f"{tokens.min().item()}..{tokens.max().item()}")
 
 
-def check_args(model, n, labels, temperature, top_k, top_p, guidance_scale, prefix, keep_rows, sampler, progress,
-               generator, batch_size, condition):
+def check_args(model, n, labels, temperature, temperature_schedule, top_k, top_p, guidance_scale, guidance_schedule,
+               guidance_from, prefix, keep_rows, sampler, progress, generator, batch_size, condition):
     """generate()'s arguments, its settings resolved: raise one ValueError for the first bad one; return labels (n,)
     or None, prefix (n, *token_shape) or None, and condition (n, *condition_shape) or None."""
     config = model.config
@@ -240,14 +236,14 @@ def check_args(model, n, labels, temperature, top_k, top_p, guidance_scale, pref
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
     check_count(n, batch_size)
-    if not _is_real(temperature) or not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    check_schedule("temperature", temperature, "temperature_schedule", temperature_schedule, low=0, low_open=True)
     if top_k is not None and (not is_int(top_k) or not 1 <= top_k <= k):
         raise ValueError(f"top_k must be an integer in 1..{k} (the codebook size) or None, got {top_k!r}")
-    if top_p is not None and (not _is_real(top_p) or not 0 < top_p <= 1):
+    if top_p is not None and (not is_real(top_p) or not 0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
-    if not _is_real(guidance_scale) or not math.isfinite(guidance_scale):
-        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+    check_schedule("guidance_scale", guidance_scale, "guidance_schedule", guidance_schedule)
+    if not is_int(guidance_from) or guidance_from < 0:
+        raise ValueError(f"guidance_from must be an integer >= 0 (the first guided position), got {guidance_from!r}")
     if labels is not None:
         if not classes:
             raise ValueError("labels given to an unconditional prior (num_classes = 0)")
@@ -261,11 +257,13 @@ def check_args(model, n, labels, temperature, top_k, top_p, guidance_scale, pref
         if labels.min() < 0 or labels.max() >= classes:
             raise ValueError(f"labels must be class ids in 0..{classes - 1}, got values "
                              f"{labels.min().item()}..{labels.max().item()}")
-    if guidance_scale != 1:
+    if _guidance(config, guidance_scale, guidance_schedule, guidance_from).ne(1).any():
         if not classes:
-            raise ValueError(f"guidance_scale must be 1 for an unconditional prior, got {guidance_scale}")
+            raise ValueError("guidance_scale must be 1 for an unconditional prior, got "
+                             + describe_schedule(guidance_scale, guidance_schedule, guidance_from))
         if labels is None:
-            raise ValueError(f"guidance_scale {guidance_scale} needs labels to guide towards")
+            raise ValueError(f"guidance_scale {describe_schedule(guidance_scale, guidance_schedule, guidance_from)} "
+                             "needs labels to guide towards")
     if not is_int(keep_rows) or not 0 <= keep_rows <= h:
         raise ValueError(f"keep_rows must be an integer in 0..{h} (the grid height), got {keep_rows!r}")
     if keep_rows and prefix is None:
@@ -289,22 +287,31 @@ def check_args(model, n, labels, temperature, top_k, top_p, guidance_scale, pref
     return labels, prefix, condition
 
 
+def _guidance(config, guidance_scale, guidance_schedule, guidance_from):
+    """The guidance scale at each position of the grid (h * w,), float64."""
+    return schedule_values(guidance_scale, guidance_schedule, config.grid_height * config.grid_width, guidance_from)
+
+
 @torch.no_grad()
-def generate(model, n, *, labels=None, temperature=None, top_k=None, top_p=None, guidance_scale=None,
-             prefix=None, keep_rows=0, sampler="cached", generator=None, batch_size=None, progress=None,
-             condition=None):
+def generate(model, n, *, labels=None, temperature=None, temperature_schedule=None, top_k=None, top_p=None,
+             guidance_scale=None, guidance_schedule=None, guidance_from=None, prefix=None, keep_rows=0,
+             sampler="cached", generator=None, batch_size=None, progress=None, condition=None):
     """Sample n token grids (n, grid_height, grid_width[, depth]) from a Prior, on the model's device: the one
     generation entry point (every sampler, setting and batch size goes through here, and is checked once).
 
     labels: an int, (n,) class ids in 0..num_classes - 1 or ClassLabels, for a conditional prior; None samples it
         with "no label". guidance_scale s: logits = uncond + s * (cond - uncond), the classifier-free guidance of
-        Ho & Salimans 2022; s = 1 is plain conditional sampling.
-    temperature divides the logits; top_k keeps the k likeliest tokens; top_p keeps the smallest set of
-        likeliest tokens whose mass reaches top_p (nucleus sampling). Filters apply after guidance.
+        Ho & Salimans 2022; s = 1 is plain conditional sampling. s is one number, or (start, end) along
+        guidance_schedule ("linear" or "cosine") over the grid's positions in raster order; positions before
+        guidance_from take s = 1 (prior.sampling.SamplingConfig says more).
+    temperature divides the logits (one number, or (start, end) along temperature_schedule); top_k keeps the k
+        likeliest tokens; top_p keeps the smallest set of likeliest tokens whose mass reaches top_p (nucleus
+        sampling). Filters apply after guidance.
     Settings left None take SamplingConfig's defaults (prior/sampling.py), guidance only where labels are given:
         generate() draws what `python -m pipelines.sample` draws.
     prefix (n, *token_shape) or token_shape and keep_rows R: the first R rows are copied from prefix and only
-        the rest is sampled; prefix rows from R on are not read.
+        the rest is sampled; prefix rows from R on are not read. Schedules still count positions from the grid's
+        start: with the same random numbers, completing a draw's own first rows gives that draw back.
     sampler: 'cached' (fast) or 'naive' (the reference); both give the same grids for the same generator.
     generator: a torch.Generator for the one uniform per (sample, position, level) drawn up front, batch by batch,
         so the grids depend on (generator state, n, batch_size).
@@ -314,18 +321,24 @@ def generate(model, n, *, labels=None, temperature=None, top_k=None, top_p=None,
         or one map for all n.
 
     A TwoLevelPrior gives (top grids, bottom grids): the top grids first, then the bottom grids conditioned on
-    them, with the same labels and settings; prefix is then a pair (top, bottom) and keep_rows counts bottom rows
-    (the top keeps the rows those cover whole).
+    them, with the same labels and settings (each grid runs the schedules over its own positions); prefix is then
+    a pair (top, bottom) and keep_rows counts bottom rows (the top keeps the rows those cover whole).
     """
-    settings = settings_for(labels, temperature=temperature, top_k=top_k, top_p=top_p, guidance_scale=guidance_scale)
+    settings = settings_for(labels, temperature=temperature, temperature_schedule=temperature_schedule, top_k=top_k,
+                            top_p=top_p, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
+                            guidance_from=guidance_from)
     if isinstance(model, TwoLevelPrior):
         return _generate_two_levels(model, n, labels=labels, prefix=prefix, keep_rows=keep_rows, sampler=sampler,
                                     generator=generator, batch_size=batch_size, progress=progress,
                                     condition=condition, **settings)
-    temperature, top_k, top_p, guidance_scale = (settings[name] for name in ("temperature", "top_k", "top_p",
-                                                                             "guidance_scale"))
-    labels, prefix, condition = check_args(model, n, labels, temperature, top_k, top_p, guidance_scale, prefix,
-                                            keep_rows, sampler, progress, generator, batch_size, condition)
+    labels, prefix, condition = check_args(model, n, labels, prefix=prefix, keep_rows=keep_rows, sampler=sampler,
+                                            progress=progress, generator=generator, batch_size=batch_size,
+                                            condition=condition, **settings)
+    config = model.config
+    positions = config.grid_height * config.grid_width
+    temperatures = schedule_values(settings["temperature"], settings["temperature_schedule"], positions)
+    scales = _guidance(config, settings["guidance_scale"], settings["guidance_schedule"], settings["guidance_from"])
+    top_k, top_p = settings["top_k"], settings["top_p"]
     batch_size = batch_size or n
     batches = math.ceil(n / batch_size)
     grids = []
@@ -334,8 +347,8 @@ def generate(model, n, *, labels=None, temperature=None, top_k=None, top_p=None,
         report = batch_progress(progress, first, batches)
         grids.append(_generate_batch(
             model, size, None if labels is None else labels[start:start + size],
-            None if prefix is None else prefix[start:start + size], keep_rows, temperature, top_k, top_p,
-            guidance_scale, sampler, generator, report, None if condition is None else condition[start:start + size]))
+            None if prefix is None else prefix[start:start + size], keep_rows, temperatures, top_k, top_p,
+            scales, sampler, generator, report, None if condition is None else condition[start:start + size]))
     return torch.cat(grids)
 
 
@@ -372,9 +385,10 @@ def _generate_two_levels(model, n, *, prefix, keep_rows, progress, condition, **
     return top, bottom
 
 
-def _generate_batch(model, n, labels, prefix, keep_rows, temperature, top_k, top_p, guidance_scale, sampler,
-                    generator, progress, condition):
-    """One batch of generate(), its arguments already checked; progress(done, total positions of this batch)."""
+def _generate_batch(model, n, labels, prefix, keep_rows, temperatures, top_k, top_p, scales, sampler, generator,
+                    progress, condition):
+    """One batch of generate(), its arguments already checked; temperatures and scales: the value at each position
+    (h * w,); progress(done, total positions of this batch)."""
     config = model.config
     h, w, depth = config.grid_height, config.grid_width, config.depth
     device = model.embed.weight.device
@@ -384,7 +398,8 @@ def _generate_batch(model, n, labels, prefix, keep_rows, temperature, top_k, top
     tokens = torch.zeros(n, h, w, depth, dtype=torch.long, device=device)
     if keep_rows:
         tokens[:, :keep_rows] = prefix[:, :keep_rows].reshape(n, keep_rows, w, depth).to(device)
-    guided = guidance_scale != 1
+    # Guided where any position is: the "no label" half must then run from the start, to keep its cache whole.
+    guided = bool(scales.ne(1).any())
     if labels is not None:
         labels = labels.to(device)
     if condition is not None:
@@ -399,12 +414,16 @@ def _generate_batch(model, n, labels, prefix, keep_rows, temperature, top_k, top
         state = engine(model, tokens.repeat(2, 1, 1, 1) if guided else tokens.clone(), labels, condition, keep_rows)
         total = (h - keep_rows) * w
         for done in range(total):
-            i, j = divmod(keep_rows * w + done, w)
+            position = keep_rows * w + done  # counted from the grid's start, as the schedules are
+            i, j = divmod(position, w)
+            scale, temperature = scales[position].item(), temperatures[position].item()
             for level in range(depth):
                 logits = state.logits(i, j)[:, level].double()  # (b, K)
                 if guided:
                     cond, uncond = logits.chunk(2)
-                    logits = uncond + guidance_scale * (cond - uncond)
+                    # At scale 1 the conditional logits as they are: a position left unguided is drawn exactly as
+                    # an unguided sampler draws it.
+                    logits = cond if scale == 1 else uncond + scale * (cond - uncond)
                 tokens[:, i, j, level] = pick_tokens(logits, uniforms[:, i, j, level], temperature, top_k, top_p)
                 state.write(i, j, tokens[:, i, j].repeat(2, 1) if guided else tokens[:, i, j], level == depth - 1)
             if progress is not None:

@@ -1,31 +1,108 @@
-"""What a user's sampling request means for a prior run: the settings the measurements chose, and, for a
-class-conditional prior told no class, classes in the mix of the training split.
+"""What a user's sampling request means for a prior run: the settings the measurements chose, how a setting that
+changes along the grid (a schedule) takes its value at each position, and, for a class-conditional prior told no
+class, classes in the mix of the training split.
 
 `python -m pipelines.sample` and `python -m pipelines.evaluate` both resolve their requests here (through
 generation.ImageGenerator), so an evaluation scores exactly what `sample` with no flags gives. The defaults come
-from the sweep in BENCHMARKS.md ("Sample quality: the levers").
+from the sweeps in BENCHMARKS.md ("Sample quality: the levers", "Guidance along the grid").
 """
 
+import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 # What --label takes to sample a conditional prior with "no label" (the unconditional half of guidance).
 NO_LABEL = "none"
+# How a setting given as (start, end) goes from its start at the first position to its end at the last.
+SCHEDULES = ("constant", "linear", "cosine")
 
 
 @dataclass
 class SamplingConfig:
-    """How logits become tokens. guidance_scale applies only where labels are given (a conditional prior).
+    """How logits become tokens, position by position in raster order.
 
-    The defaults won the sweep in BENCHMARKS.md on the default prior: guidance 1.5 took the sample Frechet distance
-    from 6.6 (scale 1) to 4.2, while a temperature of 0.9 or 0.95, top-k 64 and top-p 0.95 each made it worse.
+    guidance_scale applies only where labels are given (a conditional prior): one number s for every position, or
+    (start, end) over the positions along guidance_schedule ("linear", or "cosine": a half-cosine, flat at both
+    ends). Positions before guidance_from are not guided (scale 1). Positions count from the grid's first one,
+    also when a completion keeps rows, so a position is guided alike in a completion and in a whole draw; a
+    two-level prior's top and bottom grids each run the schedule over their own positions. Peers raise guidance
+    along the steps (VAR's sampler; Wang et al. 2024 find rising schedules beat every constant): the early
+    positions lay out the picture, and guiding them costs diversity.
+    temperature takes one number or (start, end) along temperature_schedule the same way.
+
+    The defaults won the sweep in BENCHMARKS.md ("Sample quality: the levers"): guidance 1.5 took the sample Frechet
+    distance from 6.6 (scale 1) to 4.2, while a temperature of 0.9 or 0.95, top-k 64 and top-p 0.95 each made it
+    worse.
     """
-    temperature: float = 1.0
+    temperature: float | tuple[float, float] = 1.0
+    temperature_schedule: str = "constant"
     top_k: int | None = None
     top_p: float | None = None
-    guidance_scale: float = 1.5
+    guidance_scale: float | tuple[float, float] = 1.5
+    guidance_schedule: str = "constant"
+    guidance_from: int = 0
+
+
+# The settings generate() takes, each a field of SamplingConfig.
+SETTINGS = tuple(f.name for f in fields(SamplingConfig))
+
+
+def is_ramp(value):
+    """Whether a setting is given as (start, end) rather than one number."""
+    return isinstance(value, (tuple, list))
+
+
+def schedule_values(value, schedule, positions, first=0, neutral=1.0):
+    """The setting at each of `positions` raster positions, float64 (positions,): one number everywhere, or
+    (start, end) along the schedule from position `first` (start) to the last (end); positions before `first` take
+    `neutral` (for guidance, 1: none). Checked by check_schedule."""
+    values = torch.full((positions,), float(neutral), dtype=torch.float64)
+    if first >= positions:
+        return values
+    start, end = (value, value) if not is_ramp(value) else value
+    steps = positions - first
+    progress = torch.arange(steps, dtype=torch.float64) / max(steps - 1, 1)  # 0 at `first`, 1 at the last
+    if schedule == "cosine":
+        progress = (1 - torch.cos(math.pi * progress)) / 2
+    values[first:] = start + (end - start) * progress
+    return values
+
+
+def check_schedule(name, value, schedule_name, schedule, low=-math.inf, low_open=False):
+    """One ValueError for a setting `name` that is not a finite number (above low) or a pair (start, end) of them,
+    or a pair with the constant schedule (named schedule_name). One number is flat along any schedule."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"{schedule_name} must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    ends = tuple(value) if is_ramp(value) else (value,)
+    above = f" > {low:g}" if low_open else "" if low == -math.inf else f" >= {low:g}"
+    if len(ends) not in (1, 2) or not all(
+            is_real(x) and math.isfinite(x) and (x > low if low_open else x >= low) for x in ends):
+        raise ValueError(f"{name} must be a finite number{above} or a pair (start, end) of them, got {value!r}")
+    if schedule == "constant" and len(ends) == 2:
+        raise ValueError(f"{name} {ends[0]:g}:{ends[1]:g} changes along the grid: give {schedule_name} linear or "
+                         "cosine, or one number for a constant")
+
+
+def describe_schedule(value, schedule, first=0):
+    """A setting in words: "1.5", "cosine 1 -> 2.5", with "from position k" for an interval."""
+    text = f"{schedule} {value[0]:g} -> {value[1]:g}" if is_ramp(value) else f"{value:g}"
+    return text + (f" from position {first}" if first else "")
+
+
+def describe_settings(settings):
+    """A run's sampling settings (a dict of SETTINGS, as sample.json and report.json record them) in words:
+    "guidance cosine 1 -> 2.5, temperature 1"; the schedules missing from older records are constant."""
+    guidance = describe_schedule(settings.get("guidance_scale", 1.0), settings.get("guidance_schedule", "constant"),
+                                 settings.get("guidance_from") or 0)
+    temperature = describe_schedule(settings.get("temperature", 1.0), settings.get("temperature_schedule", "constant"))
+    filters = [f"{name.replace('_', '-')} {settings[name]:g}" for name in ("top_k", "top_p") if settings.get(name)]
+    return ", ".join([f"guidance {guidance}", f"temperature {temperature}", *filters])
+
+
+def is_real(x):
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def is_int(x):
@@ -111,12 +188,23 @@ def resolve_labels(label, n, class_names, class_counts=None):
 
 
 def settings_for(labels, defaults=None, **chosen):
-    """The settings generate() samples with: chosen values (None = not chosen) over the defaults (SamplingConfig's:
-    the one home of the defaults, from the command line down to generate()); guidance only where there are labels
-    to guide towards (an explicit guidance_scale without labels is left for generate() to refuse)."""
+    """The settings generate() samples with (SETTINGS): chosen values (None = not chosen) over the defaults
+    (SamplingConfig's: the one home of the defaults, from the command line down to generate()); guidance only where
+    there are labels to guide towards (an explicit guidance_scale without labels is left for generate() to refuse).
+
+    A pair (start, end) chosen without its schedule takes the default ramp (linear where the default is constant);
+    one number is constant whatever the schedule says. Unknown names: one ValueError.
+    """
+    unknown = sorted(set(chosen) - set(SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown sampling setting {unknown[0]!r}: the settings are {', '.join(SETTINGS)}")
     defaults = defaults or SamplingConfig()
-    settings = {name: getattr(defaults, name) if chosen.get(name) is None else chosen[name]
-                for name in ("temperature", "top_k", "top_p", "guidance_scale")}
+    settings = {name: getattr(defaults, name) if chosen.get(name) is None else chosen[name] for name in SETTINGS}
     if labels is None and chosen.get("guidance_scale") is None:
-        settings["guidance_scale"] = 1.0
+        settings.update(guidance_scale=1.0, guidance_from=0)
+    for name, schedule in (("temperature", "temperature_schedule"), ("guidance_scale", "guidance_schedule")):
+        if not is_ramp(settings[name]) and settings[schedule] in SCHEDULES:
+            settings[schedule] = "constant"
+        elif chosen.get(name) is not None and chosen.get(schedule) is None:
+            settings[schedule] = getattr(defaults, schedule) if getattr(defaults, schedule) != "constant" else "linear"
     return settings

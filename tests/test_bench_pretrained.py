@@ -37,3 +37,17 @@ def test_one_command_makes_the_shipped_folder_its_card_and_figures(fashion_dir, 
     again = subprocess.run(list(map(str, command)), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("reused") == 4  # tokenizer, prior, two evaluations: only export and card redone
+
+    # --reevaluate: the folder evaluated as it is (a new sampling default, say), its weights untouched, its card new.
+    before = {p.name: p.read_bytes() for p in shipped.rglob("*.safetensors")}
+    other_work = tmp_path / "work-again"
+    command = [sys.executable, "-m", "bench.pretrained", "--reevaluate", "--work", other_work, "--shipped", shipped,
+               "--seeds", "1", "--evaluate-flags", " ".join(["--n-samples", "30", *TINY_CLASSIFIER_FLAGS])]
+    result = subprocess.run(list(map(str, command)), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[export]" not in result.stdout and not (other_work / "prior").exists()
+    assert {p.name: p.read_bytes() for p in shipped.rglob("*.safetensors")} == before
+    report = read_json(other_work / "evaluations" / "seed1" / "report.json")
+    card = (shipped / "README.md").read_text()
+    assert f"| {report['figures']['fd_samples_vs_test']:.3f} |" in card and "| figure | seed 1 |" in card
+    assert f"- fit_prior (training): {read_json(shipped / 'results.json')['train_seconds_this_session']:.0f} s" in card

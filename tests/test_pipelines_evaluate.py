@@ -4,10 +4,12 @@ page, and one-line refusals."""
 import json
 
 import pytest
+import torch
 
 from conftest import TINY_CLASSIFIER_FLAGS, TINY_PRIOR, run_in_process, run_module
 from evaluation.report import FIGURES
 from pipelines import evaluate, fit_prior
+from prior.sampling import SETTINGS, SamplingConfig, describe_settings, settings_for
 from store.images import DataConfig, load_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -60,6 +62,20 @@ def test_evaluate_writes_a_report_of_a_prior_and_of_a_tokenizer_alone(tokenizer_
     assert "Frechet distance, samples vs test" in html and "Sandal" in html  # the table and the per-class table
     assert "recall of samples" in html and "Inception" not in html.split("<table>")[1]  # no Inception rows
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report.")], "staging folder left behind"
+    # Drawn as `sample` draws with no flags: SamplingConfig's settings, recorded and said on the page.
+    expected = json.loads(json.dumps(settings_for(torch.tensor([0]), SamplingConfig())))
+    assert {name: report["settings"][name] for name in SETTINGS} == expected
+    assert f"Sampled with {describe_settings(report['settings'])}." in html
+
+    # The sampling flags are sample's: a schedule asked for is the schedule drawn and recorded.
+    ramp = tmp_path / "ramp"
+    flags = ["--guidance-scale", "1:3", "--guidance-schedule", "linear", "--guidance-from", "4"]
+    assert run_cli([*common, "--n-samples", 23, "--out", ramp, *flags], capsys)[0] == 0
+    ramp_report = json.loads((ramp / "report.json").read_text())
+    settings = ramp_report["settings"]
+    assert (settings["guidance_scale"], settings["guidance_schedule"], settings["guidance_from"]) == (
+        [1, 3], "linear", 4)
+    assert ramp_report["figures"]["fd_samples_vs_test"] != figures["fd_samples_vs_test"]
 
     # The tokenizer alone: no samples, no prior figures, the same classifier, not retrained.
     alone = tmp_path / "alone"

@@ -7,6 +7,7 @@ from PIL import Image
 
 from conftest import run_in_process, run_module, synthetic_images
 from pipelines import sample
+from prior.sampling import SETTINGS, SamplingConfig, settings_for
 from store.index_maps import read_index_maps
 from store.runs import WEIGHTS_HASHES, read_json, weights_hashes, write_json
 from tokenizer import Tokenizer
@@ -85,6 +86,34 @@ def test_same_seed_same_grids_and_samplers_agree(prior_run, tmp_path, capsys):
     assert not np.array_equal(tokens_of(tmp_path / "a"), tokens_of(tmp_path / "other"))
 
 
+def test_guidance_schedules_are_flags_recorded_in_sample_json_and_drawn_as_the_library_draws(prior_run, tmp_path,
+                                                                                            capsys):
+    from generation import ImageGenerator
+
+    flags = ["--guidance-scale", "1:2.5", "--guidance-schedule", "linear", "--guidance-from", "3",
+             "--temperature", "1.1:0.9"]
+    assert run_cli(["--prior", prior_run, "--n", 4, "--batch-size", 3, *flags, "--out", tmp_path / "ramp"],
+                   capsys)[0] == 0
+    recorded = json.loads((tmp_path / "ramp" / "sample.json").read_text())
+    assert (recorded["guidance_scale"], recorded["guidance_schedule"], recorded["guidance_from"]) == (
+        [1.0, 2.5], "linear", 3)
+    # A pair without its schedule takes the default's ramp, linear where the default is constant.
+    assert (recorded["temperature"], recorded["temperature_schedule"]) == ([1.1, 0.9], "linear")
+    tokens, _, _ = ImageGenerator.load(prior_run).sample_tokens(
+        4, batch_size=3, guidance_scale=(1.0, 2.5), guidance_schedule="linear", guidance_from=3,
+        temperature=(1.1, 0.9), temperature_schedule="linear")
+    assert np.array_equal(tokens_of(tmp_path / "ramp"), tokens.numpy())
+    # The old constant form still works and is recorded as constant; the default is SamplingConfig's ramp.
+    assert run_cli(["--prior", prior_run, "--n", 4, "--guidance-scale", "2", "--out", tmp_path / "two"], capsys)[0] == 0
+    constant = json.loads((tmp_path / "two" / "sample.json").read_text())
+    assert (constant["guidance_scale"], constant["guidance_schedule"]) == (2.0, "constant")
+    assert run_cli(["--prior", prior_run, "--n", 4, "--out", tmp_path / "default"], capsys)[0] == 0
+    default = json.loads((tmp_path / "default" / "sample.json").read_text())
+    expected = json.loads(json.dumps(settings_for(torch.tensor([0]), SamplingConfig())))
+    assert {name: default[name] for name in SETTINGS} == expected
+    assert not np.array_equal(tokens_of(tmp_path / "default"), tokens_of(tmp_path / "ramp"))
+
+
 def test_completion_keeps_the_given_rows(prior_run, tokenizer_run, tmp_path, capsys):
     image = synthetic_images(1, seed=5)[0][0][..., 0]
     Image.fromarray(image).save(tmp_path / "shoe.png")
@@ -122,6 +151,12 @@ def _wrong_size_image(tmp_path):
     ("label-index", ["--label", "42"], "label 42 outside 0..9"),
     ("label-name", ["--label", "Spaceship"], "unknown label 'Spaceship'"),
     ("guidance-without-label", ["--label", "none", "--guidance-scale", "3"], "needs labels"),
+    ("guidance-not-a-ramp", ["--guidance-scale", "1:2:3"], "argument --guidance-scale: must be a number or START:END"),
+    ("guidance-ramp-constant", ["--guidance-scale", "1:3", "--guidance-schedule", "constant"],
+     "guidance_scale 1:3 changes along the grid"),
+    ("guidance-schedule", ["--guidance-schedule", "steep"], "argument --guidance-schedule: invalid choice"),
+    ("guidance-from", ["--guidance-from", "-2"], "argument --guidance-from: must be an integer >= 0"),
+    ("temperature-ramp", ["--temperature", "1:0"], "temperature must be a finite number > 0"),
     ("keep-rows-alone", ["--keep-rows", "2"], "--keep-rows needs --complete"),
     ("keep-rows-too-many", ["--complete", "IMAGE", "--keep-rows", "9"], "keep_rows must be an integer in 0..7"),
     ("wrong-size-image", "WRONG_SIZE", "the tokenizer takes 28x28"),

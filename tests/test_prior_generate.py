@@ -53,6 +53,87 @@ def test_cached_equals_naive_with_guidance_and_completion(arch):
         assert torch.equal(naive, cached), kwargs
 
 
+SCHEDULES = {
+    "linear": dict(guidance_scale=(1.0, 3.0), guidance_schedule="linear"),
+    "cosine": dict(guidance_scale=(0.5, 2.5), guidance_schedule="cosine"),
+    "interval": dict(guidance_scale=2.0, guidance_from=11),
+    "interval+ramp": dict(guidance_scale=(1.5, 3.0), guidance_schedule="cosine", guidance_from=4),
+    "temperature ramp": dict(guidance_scale=2.0, temperature=(1.3, 0.7), temperature_schedule="cosine"),
+    "completion": dict(guidance_scale=(1.0, 3.0), guidance_schedule="linear", keep_rows=2),
+}
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cached_equals_naive_for_every_schedule(arch, schedule):
+    model = small_prior(arch, 6, 5, num_classes=3)
+    kwargs = dict(SCHEDULES[schedule], labels=torch.tensor([0, 1, 2, 2, 1, 0]))
+    if "keep_rows" in kwargs:
+        kwargs["prefix"] = torch.randint(16, (6, 5), generator=seeded(7))
+    naive, cached = both(model, 6, **kwargs)
+    assert torch.equal(naive, cached)
+    assert not torch.equal(cached, generate(model, 6, labels=kwargs["labels"], guidance_scale=2.0,
+                                            prefix=kwargs.get("prefix"), keep_rows=kwargs.get("keep_rows", 0),
+                                            generator=seeded())), "the schedule changed nothing"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_each_position_takes_its_own_scale(arch):
+    model = small_prior(arch, 6, 5, num_classes=3)
+    labels = torch.tensor([0, 1, 2, 2, 1, 0, 1, 2])
+
+    def draw(**kwargs):
+        return generate(model, 8, labels=labels, generator=seeded(), **kwargs).flatten(1)
+
+    unguided, guided = draw(guidance_scale=1.0), draw(guidance_scale=3.0)
+    # Unguided before position 13 (exactly: the conditional logits as they are), guided from there on.
+    interval = draw(guidance_scale=3.0, guidance_from=13)
+    assert torch.equal(interval[:, :13], unguided[:, :13])
+    assert not torch.equal(interval[:, 13:], unguided[:, 13:])
+    assert torch.equal(draw(guidance_scale=3.0, guidance_from=30), unguided)  # past the last position: none
+    # A flat ramp is the constant; a ramp is neither of its ends' constants.
+    assert torch.equal(draw(guidance_scale=(3.0, 3.0), guidance_schedule="cosine"), guided)
+    ramp = draw(guidance_scale=(1.0, 3.0), guidance_schedule="linear")
+    assert not torch.equal(ramp, guided) and not torch.equal(ramp, unguided)
+    assert not torch.equal(ramp, draw(guidance_scale=(1.0, 3.0), guidance_schedule="cosine"))
+    assert not torch.equal(draw(temperature=(1.0, 0.5), temperature_schedule="linear"), draw())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_completion_counts_positions_from_the_grids_start(arch):
+    """Schedules run over the grid's positions whoever wrote the first rows: completing a draw's own first rows
+    with the same random numbers gives the draw back (counted from the first position sampled, the completion's
+    positions would take other scales)."""
+    model = small_prior(arch, 6, 5, num_classes=3)
+    labels = torch.tensor([0, 1, 2, 2, 1, 0])
+    for schedule in (dict(guidance_scale=(1.0, 3.0), guidance_schedule="linear"),
+                     dict(guidance_scale=3.0, guidance_from=12, temperature=(1.2, 0.8), temperature_schedule="linear")):
+        whole = generate(model, 6, labels=labels, generator=seeded(), **schedule)
+        for keep_rows in (1, 3):
+            completed = generate(model, 6, labels=labels, prefix=whole, keep_rows=keep_rows, generator=seeded(),
+                                 **schedule)
+            assert torch.equal(completed, whole), (schedule, keep_rows)
+
+
+def test_a_two_level_prior_runs_the_schedule_over_each_grids_own_positions():
+    from prior import TwoLevelPrior
+
+    top = small_prior("pixelcnn", 3, 3, num_classes=3, codebook_size=8)
+    bottom = conditioned_prior("pixelcnn", num_classes=3, h=6, w=6, top=(3, 3))
+    model = TwoLevelPrior(top.config, bottom.config)
+    model.top.load_state_dict(top.state_dict())
+    model.bottom.load_state_dict(bottom.state_dict())
+    labels = torch.tensor([0, 1, 2, 1])
+    schedule = dict(guidance_scale=(1.0, 3.0), guidance_schedule="cosine", guidance_from=2)
+    both_levels = generate(model, 4, labels=labels, generator=seeded(), **schedule)
+    generator = seeded()  # the top grids first, then the bottom grids, from one generator
+    top_grids = generate(model.top, 4, labels=labels, generator=generator, **schedule)
+    bottom_grids = generate(model.bottom, 4, labels=labels, condition=top_grids, generator=generator, **schedule)
+    assert torch.equal(both_levels[0], top_grids) and torch.equal(both_levels[1], bottom_grids)
+    naive = generate(model, 4, labels=labels, generator=seeded(), sampler="naive", **schedule)
+    assert torch.equal(naive[0], top_grids) and torch.equal(naive[1], bottom_grids)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_cached_equals_naive_on_a_large_grid_with_default_kernels(arch):
     model = small_prior(arch, 16, 16, first_kernel_size=7, num_layers=4)
@@ -201,6 +282,16 @@ BAD = [
     (dict(conditional=True, labels=torch.tensor([0.0, 1.0, 1.0])), "labels must be integer class ids"),
     (dict(conditional=True, guidance_scale=2.0), "needs labels"),
     (dict(conditional=True, labels=1, guidance_scale=float("inf")), "guidance_scale must be a finite number"),
+    (dict(guidance_scale=(1.0, 2.0), guidance_schedule="linear"),
+     "guidance_scale must be 1 for an unconditional prior, got linear 1 -> 2"),
+    (dict(conditional=True, guidance_scale=2.0, guidance_from=5), "guidance_scale 2 from position 5 needs labels"),
+    (dict(conditional=True, labels=1, guidance_scale=(1.0, 2.0), guidance_schedule="constant"),
+     "changes along the grid"),
+    (dict(conditional=True, labels=1, guidance_scale=2.0, guidance_from=-1), "guidance_from must be an integer >= 0"),
+    (dict(conditional=True, labels=1, guidance_scale=2.0, guidance_from=1.5), "guidance_from must be an integer >= 0"),
+    (dict(conditional=True, labels=1, guidance_scale=(1.0, 2.0), guidance_schedule="steep"),
+     "guidance_schedule must be one of"),
+    (dict(temperature=(1.0, -0.5), temperature_schedule="linear"), "temperature must be a finite number > 0"),
     (dict(keep_rows=8, prefix=torch.zeros(7, 7, dtype=torch.long)), r"keep_rows must be an integer in 0\.\.7"),
     (dict(keep_rows=-1, prefix=torch.zeros(7, 7, dtype=torch.long)), r"keep_rows must be an integer in 0\.\.7"),
     (dict(keep_rows=2), "needs a prefix"),

@@ -1,11 +1,14 @@
 """prior.sampling: what a sampling call draws when told nothing (the training mix of classes, the chosen settings)."""
 
+import math
+
 import pytest
 import torch
 
 from conftest import seeded, small_prior
 from prior import generate
-from prior.sampling import NO_LABEL, SamplingConfig, class_mix, resolve_labels, settings_for
+from prior.sampling import (NO_LABEL, SamplingConfig, check_schedule, class_mix, describe_schedule, resolve_labels,
+                            schedule_values, settings_for)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 NAMES = ["a", "b", "c"]
@@ -52,13 +55,69 @@ def test_labels_resolve_to_the_mix_no_label_or_one_class():
 
 
 def test_settings_take_the_defaults_and_guide_only_where_there_are_labels():
-    defaults = SamplingConfig(temperature=0.9, top_k=None, top_p=None, guidance_scale=2.0)
+    defaults = SamplingConfig(temperature=0.9, guidance_scale=2.0, guidance_schedule="constant")
     labels = torch.tensor([0, 1])
-    assert settings_for(labels, defaults) == {"temperature": 0.9, "top_k": None, "top_p": None, "guidance_scale": 2.0}
+    plain = {"temperature": 0.9, "temperature_schedule": "constant", "top_k": None, "top_p": None,
+             "guidance_scale": 2.0, "guidance_schedule": "constant", "guidance_from": 0}
+    assert settings_for(labels, defaults) == plain
     assert settings_for(None, defaults)["guidance_scale"] == 1.0
     assert settings_for(None, defaults, guidance_scale=3.0)["guidance_scale"] == 3.0  # generate() refuses it
-    assert settings_for(labels, defaults, temperature=1.2, top_k=5) == {
-        "temperature": 1.2, "top_k": 5, "top_p": None, "guidance_scale": 2.0}
+    assert settings_for(labels, defaults, temperature=1.2, top_k=5) == {**plain, "temperature": 1.2, "top_k": 5}
+    with pytest.raises(ValueError, match="unknown sampling setting 'guidance'"):
+        settings_for(labels, defaults, guidance=2.0)
+
+
+def test_a_schedule_follows_what_was_chosen_of_it():
+    ramp = SamplingConfig(guidance_scale=(1.0, 2.5), guidance_schedule="cosine", guidance_from=3)
+    labels = torch.tensor([0, 1])
+    assert settings_for(labels, ramp)["guidance_schedule"] == "cosine"
+    # A pair alone takes the default's ramp; one number alone is constant, whatever the default's shape.
+    assert settings_for(labels, ramp, guidance_scale=(1.0, 3.0))["guidance_schedule"] == "cosine"
+    assert settings_for(labels, ramp, guidance_scale=2.0)["guidance_schedule"] == "constant"
+    constant = SamplingConfig(guidance_scale=2.0, guidance_schedule="constant")
+    assert settings_for(labels, constant, guidance_scale=(1.0, 3.0))["guidance_schedule"] == "linear"
+    assert settings_for(labels, ramp, guidance_schedule="linear")["guidance_schedule"] == "linear"
+    assert settings_for(labels, ramp, temperature=(1.0, 0.8))["temperature_schedule"] == "linear"
+    # No labels: nothing to guide towards, so no guidance at all, wherever it would start.
+    unguided = settings_for(None, ramp)
+    assert (unguided["guidance_scale"], unguided["guidance_schedule"], unguided["guidance_from"]) == (
+        1.0, "constant", 0)
+
+
+def test_schedules_go_from_start_at_the_first_position_to_end_at_the_last():
+    linear = schedule_values((1.0, 3.0), "linear", 5)
+    assert torch.allclose(linear, torch.tensor([1.0, 1.5, 2.0, 2.5, 3.0], dtype=torch.float64))
+    cosine = schedule_values((1.0, 3.0), "cosine", 5)
+    half = [1 + (1 - math.cos(math.pi * u)) for u in (0, 0.25, 0.5, 0.75, 1)]
+    assert torch.allclose(cosine, torch.tensor(half, dtype=torch.float64))
+    assert cosine[1] < linear[1] and cosine[3] > linear[3]  # flat at both ends, steep in the middle
+    assert torch.equal(schedule_values(1.5, "constant", 4), torch.full((4,), 1.5, dtype=torch.float64))
+    assert torch.equal(schedule_values(1.5, "cosine", 4), torch.full((4,), 1.5, dtype=torch.float64))
+    # An interval: the neutral value before `first`, then the ramp over the positions left.
+    interval = schedule_values((2.0, 4.0), "linear", 6, first=2)
+    assert torch.allclose(interval, torch.tensor([1, 1, 2, 2 + 2 / 3, 2 + 4 / 3, 4], dtype=torch.float64))
+    assert torch.equal(schedule_values(2.0, "constant", 3, first=7), torch.ones(3, dtype=torch.float64))
+    assert torch.equal(schedule_values((2.0, 4.0), "linear", 1), torch.tensor([2.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("args, message", [
+    (("guidance_scale", (1.0, 2.5), "guidance_schedule", "constant"), "changes along the grid: give guidance_schedule"),
+    (("guidance_scale", 2.0, "guidance_schedule", "exponential"), "guidance_schedule must be one of constant, linear"),
+    (("guidance_scale", (1.0, 2.0, 3.0), "guidance_schedule", "linear"), "a pair \\(start, end\\)"),
+    (("guidance_scale", (1.0, math.inf), "guidance_schedule", "linear"), "guidance_scale must be a finite number"),
+    (("guidance_scale", "2", "guidance_schedule", "constant"), "guidance_scale must be a finite number"),
+    (("temperature", (1.0, 0.0), "temperature_schedule", "linear", 0, True), "temperature must be a finite number > 0"),
+])
+def test_bad_schedules_are_one_line_errors(args, message):
+    with pytest.raises(ValueError, match=message) as info:
+        check_schedule(*args)
+    assert "\n" not in str(info.value)
+
+
+def test_schedules_in_words():
+    assert describe_schedule(1.5, "constant") == "1.5"
+    assert describe_schedule((1.0, 2.5), "cosine") == "cosine 1 -> 2.5"
+    assert describe_schedule(2.0, "constant", 10) == "2 from position 10"
 
 
 @pytest.mark.parametrize("arch", ["gated", "pixelcnn"])
@@ -74,13 +133,16 @@ def test_guidance_at_scale_one_is_plain_conditional_sampling(arch):
 
 def test_generate_told_nothing_samples_with_the_one_set_of_defaults():
     """SamplingConfig is the one home of the defaults: generate() left alone guides as sample does (only where
-    there are labels), at the temperature and filters of SamplingConfig."""
+    there are labels), at the temperature, filters and guidance schedule of SamplingConfig."""
     model = small_prior("pixelcnn", num_classes=3)
     labels = torch.tensor([0, 1, 2, 1])
     defaults = SamplingConfig()
+    told = {name: getattr(defaults, name) for name in ("temperature", "temperature_schedule", "top_k", "top_p",
+                                                        "guidance_scale", "guidance_schedule", "guidance_from")}
     assert torch.equal(generate(model, 4, labels=labels, generator=seeded()),
-                       generate(model, 4, labels=labels, generator=seeded(), temperature=defaults.temperature,
-                                guidance_scale=defaults.guidance_scale, top_k=defaults.top_k, top_p=defaults.top_p))
+                       generate(model, 4, labels=labels, generator=seeded(), **told))
     assert defaults.guidance_scale != 1
+    assert not torch.equal(generate(model, 4, labels=labels, generator=seeded()),
+                           generate(model, 4, labels=labels, generator=seeded(), guidance_scale=1.0))
     assert torch.equal(generate(model, 4, generator=seeded()), generate(model, 4, generator=seeded(),
                                                                          guidance_scale=1.0))
