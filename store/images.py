@@ -1,12 +1,19 @@
 """Image data sets on disk as uint8 tensors (n, c, h, w) with int64 labels.
 
-Data sets: Fashion-MNIST from Debian's package (offline, the default), MNIST and CIFAR-10 through torchvision
-(downloaded), and any folder of images; also one image file read for a given tokenizer (completion).
+Data sets: Fashion-MNIST (the default: Debian's package where it is installed, offline; else downloaded once into the
+data folder, with torchvision's mirror and checksums), MNIST and CIFAR-10 through torchvision (downloaded), and any
+folder of images; also one image file read for a given tokenizer (completion).
 """
 
 import array
 import gzip
+import hashlib
+import http.client
 import os
+import shutil
+import socket
+import tempfile
+import urllib.request
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -24,6 +31,16 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 WIDE_GREY_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 SPLITS = ("train", "test")
+# Fashion-MNIST's files per split (images, labels), as Debian's package and the download both hold them.
+FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                       "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+# A downloaded file passes with torchvision's MD5 sum of the original .gz, or with the SHA-256 of the idx bytes inside
+# Debian's package's files, which are recompressed (other MD5 sums): a mirror of either is accepted.
+FASHION_MNIST_IDX_SHA256 = {
+    "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"}
 # The data sets known by name; any other images are read as folder:PATH.
 DATASETS = ("fashion-mnist", "mnist", "cifar10")
 
@@ -33,19 +50,26 @@ class DataConfig:
     dataset: str = field(default="fashion-mnist", metadata={
         "help": "fashion-mnist (Debian's files, offline), mnist or cifar10 (downloaded to --data-dir), "
                 "or folder:PATH (any folder of images; every tenth file, sorted by path, is the test split)"})
-    data_dir: str = field(default="data", metadata={"help": "where mnist and cifar10 are downloaded to"})
+    data_dir: str = field(default="data", metadata={
+        "help": "where mnist and cifar10 are downloaded to, and fashion-mnist when --fashion-mnist-dir does not hold "
+                "it (into DATA_DIR/fashion-mnist)"})
     image_size: int = field(default=0, metadata={
         "help": "resize every image to this size, square (0: as they are needed: to train, the data set's own size, "
                 "28 for folders; to encode, the size the tokenizer takes)"})
     fashion_mnist_dir: str = field(default=DEBIAN_FASHION_MNIST_DIR, metadata={
-        "help": "the folder of the Fashion-MNIST .gz files (train-images-idx3-ubyte.gz ...)"})
-
+        "help": "the folder of the Fashion-MNIST .gz files (train-images-idx3-ubyte.gz ...); where it does not hold "
+                "them, they are downloaded once into DATA_DIR/fashion-mnist"})
+    fashion_mnist_mirror: str = field(default="", metadata={
+        "help": "the address Fashion-MNIST's files are downloaded from, a folder URL (default: torchvision's "
+                "mirror); the files are checked against torchvision's MD5 sums whatever the address"})
 
     def sources(self):
         """The paths reading this data set reads: its folder, or where its files are kept."""
         if self.dataset.startswith("folder:"):
             return [Path(self.dataset[len("folder:"):])]
-        return [Path(self.fashion_mnist_dir if self.dataset == "fashion-mnist" else self.data_dir)]
+        if self.dataset == "fashion-mnist":
+            return [fashion_mnist_folder(self)]
+        return [Path(self.data_dir)]
 
 
 @dataclass
@@ -84,7 +108,7 @@ def load_images(config, split, lazy=False, channels=None):
     if config.image_size < 0:
         raise ValueError(f"--image-size must be positive (or 0: the data set's own size), not {config.image_size}")
     if name == "fashion-mnist":
-        return resized(_read_fashion_mnist(Path(config.fashion_mnist_dir), split), config.image_size)
+        return resized(_read_fashion_mnist(download_fashion_mnist(config), split), config.image_size)
     if name in DATASETS:  # the others, through torchvision
         return resized(_read_torchvision(name, split, config.data_dir), config.image_size)
     if name.startswith("folder:"):
@@ -115,13 +139,105 @@ def _read_idx(path):
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
+def _holds_fashion_mnist(directory):
+    return all((Path(directory) / name).is_file() for names in FASHION_MNIST_FILES.values() for name in names)
+
+
+def fashion_mnist_folder(config):
+    """The folder Fashion-MNIST is read from: --fashion-mnist-dir when it holds the four files (Debian's package puts
+    them in its default), else DATA_DIR/fashion-mnist, where download_fashion_mnist puts them."""
+    directory = Path(config.fashion_mnist_dir)
+    return directory if _holds_fashion_mnist(directory) else Path(config.data_dir) / "fashion-mnist"
+
+
+def download_fashion_mnist(config, progress=True):
+    """fashion_mnist_folder(config), its files downloaded first when it lacks them (from config's mirror, else
+    torchvision's), each checked (FASHION_MNIST_IDX_SHA256) and renamed into place whole: nothing is written
+    beside them until a file is complete, and a copy killed on its way in (a hidden .part-<host>-<pid>-<name>) is
+    removed by the next download once that process is gone. No network and no files: one ValueError saying both
+    ways to get them."""
+    folder = fashion_mnist_folder(config)
+    if _holds_fashion_mnist(folder):
+        return folder
+    import torchvision  # its mirror list and checksums, the ones torchvision.datasets.FashionMNIST downloads with
+
+    checksums = dict(torchvision.datasets.FashionMNIST.resources)
+    mirrors = [config.fashion_mnist_mirror] if config.fashion_mnist_mirror else \
+        list(torchvision.datasets.FashionMNIST.mirrors)
+    owner = f"{socket.gethostname()}-{os.getpid()}"
+    for left in folder.glob(f".part-{socket.gethostname()}-*") if folder.is_dir() else ():
+        if not _alive(left.name[len(f".part-{socket.gethostname()}-"):].split("-")[0]):
+            left.unlink(missing_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="fashion-mnist-"))  # the system's temporary folder
+    try:
+        for names in FASHION_MNIST_FILES.values():
+            for name in names:
+                if not (folder / name).is_file():
+                    _download_checked(mirrors, name, checksums[name], staging / name, progress)
+                    folder.mkdir(parents=True, exist_ok=True)
+                    part = folder / f".part-{owner}-{name}"
+                    shutil.move(staging / name, part)  # a copy where the temporary folder is another file system
+                    os.replace(part, folder / name)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"Fashion-MNIST is not in {config.fashion_mnist_dir} and could not be downloaded into "
+                         f"{folder} ({' '.join(str(error).split())}): install Debian's package "
+                         "('apt-get install -y dataset-fashion-mnist'), or put its four .gz files in a folder and "
+                         "name it with --fashion-mnist-dir") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _alive(pid):
+    """Whether the process of this id (text) runs on this machine."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True  # another user's process, or a name not ours to judge: kept
+    return True
+
+
+def _download_checked(mirrors, name, md5, path, progress):
+    """One file from the first mirror that gives it whole, with its MD5 sum checked; a ValueError naming each
+    mirror's failure otherwise."""
+    from tqdm.auto import tqdm
+
+    failures = []
+    for mirror in mirrors:
+        url = mirror.rstrip("/") + "/" + name
+        try:
+            digest = hashlib.md5()
+            with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as out, \
+                    tqdm(total=response.length, unit="B", unit_scale=True, desc=f"download {name}", leave=False,
+                         disable=not progress) as bar:
+                while chunk := response.read(1 << 16):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+            if digest.hexdigest() != md5 and _idx_sha256(path) != FASHION_MNIST_IDX_SHA256[name]:
+                raise ValueError(f"{url} gave a file that is not Fashion-MNIST's (checksums differ)")
+            return
+        except (OSError, http.client.HTTPException, ValueError) as error:  # URLError is an OSError
+            failures.append(f"{url}: {error!r}" if isinstance(error, http.client.HTTPException) else f"{url}: {error}")
+    raise ValueError("; ".join(failures))
+
+
+def _idx_sha256(path):
+    """The SHA-256 of a .gz file's decompressed bytes (None when it is no gzip file)."""
+    digest = hashlib.sha256()
+    try:
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except (OSError, EOFError):
+        return None
+    return digest.hexdigest()
+
+
 def _read_fashion_mnist(directory, split):
-    prefix = "train" if split == "train" else "t10k"
-    images_path = directory / f"{prefix}-images-idx3-ubyte.gz"
-    labels_path = directory / f"{prefix}-labels-idx1-ubyte.gz"
-    if not images_path.exists() or not labels_path.exists():
-        raise ValueError(f"Fashion-MNIST not found in {directory}: "
-                         "install it with 'apt-get install -y dataset-fashion-mnist'")
+    images_path, labels_path = (directory / name for name in FASHION_MNIST_FILES[split])
     try:
         images = torch.from_numpy(_read_idx(images_path).copy()).unsqueeze(1)
         labels = torch.from_numpy(_read_idx(labels_path).astype(np.int64))

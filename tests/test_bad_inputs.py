@@ -255,8 +255,9 @@ def _pickled_prior(w, d):
 
 COMMAND_CASES = [
     # fit_tokenizer
-    Case("tokenizer-missing-dataset", TOK, "Fashion-MNIST not found",
-         lambda w, d: (tok_args(d), {"FASHION_MNIST_DIR": str(d / "nowhere")})),
+    Case("tokenizer-missing-dataset", TOK, "Fashion-MNIST is not in",  # nor to be had from a mirror
+         lambda w, d: (tok_args(d, "--fashion-mnist-mirror", "http://127.0.0.1:9/", "--data-dir", str(d / "data")),
+                       {"FASHION_MNIST_DIR": str(d / "nowhere")})),
     Case("tokenizer-unknown-dataset", TOK, "unknown dataset 'imagenet'",
          lambda w, d: tok_args(d, "--dataset", "imagenet")),
     Case("tokenizer-corrupt-image", TOK, "07.png",

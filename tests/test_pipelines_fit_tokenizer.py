@@ -94,6 +94,7 @@ def test_bad_input_is_one_line_and_exit_status_2(case, tmp_path):
     expect = ""
     if case == "missing-dataset":
         env["FASHION_MNIST_DIR"] = str(tmp_path / "nowhere")
+        args += ["--fashion-mnist-mirror", "http://127.0.0.1:9/", "--data-dir", tmp_path / "data"]  # no mirror either
         expect = "apt-get install -y dataset-fashion-mnist"
     elif case == "corrupt-image":
         folder = tmp_path / "images"

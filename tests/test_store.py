@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from conftest import labelled_image_folder, npy_bytes, synthetic_images
-from store.images import IMAGE_SUFFIXES, DataConfig, _image_files, load_images, read_image, read_image_collection
+from store.images import (FASHION_MNIST_FILES, IMAGE_SUFFIXES, DataConfig, _image_files, load_images, read_image,
+                          read_image_collection)
 from store.pictures import NpzImageWriter, save_pngs
 from store.index_maps import IndexMapWriter, MapDataset, read_index_maps, smallest_uint_dtype, write_index_maps
 from store.runs import (atomic_path, config_from_dict, create_run_dir, file_sha256, new_run_dir, newest_run,
@@ -202,8 +203,7 @@ def test_fashion_mnist_is_read_from_the_configured_folder(fashion_dir, tmp_path)
     test_set = load_images(DataConfig(fashion_mnist_dir=str(fashion_dir)), "test")
     assert test_set.images.shape == (64, 1, 28, 28) and test_set.images.dtype == torch.uint8
     assert len(test_set.class_names) == 10 and test_set.labels.dtype == torch.int64
-    with pytest.raises(ValueError, match=f"Fashion-MNIST not found in {tmp_path / 'nowhere'}"):
-        load_images(DataConfig(fashion_mnist_dir=str(tmp_path / "nowhere")), "train")
+    assert DataConfig(fashion_mnist_dir=str(fashion_dir)).sources() == [fashion_dir]
 
 
 def test_one_image_is_read_in_the_tokenizers_channels_and_refused_at_another_size(tmp_path):
@@ -358,3 +358,104 @@ def test_bad_image_collections_are_one_line(tmp_path, case, message):
         path.mkdir()
     with pytest.raises(ValueError, match=message):
         read_image_collection(path, 1, 5)
+
+
+# ------------------------------------------------------------------------------- Fashion-MNIST away from Debian
+
+@pytest.fixture
+def mirror(tmp_path):
+    """A stand-in mirror serving the Fashion-MNIST files of Debian's package (which .ci/run installs): its files pass
+    the checksums a download is held to. (server URL, request counts, cut-off control)."""
+    import fake_mirror
+    from store.images import DEBIAN_FASHION_MNIST_DIR
+
+    servers = []
+
+    def start(cut=()):
+        server, url, requests = fake_mirror.serve(DEBIAN_FASHION_MNIST_DIR, cut)
+        servers.append(server)
+        return url, requests
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+def away_from_debian(tmp_path, url):
+    """A machine without Debian's package: --fashion-mnist-dir holds nothing, downloads go to tmp_path/data."""
+    return DataConfig(fashion_mnist_dir=str(tmp_path / "no-package"), data_dir=str(tmp_path / "data"),
+                      fashion_mnist_mirror=url)
+
+
+def test_fashion_mnist_is_downloaded_once_checked_and_read_like_debians(tmp_path, mirror):
+    url, requests = mirror()
+    config = away_from_debian(tmp_path, url)
+    test_set = load_images(config, "test")
+    debian = load_images(DataConfig(), "test")
+    assert torch.equal(test_set.images, debian.images) and torch.equal(test_set.labels, debian.labels)
+    folder = tmp_path / "data" / "fashion-mnist"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        n for names in FASHION_MNIST_FILES.values() for n in names), "no staging folder left"
+    assert config.sources() == [folder]
+    assert len(load_images(config, "train")) == 60000
+    assert all(count == 1 for count in requests.values()) and len(requests) == 4  # once, then read from disk
+
+
+def test_a_download_cut_off_half_way_leaves_nothing_a_second_run_trips_on(tmp_path, mirror):
+    url, requests = mirror(cut=["t10k-images-idx3-ubyte.gz"])
+    config = away_from_debian(tmp_path, url)
+    with pytest.raises(ValueError) as info:
+        load_images(config, "test")
+    message = str(info.value)
+    assert "\n" not in message and "could not be downloaded" in message and "apt-get install" in message
+    folder = tmp_path / "data" / "fashion-mnist"
+    assert sorted(p.name for p in folder.iterdir()) == ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+    # The server is whole now: the next run takes the files it lacks and reads the right images.
+    assert torch.equal(load_images(config, "test").images, load_images(DataConfig(), "test").images)
+    assert requests["t10k-images-idx3-ubyte.gz"] == 2 and requests["train-images-idx3-ubyte.gz"] == 1
+
+
+def test_a_killed_downloads_part_file_is_removed_once_its_process_is_gone(tmp_path, mirror):
+    import socket
+    import subprocess
+    import sys
+
+    url, _ = mirror()
+    folder = tmp_path / "data" / "fashion-mnist"
+    folder.mkdir(parents=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    living = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        host = socket.gethostname()
+        dead_part = folder / f".part-{host}-{gone.stdout.strip()}-train-images-idx3-ubyte.gz"
+        live_part = folder / f".part-{host}-{living.pid}-train-images-idx3-ubyte.gz"
+        for part in (dead_part, live_part):
+            part.write_bytes(b"half")
+        load_images(away_from_debian(tmp_path, url), "test")
+        assert not dead_part.exists() and live_part.exists()
+    finally:
+        living.kill()
+        living.wait()
+
+
+def test_no_files_and_no_network_is_one_line_naming_both_ways_out(tmp_path, mirror):
+    url, _ = mirror()
+    config = away_from_debian(tmp_path, url + "nowhere/")  # every file answers 404
+    with pytest.raises(ValueError) as info:
+        load_images(config, "train")
+    message = str(info.value)
+    assert "\n" not in message and "404" in message and "dataset-fashion-mnist" in message
+    assert "--fashion-mnist-dir" in message and not (tmp_path / "data" / "fashion-mnist").exists()
+
+
+def test_a_mirror_serving_other_files_is_refused(tmp_path):
+    import fake_mirror
+    from conftest import make_fashion_dir
+
+    server, url, _ = fake_mirror.serve(make_fashion_dir(tmp_path / "synthetic"))
+    try:
+        with pytest.raises(ValueError, match="not Fashion-MNIST's \\(checksums differ\\)"):
+            load_images(away_from_debian(tmp_path, url), "test")
+    finally:
+        server.shutdown()
+    assert not (tmp_path / "data" / "fashion-mnist").exists()
