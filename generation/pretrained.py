@@ -15,7 +15,17 @@ from store.hub import run_folder
 from store.runs import (TOKENIZER_COPY, WEIGHTS_HASHES, newest_run, read_json, staged_folder, tokenizer_run_of,
                         weights_file, weights_hashes, write_json)
 
-SHIPPED_GENERATOR = Path(__file__).resolve().parents[1] / "checkpoints" / "fashion-mnist"
+
+def _shipped_generator():
+    """The shipped generator's folder: checkpoints/fashion-mnist in a clone, the package data generation/shipped/
+    fashion-mnist in an installed wheel (pyproject.toml maps the one onto the other)."""
+    here = Path(__file__).resolve().parent
+    in_clone, in_wheel = here.parent / "checkpoints" / "fashion-mnist", here / "shipped" / "fashion-mnist"
+    return in_wheel if not (in_clone / "config.json").is_file() and (in_wheel / "config.json").is_file() \
+        else in_clone
+
+
+SHIPPED_GENERATOR = _shipped_generator()
 # What a shared run keeps besides its weights in use (the maps' meta.json carries the codes' usage histograms).
 KEPT_FILES = ("config.json", "results.json", "metrics.jsonl", "maps/meta.json")
 

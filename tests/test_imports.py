@@ -86,11 +86,11 @@ def test_the_readme_library_examples_import_no_command():
 
 
 def test_every_package_is_installed_by_pyproject():
-    import fnmatch
     import tomllib
 
-    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
-    assert [name for name in packages() if not any(fnmatch.fnmatch(name, pattern) for pattern in include)] == []
+    installed = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert [name for name in packages() if name not in installed] == []
+    assert "bench" not in installed and "tests" not in installed
 
 
 def main():
