@@ -8,17 +8,23 @@ trained on (SHA-256).
 
 import math
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
+from einops import rearrange
+from PIL import Image
 from tqdm.auto import tqdm
 
 import prior
 from generation.budget import check_memory
+from generation.pretrained import export_generator
 from prior import PriorRun
 from prior.generate import batch_progress
 from prior.sampling import SETTINGS, ClassLabels, check_count, resolve_labels, settings_for
 from store.hub import run_folder
-from store.runs import MODEL_WEIGHTS, TOKENIZER_COPY, weights_file
+from store.pictures import as_uint8
+from store.runs import MODEL_WEIGHTS, TOKENIZER_COPY, check_output_folder, weights_file
 from tokenizer import Tokenizer
 from training import MAX_SEED, batches_in_order, check_seed
 
@@ -65,16 +71,41 @@ class ProgressBar:
             self.bar.close()
 
 
+class GeneratorOutput(NamedTuple):
+    """What ImageGenerator.sample returns: the images (as output_type asked) and the token grids (a pair of grids,
+    top and bottom, for a two-level run); it unpacks as (images, tokens)."""
+    images: torch.Tensor | np.ndarray | list
+    tokens: torch.Tensor | tuple
+
+
+OUTPUT_TYPES = ("pt", "np", "pil")
+
+
+def as_output_type(images, output_type):
+    """Images (n, c, H, W) float in [0, 1] as output_type asks, in the diffusers convention: "pt" as they are, "np"
+    float32 (n, H, W, c) in [0, 1], "pil" a list of PIL images (grey "L" or "RGB", pixels as the PNGs hold them)."""
+    if output_type == "pt":
+        return images
+    if output_type == "np":
+        return rearrange(images, "n c h w -> n h w c").numpy()
+    if output_type == "pil":
+        pixels = rearrange(as_uint8(images), "n c h w -> n h w c").numpy()
+        return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]
+    raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+
+
 class ImageGenerator:
     """A trained prior and its tokenizer: sample(n) -> (images (n, c, H, W) in [0, 1], tokens (n, h, w[, depth]));
-    for a two-level (VQ-VAE-2) run, tokens is the pair (top, bottom)."""
+    for a two-level (VQ-VAE-2) run, tokens is the pair (top, bottom). from_pretrained / save_pretrained / to(device)
+    as in diffusers' pipelines."""
 
     def __init__(self, model, tokenizer, run, run_dir, weights):
         self.model, self.tokenizer, self.run = model, tokenizer, run
         self.run_dir, self.weights = Path(run_dir), weights  # weights: the prior's weights file in use
 
     @classmethod
-    def load(cls, prior_dir, device="cpu", weights=None):
+    def load(cls, prior_dir: str | Path, device: str | torch.device = "cpu",
+             weights: str | None = None) -> "ImageGenerator":
         """The prior (its averaged weights if kept, or the weights file named) and the tokenizer it was trained
         for; a missing or changed tokenizer is a one-line error."""
         run = PriorRun.load(prior_dir)
@@ -82,14 +113,28 @@ class ImageGenerator:
         return cls(model, load_tokenizer_of(prior_dir, run, device), run, prior_dir, weights_file(prior_dir, weights))
 
     @classmethod
-    def from_pretrained(cls, name, device="cpu", weights=None):
+    def from_pretrained(cls, name: str | Path, device: str | torch.device = "cpu",
+                        weights: str | None = None) -> "ImageGenerator":
         """load() of a prior run named by a folder or a Hugging Face Hub repository id ("owner/name[@revision]"),
         fetched into the Hugging Face cache (read from it offline); its weights are checked against the SHA-256 its
         results.json recorded."""
         return cls.load(run_folder(name), device, weights)
 
+    def save_pretrained(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """A folder from_pretrained loads (and the Hub takes as it is): the prior's configs, the weights in use,
+        results, metrics, its tokenizer, and its model card (README.md: the run's own, else one written from its
+        files). Written whole or not at all; an existing folder is refused unless overwrite."""
+        check_output_folder(folder, overwrite, inputs=[self.run_dir, self.tokenizer.run_dir])
+        return export_generator(self.run_dir, folder, overwrite, weights=self.weights, card=True)
+
+    def to(self, device: str | torch.device) -> "ImageGenerator":
+        """The prior and the tokenizer moved to device (in place); returns the generator."""
+        self.model.to(device)
+        self.tokenizer.model.to(device)
+        return self
+
     @property
-    def device(self):
+    def device(self) -> torch.device:
         return self.tokenizer.device
 
     def bytes_per_sample(self):
@@ -111,21 +156,24 @@ class ImageGenerator:
         decoder_bytes = 2 * 4 * (tokenizer.image_size // 2) ** 2 * max(tokenizer.widths)
         return batch_size * (prior_bytes + decoder_bytes + self.bytes_per_sample())
 
-    def request(self, n, label=None, **settings):
+    def request(self, n: int, label=None, **settings) -> tuple:
         """(labels (ClassLabels of n) or None, generate()'s settings) for a user's request: label None is the
-        training split's class mix for a conditional prior, "none" its no-label draw; settings are SamplingConfig's
-        fields (prior.sampling.SETTINGS: temperature, guidance_scale and their schedules, ...), those left out or
-        None taking its defaults; an unknown one is a ValueError."""
+        training split's class mix for a conditional prior, "none" its no-label draw, a class id or name that class
+        for all n, and a list or tensor of n ids or names one class per sample; settings are SamplingConfig's fields
+        (prior.sampling.SETTINGS: temperature, guidance_scale and their schedules, ...), those left out or None
+        taking its defaults; an unknown one is a ValueError."""
         labels = resolve_labels(label, n, self.run.class_names, self.run.class_counts)
         return labels, settings_for(labels, **settings)
 
-    def sample_tokens(self, n, label=None, *, seed=0, batch_size=64, progress=None, **kwargs):
+    def sample_tokens(self, n: int, label=None, *, seed: int | None = None, generator: torch.Generator | None = None,
+                      batch_size: int = 64, progress=None, **kwargs) -> tuple:
         """(tokens (n, h, w[, depth]), the labels asked for (ClassLabels) or None, the settings used), drawn as
-        `python -m pipelines.sample` draws them. kwargs: the sampling settings of request(), and what goes to
-        prior.generate: sampler, prefix, keep_rows."""
+        `python -m pipelines.sample` draws them. seed (default 0) or generator (a torch.Generator the draw's seed is
+        taken from, so that its state decides the samples). kwargs: the sampling settings of request(), and what
+        goes to prior.generate: sampler, prefix, keep_rows."""
         labels, settings = self.request(n, label, **{name: kwargs.pop(name) for name in SETTINGS if name in kwargs})
-        return self.draw(n, labels, settings, seed=seed, batch_size=batch_size, progress=progress, **kwargs), \
-            labels, settings
+        return self.draw(n, labels, settings, seed=seed_of(seed, generator), batch_size=batch_size, progress=progress,
+                         **kwargs), labels, settings
 
     def draw(self, n, labels, settings, **kwargs):
         """The tokens of a request() already resolved, all n at once: draw_batches' tokens joined (refused in one
@@ -187,7 +235,24 @@ class ImageGenerator:
         count = len(tokens[0]) if isinstance(tokens, tuple) else len(tokens)
         return torch.cat([images for _, images in batches_in_order(accelerator, count, batch_size, work)])
 
-    def sample(self, n, label=None, *, seed=0, batch_size=64, **kwargs):
-        """(images (n, c, H, W) in [0, 1] on the CPU, tokens (n, h, w[, depth])): sample_tokens, then decode."""
-        tokens, _, _ = self.sample_tokens(n, label, seed=seed, batch_size=batch_size, **kwargs)
-        return self.decode(tokens, batch_size), tokens
+    def sample(self, n: int, label=None, *, seed: int | None = None, generator: torch.Generator | None = None,
+               batch_size: int = 64, output_type: str = "pt", **kwargs) -> GeneratorOutput:
+        """GeneratorOutput(images, tokens): sample_tokens, then decode. images: (n, c, H, W) float in [0, 1] on the
+        CPU ("pt"), float32 (n, H, W, c) ("np") or a list of PIL images ("pil"); label: see request(); seed or
+        generator: see sample_tokens; kwargs: the sampling settings (guidance_scale=(1, 3), ...) and sampler,
+        prefix, keep_rows."""
+        if output_type not in OUTPUT_TYPES:  # before minutes of sampling
+            raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        tokens, _, _ = self.sample_tokens(n, label, seed=seed, generator=generator, batch_size=batch_size, **kwargs)
+        return GeneratorOutput(as_output_type(self.decode(tokens, batch_size), output_type), tokens)
+
+
+def seed_of(seed, generator):
+    """The seed a draw takes: seed, or one drawn from generator (a torch.Generator), or 0; not both."""
+    if seed is not None and generator is not None:
+        raise ValueError("give seed or generator, not both")
+    if generator is None:
+        return 0 if seed is None else seed
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=generator.device, dtype=torch.int64))

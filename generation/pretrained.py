@@ -10,6 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from generation.card import model_card
 from prior import PriorRun
 from store.hub import run_folder
 from store.runs import (TOKENIZER_COPY, WEIGHTS_HASHES, newest_run, read_json, staged_folder, tokenizer_run_of,
@@ -28,6 +29,7 @@ def _shipped_generator():
 SHIPPED_GENERATOR = _shipped_generator()
 # What a shared run keeps besides its weights in use (the maps' meta.json carries the codes' usage histograms).
 KEPT_FILES = ("config.json", "results.json", "metrics.jsonl", "maps/meta.json")
+CARD, CARD_PICTURE = "README.md", "samples.png"  # a run's model card, and the samples it shows
 
 
 def _newest_or_shipped(output_root, stage, shipped, what):
@@ -60,10 +62,10 @@ def choose_tokenizer(name, output_root, shipped=None):
     return tokenizer_run_of(run_folder(name))
 
 
-def _export_run(source, target):
-    """Copy into target the files of run folder source that KEPT_FILES names and its weights file in use, with
-    results.json recording that file's SHA-256."""
-    weights = weights_file(source)
+def _export_run(source, target, weights=None):
+    """Copy into target the files of run folder source that KEPT_FILES names and its weights file in use (or the one
+    named), with results.json recording that file's SHA-256."""
+    weights = weights_file(source, weights)
     for name in (*KEPT_FILES, weights):
         if (source / name).is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
@@ -72,10 +74,11 @@ def _export_run(source, target):
     write_json(target / "results.json", {**results, WEIGHTS_HASHES: weights_hashes(target)})
 
 
-def export_generator(prior_dir, out, overwrite=False):
+def export_generator(prior_dir, out, overwrite=False, weights=None, card=False):
     """A prior run as a generator to ship or upload: out/ gets the prior's files (KEPT_FILES and the weights it
-    samples with) and out/tokenizer/ its tokenizer's, and nothing else (no training state, no maps). Written whole
-    or not at all; returns out."""
+    samples with, or the weights file named) and out/tokenizer/ its tokenizer's, and nothing else (no training
+    state, no maps). card: also its model card, README.md, the run's own with its samples picture when it has one,
+    else one written from the run's files (generation.card). Written whole or not at all; returns out."""
     prior_dir = Path(prior_dir)
     PriorRun.load(prior_dir)  # a one-line error for a folder that is not a prior run
     carried = prior_dir / TOKENIZER_COPY
@@ -83,6 +86,12 @@ def export_generator(prior_dir, out, overwrite=False):
         raise ValueError(f"{prior_dir} carries no copy of its tokenizer ({carried}): only a prior run trained by "
                          "this version of fit_prior can be exported")
     with staged_folder(out, overwrite) as folder:
-        _export_run(prior_dir, folder)
+        _export_run(prior_dir, folder, weights)
         _export_run(carried, folder / TOKENIZER_COPY)
+        if card and (prior_dir / CARD).is_file():
+            for name in (CARD, CARD_PICTURE):
+                if (prior_dir / name).is_file():
+                    shutil.copyfile(prior_dir / name, folder / name)
+        elif card:
+            (folder / CARD).write_text(model_card(folder, name=str(out)))
     return Path(out)

@@ -12,7 +12,7 @@ report.json of each evaluation named (one column per evaluation: name one per sa
 import json
 from pathlib import Path
 
-from evaluation.card import model_card
+from generation.card import model_card
 from pipelines import cli
 from store.hub import run_folder
 from generation.pretrained import export_generator

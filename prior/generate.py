@@ -293,9 +293,12 @@ def _guidance(config, guidance_scale, guidance_schedule, guidance_from):
 
 
 @torch.no_grad()
-def generate(model, n, *, labels=None, temperature=None, temperature_schedule=None, top_k=None, top_p=None,
-             guidance_scale=None, guidance_schedule=None, guidance_from=None, prefix=None, keep_rows=0,
-             sampler="cached", generator=None, batch_size=None, progress=None, condition=None):
+def generate(model, n: int, *, labels=None, temperature: float | tuple[float, float] | None = None,
+             temperature_schedule: str | None = None, top_k: int | None = None, top_p: float | None = None,
+             guidance_scale: float | tuple[float, float] | None = None, guidance_schedule: str | None = None,
+             guidance_from: int | None = None, prefix=None, keep_rows: int = 0, sampler: str = "cached",
+             generator: torch.Generator | None = None, batch_size: int | None = None, progress=None,
+             condition: torch.Tensor | None = None) -> torch.Tensor | tuple:
     """Sample n token grids (n, grid_height, grid_width[, depth]) from a Prior, on the model's device: the one
     generation entry point (every sampler, setting and batch size goes through here, and is checked once).
 

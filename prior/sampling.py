@@ -139,6 +139,24 @@ class ClassLabels:
         return self.shares.tolist()
 
 
+class SampleLabels(ClassLabels):
+    """One class id per sample, given (a list of n ids or names, or a tensor): read in slices as ClassLabels are."""
+
+    def __init__(self, ids, num_classes):
+        self.ids, self.num_classes = ids, num_classes
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        if not isinstance(index, slice):
+            raise TypeError("class labels are read in slices: labels[start:stop]")
+        return self.ids[index]
+
+    def counts(self):
+        return torch.bincount(self.ids, minlength=self.num_classes).tolist()
+
+
 def class_shares(n, class_counts):
     """How many of n samples each class gets, in the proportions of class_counts (largest remainders round up)."""
     counts = torch.as_tensor(class_counts, dtype=torch.float64)
@@ -163,28 +181,43 @@ def resolve_labels(label, n, class_names, class_counts=None):
 
     label None: a conditional prior draws classes in the training mix (class_counts; equal shares for runs that
     did not record them), an unconditional one samples plainly; NO_LABEL: "no label"; an int or a class name: that
-    class for all n.
+    class for all n; a list, tuple or 1-d tensor of n ids or names: one class per sample (SampleLabels).
     """
     check_count(n)
     names = class_names or []
+    if isinstance(label, (list, tuple)) or (torch.is_tensor(label) and label.dim() == 1):
+        if not names:
+            raise ValueError("labels need a class-conditional prior (trained with class conditioning)")
+        if len(label) != n:
+            raise ValueError(f"labels must be one per sample: {n} ids or names, got {len(label)}")
+        return SampleLabels(torch.tensor([_class_id(item, names) for item in label], dtype=torch.long), len(names))
     if label is None:
         if not names:
             return None
         return class_mix(n, class_counts or [1] * len(names))
-    if label == NO_LABEL:
+    if isinstance(label, str) and label == NO_LABEL:
         return None
     if not names:
         raise ValueError("a label needs a class-conditional prior (trained with class conditioning)")
-    if label in names:
-        index = names.index(label)
-    else:
-        try:
-            index = int(label)
-        except ValueError:
-            raise ValueError(f"unknown label {label!r}: the prior knows {', '.join(names)} (or {NO_LABEL!r})") from None
-        if not 0 <= index < len(names):
-            raise ValueError(f"label {index} outside 0..{len(names) - 1} (the prior's classes)")
+    index = _class_id(label, names)
     return ClassLabels([n if c == index else 0 for c in range(len(names))])
+
+
+def _class_id(label, names):
+    """The class id of a label given by name or by id (an int, an integer tensor, or its text); one ValueError."""
+    if isinstance(label, str) and label in names:
+        return names.index(label)
+    if torch.is_tensor(label) and label.dim() == 0 and not label.dtype.is_floating_point and label.dtype != torch.bool:
+        label = int(label)
+    if isinstance(label, bool) or torch.is_tensor(label) or (isinstance(label, float) and not label.is_integer()):
+        raise ValueError(f"a label is a class id or name, got {label!r}")
+    try:
+        index = int(label)
+    except (TypeError, ValueError):
+        raise ValueError(f"unknown label {label!r}: the prior knows {', '.join(names)} (or {NO_LABEL!r})") from None
+    if not 0 <= index < len(names):
+        raise ValueError(f"label {index} outside 0..{len(names) - 1} (the prior's classes)")
+    return index
 
 
 def settings_for(labels, defaults=None, **chosen):

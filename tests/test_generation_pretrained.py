@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import run_in_process, synthetic_images
-from evaluation.card import model_card
+from generation.card import model_card
 from generation import ImageGenerator
 from generation.pretrained import SHIPPED_GENERATOR, choose_prior, choose_tokenizer, export_generator
 from pipelines import card, encode, sample

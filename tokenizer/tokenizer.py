@@ -31,7 +31,7 @@ class Tokenizer:
         self.run = run  # the TokenizerRun it was loaded from (data set, training), or None
 
     @classmethod
-    def load(cls, run_dir, device="cpu", weights=None):
+    def load(cls, run_dir: str | Path, device: str | torch.device = "cpu", weights: str | None = None) -> "Tokenizer":
         """The tokenizer of a run directory, with its averaged weights when it kept them (or the weights file
         named); weights_sha256 is that file's."""
         run_dir = Path(run_dir)
@@ -41,13 +41,14 @@ class Tokenizer:
         return cls(model.to(device), file_sha256(run_dir / weights), run_dir, run)
 
     @classmethod
-    def from_pretrained(cls, name, device="cpu", weights=None):
+    def from_pretrained(cls, name: str | Path, device: str | torch.device = "cpu",
+                        weights: str | None = None) -> "Tokenizer":
         """The tokenizer of a run named by a folder or a Hugging Face Hub repository id ("owner/name"): a tokenizer
         run, or a prior run (a generator), whose carried tokenizer is taken."""
         return cls.load(tokenizer_run_of(run_folder(name)), device, weights)
 
     @property
-    def device(self):
+    def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     @property
@@ -83,7 +84,7 @@ class Tokenizer:
         top = self.config.top_grid_size
         return {"top": (top, top) + self.token_shape[2:], "bottom": self.token_shape}
 
-    def encode(self, images):
+    def encode(self, images: torch.Tensor) -> torch.Tensor | tuple:
         """images: float (b, c, H, W) in [0, 1], or uint8 in [0, 255] -> LongTensor (b, *token_shape)."""
         if not torch.is_tensor(images):
             raise ValueError(f"images must be a torch tensor, not {type(images).__name__}")
@@ -98,7 +99,7 @@ class Tokenizer:
         with torch.no_grad():
             return self.model.encode(images.to(self.device, torch.float32))
 
-    def decode(self, tokens):
+    def decode(self, tokens: torch.Tensor | tuple) -> torch.Tensor:
         """tokens: integer (b, *token_shape) in [0, codebook_size), or with two levels the pair (top, bottom)
         -> float images (b, c, H, W) in [0, 1]."""
         if self.hierarchy == 1:
@@ -125,7 +126,7 @@ class Tokenizer:
                              f"found {int(tokens.min())}..{int(tokens.max())}")
         return tokens.to(self.device, torch.long)
 
-    def reconstruct(self, images):
+    def reconstruct(self, images: torch.Tensor) -> tuple:
         """(tokens, reconstructions float (b, c, H, W) in [0, 1], their summed squared error against the images in
         [0, 1] units) of float or uint8 images: reconstruction error is computed here and nowhere else."""
         if torch.is_tensor(images) and images.dtype == torch.uint8:
