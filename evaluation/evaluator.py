@@ -30,7 +30,8 @@ from evaluation.report import plot_curves, plot_mosaic, plot_usage, write_html
 from generation import ImageGenerator, ProgressBar, check_memory
 from prior.sampling import SETTINGS, ClassLabels, check_count
 from store.images import DataConfig, load_images, read_image_collection
-from store.runs import (check_output_folder, file_sha256, newest_run, read_json, read_metrics, staged_folder,
+from store.runs import (check_output_folder, file_sha256, newest_run, path_from, read_json, read_metrics, recorded_path,
+                        staged_folder,
                         weights_file, write_json)
 from tokenizer import Tokenizer, psnr
 from training import batches_in_order, check_seed
@@ -86,7 +87,7 @@ def _reconstruct(tokenizer, images, batch_size, progress, accelerator=None):
 
 def _check_same_tokenizer(prior_dir, generator, tokenizer_dir):
     """A tokenizer run named beside a prior must be the one the prior was trained for: that path, or its weights."""
-    trained_for = Path(generator.run.tokenizer.run)
+    trained_for = recorded_path(prior_dir, generator.run.tokenizer.run)
     weights = Path(tokenizer_dir) / weights_file(tokenizer_dir)
     if Path(tokenizer_dir).resolve() != trained_for.resolve() and not (
             weights.exists() and file_sha256(weights) == generator.run.tokenizer.weights_sha256):
@@ -233,20 +234,22 @@ def evaluate(prior_dir=None, tokenizer_dir=None, config=None, *, images=None, da
         seconds["inception"] = time.perf_counter() - started
     seconds["total"] = time.perf_counter() - started_all
 
+    # The paths read, relative to the report's folder (absolute for a report that is only returned).
+    where = lambda path: None if path is None else path_from(out, path) if out is not None else str(Path(path).resolve())
     report = {
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         # The tokenizer run the prior was trained for (its weights may be read from the copy the prior carries).
         "runs": {"tokenizer": None if runs.tokenizer is None
-                 else str(runs.tokenizer.run_dir.resolve()) if runs.generator is None
-                 else runs.generator.run.tokenizer.run,
-                 "tokenizer_loaded_from": None if runs.tokenizer is None else str(runs.tokenizer.run_dir.resolve()),
+                 else where(runs.tokenizer.run_dir) if runs.generator is None
+                 else where(recorded_path(prior_dir, runs.generator.run.tokenizer.run)),
+                 "tokenizer_loaded_from": None if runs.tokenizer is None else where(runs.tokenizer.run_dir),
                  "tokenizer_weights_sha256": None if runs.tokenizer is None else runs.tokenizer.weights_sha256,
-                 "prior": None if prior_dir is None else str(Path(prior_dir).resolve()),
+                 "prior": where(prior_dir),
                  "prior_weights": None if runs.generator is None else runs.generator.weights,
-                 "images": None if images is None else str(Path(images).resolve())},
+                 "images": where(images)},
         "dataset": dataclasses.asdict(data_config),
         "classifier": reference.describe(),
-        "inception": None if inception_path is None else {"weights": str(Path(inception_path).resolve()),
+        "inception": None if inception_path is None else {"weights": where(inception_path),
                                                           "weights_sha256": file_sha256(inception_path)},
         "settings": {"n_samples": config.n_samples if runs.generator is not None else 0,
                      "batch_size": config.batch_size, "seed": config.seed, **(runs.settings or {}),

@@ -24,7 +24,7 @@ from prior.generate import batch_progress
 from prior.sampling import SETTINGS, ClassLabels, check_count, resolve_labels, settings_for
 from store.hub import run_folder
 from store.pictures import as_uint8
-from store.runs import MODEL_WEIGHTS, TOKENIZER_COPY, check_output_folder, weights_file
+from store.runs import MODEL_WEIGHTS, TOKENIZER_COPY, check_output_folder, recorded_path, weights_file
 from tokenizer import Tokenizer
 from training import MAX_SEED, batches_in_order, check_seed
 
@@ -39,7 +39,7 @@ def load_tokenizer_of(prior_dir, run, device="cpu"):
     if run.tokenizer is None:
         raise ValueError(f"{prior_dir / 'config.json'} does not name the tokenizer it was trained for")
     carried = prior_dir / TOKENIZER_COPY
-    tokenizer_dir = carried if (carried / MODEL_WEIGHTS).exists() else Path(run.tokenizer.run)
+    tokenizer_dir = carried if (carried / MODEL_WEIGHTS).exists() else recorded_path(prior_dir, run.tokenizer.run)
     if not (tokenizer_dir / MODEL_WEIGHTS).exists():
         raise ValueError(f"the tokenizer this prior was trained for, {tokenizer_dir}, is missing")
     tokenizer = Tokenizer.load(tokenizer_dir, device=device)

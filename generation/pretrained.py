@@ -74,6 +74,18 @@ def _export_run(source, target, weights=None):
     write_json(target / "results.json", {**results, WEIGHTS_HASHES: weights_hashes(target)})
 
 
+def _name_carried_tokenizer(folder):
+    """An exported generator names its tokenizer by the copy it carries (config.json's tokenizer.run, relative to
+    the folder; the maps' meta.json by name), so nothing in it names a folder of the machine it was made on; the
+    weights' SHA-256 beside each name says which tokenizer it is."""
+    config = read_json(folder / "config.json")
+    config["tokenizer"]["run"] = TOKENIZER_COPY
+    write_json(folder / "config.json", config)
+    meta_path = folder / TOKENIZER_COPY / "maps" / "meta.json"
+    if meta_path.is_file():
+        write_json(meta_path, {**read_json(meta_path), "tokenizer_run": TOKENIZER_COPY})
+
+
 def export_generator(prior_dir, out, overwrite=False, weights=None, card=False):
     """A prior run as a generator to ship or upload: out/ gets the prior's files (KEPT_FILES and the weights it
     samples with, or the weights file named) and out/tokenizer/ its tokenizer's, and nothing else (no training
@@ -88,6 +100,7 @@ def export_generator(prior_dir, out, overwrite=False, weights=None, card=False):
     with staged_folder(out, overwrite) as folder:
         _export_run(prior_dir, folder, weights)
         _export_run(carried, folder / TOKENIZER_COPY)
+        _name_carried_tokenizer(folder)
         if card and (prior_dir / CARD).is_file():
             for name in (CARD, CARD_PICTURE):
                 if (prior_dir / name).is_file():

@@ -21,7 +21,7 @@ from generation.pretrained import choose_tokenizer
 from pipelines import cli
 from store.index_maps import read_token_levels
 from store.pictures import save_mosaic, save_pngs
-from store.runs import check_output_folder, staged_folder, write_json
+from store.runs import check_output_folder, path_from, staged_folder, write_json
 from tokenizer import Tokenizer
 from training import TrainConfig, batches_in_order, make_accelerator
 
@@ -76,7 +76,7 @@ def main(argv=None):
                 shown.append(images[:args.mosaic - sum(len(s) for s in shown)])
         if main_process:
             save_mosaic(folder / "grid.png", torch.cat(shown))
-            write_json(folder / "decode.json", {"tokenizer_run": str(tokenizer.run_dir.resolve()),
+            write_json(folder / "decode.json", {"tokenizer_run": path_from(out, tokenizer.run_dir),
                                                 "tokenizer_weights_sha256": tokenizer.weights_sha256,
                                                 "tokens": source, "count": count, "batch_size": args.batch_size})
     if main_process:

@@ -9,6 +9,7 @@ keep its first token rows and sample the rest. Gradio comes from the optional ex
 """
 
 import importlib.util
+from pathlib import Path
 
 import torch
 
@@ -111,7 +112,7 @@ def build_demo(generator, max_count=64):
 
     choices = label_choices(generator)
     with gr.Blocks(title="vqprior demo", analytics_enabled=False) as page:
-        gr.Markdown(f"## vqprior: `{generator.run_dir}`\nA VQ-VAE tokenizer and a PixelCNN prior over its tokens.")
+        gr.Markdown(f"## vqprior: `{Path(generator.run_dir).name}`\nA VQ-VAE tokenizer and a PixelCNN prior over its tokens.")
         with gr.Row():
             choice = gr.Dropdown(choices, value=choices[0], label="class", elem_id="class")
             seed = gr.Number(value=0, precision=0, minimum=0, label="seed", elem_id="seed")

@@ -20,7 +20,7 @@ from generation.pretrained import choose_tokenizer
 from pipelines import cli
 from store.images import DATASETS, SPLITS, DataConfig, load_images
 from store.index_maps import IndexMapWriter, record_index_maps, sources_text, write_sources
-from store.runs import check_output_folder, staged_folder
+from store.runs import check_output_folder, path_from, staged_folder
 from store.sequences import SequenceLayout, SequenceWriter
 from tokenizer import Tokenizer
 from tokenizer.encoding import encode_split, level_usage_stats
@@ -100,7 +100,7 @@ def main(argv=None):
                     entries[name].update(write_sources(folder, name, sources[name]))
         if main_process:
             metadata = tokenizer.map_metadata(dataset, splits[names[0]].class_names)
-            metadata.update(source={"images": str(Path(images_path).resolve()) if folder_source else args.images,
+            metadata.update(source={"images": path_from(out, images_path) if folder_source else args.images,
                                     "data": dataclasses.asdict(data_config), "batch_size": args.batch_size},
                             sequences=None if layout is None else layout.describe())
             record_index_maps(folder, entries, metadata)

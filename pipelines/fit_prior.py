@@ -6,6 +6,7 @@
     python -m pipelines.fit_prior --resume checkpoints/prior/RUN
 """
 
+import dataclasses
 import functools
 import time
 from pathlib import Path
@@ -18,7 +19,8 @@ from prior.fit import (CONDITIONS, DEFAULT_LABEL_DROPOUT, bits_per_token, new_pr
                        test_results)
 from prior.run import tokenizer_copy
 from store.index_maps import MapDataset
-from store.runs import WEIGHTS_HASHES, check_resumable, newest_run, save_run_weights, weights_hashes, write_json
+from store.runs import (WEIGHTS_HASHES, check_resumable, newest_run, path_from, recorded_path, save_run_weights,
+                        weights_hashes, write_json)
 from training import TrainConfig, check_one_batch, make_accelerator, mean_items_per_s, open_run_dir, train
 
 DERIVED_FROM_MAPS = ("codebook_size", "grid_height", "grid_width", "num_classes", "depth", "condition_codebook_size",
@@ -55,7 +57,7 @@ def main(argv=None):
     if args.resume:
         check_resumable(args.resume)
         run = PriorRun.load(args.resume)
-        tokenizer_dir = Path(run.tokenizer.run)
+        tokenizer_dir = recorded_path(args.resume, run.tokenizer.run)
     else:
         tokenizer_dir = Path(args.tokenizer) if args.tokenizer else newest_run(args.output_root, "tokenizer",
                                                                                must_have="maps/meta.json")
@@ -73,7 +75,10 @@ def main(argv=None):
         run = new_prior_run(tokenizer_dir, train_maps, cli.config_from_args(PriorConfig, args), train_config,
                             args.condition, args.label_dropout, args.eval_batch_size)
         check_one_batch(len(train_maps.maps), train_config)
-    run_dir = open_run_dir(accelerator, "prior", run.to_dict(), resume_dir=args.resume and Path(args.resume),
+    # config.json names the tokenizer run relative to the new run's folder: no folder of this machine in it.
+    config = lambda folder: dataclasses.replace(run, tokenizer=dataclasses.replace(
+        run.tokenizer, run=path_from(folder, tokenizer_dir))).to_dict()
+    run_dir = open_run_dir(accelerator, "prior", config, resume_dir=args.resume and Path(args.resume),
                            output_root=args.output_root, run_name=args.run_name, copies=tokenizer_copy(tokenizer_dir))
 
     torch.manual_seed(train_config.seed)

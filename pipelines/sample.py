@@ -25,7 +25,7 @@ from pipelines import cli
 from store.images import read_image
 from store.index_maps import IndexMapWriter, record_index_maps, smallest_uint_dtype
 from store.pictures import NpzImageWriter, save_mosaic, save_pngs
-from store.runs import check_disk_space, check_output_folder, staged_folder, write_json
+from store.runs import check_disk_space, check_output_folder, path_from, staged_folder, write_json
 from training import TrainConfig, make_accelerator
 
 NO_LABEL_ID = -1  # the label written beside a grid drawn with no class asked for
@@ -137,7 +137,7 @@ def main(argv=None):
         record_index_maps(folder / "tokens", {"samples": writer.entry()},
                           tokenizer.map_metadata("samples", run.class_names))
         write_json(folder / "sample.json", {
-            "prior_run": str(prior_dir.resolve()), "tokenizer_run": str(tokenizer.run_dir.resolve()),
+            "prior_run": path_from(out, prior_dir), "tokenizer_run": path_from(out, tokenizer.run_dir),
             "n": n, "batch_size": batch_size, "seed": args.seed, "device": str(device),
             "mixed_precision": precision.mixed_precision, "label": args.label,
             "label_name": None if labels is None or args.label is None else run.class_names[int(labels[0:1][0])],

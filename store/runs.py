@@ -143,6 +143,21 @@ def weights_file(run_dir, weights=None):
     return AVERAGED_WEIGHTS if (Path(run_dir) / AVERAGED_WEIGHTS).exists() else MODEL_WEIGHTS
 
 
+def path_from(folder, path):
+    """How a file in folder records a path it read: relative to folder, so that what ships names no folder of the
+    machine it was made on and a run moved together with its inputs still finds them (absolute only where no
+    relative path exists, as across Windows drives)."""
+    try:
+        return os.path.relpath(Path(path).resolve(), Path(folder).resolve())
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+def recorded_path(folder, recorded):
+    """The path that a file in folder recorded with path_from (an absolute one, from older runs, as it is)."""
+    return Path(folder) / recorded
+
+
 def tokenizer_run_of(folder):
     """A tokenizer run's folder as it is, or the copy of its tokenizer that a prior run's folder carries."""
     carried = Path(folder) / TOKENIZER_COPY

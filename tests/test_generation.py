@@ -3,6 +3,7 @@ anywhere, with its tokenizer run moved away, it still samples and evaluates, and
 weights changed."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -26,7 +27,8 @@ def test_a_copied_prior_run_samples_without_its_tokenizer_run_and_refuses_change
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "grid.png").is_file()
     settings = json.loads((tmp_path / "out" / "sample.json").read_text())
-    assert settings["tokenizer_run"] == str((copy / "tokenizer").resolve())
+    assert settings["tokenizer_run"] == os.path.join("..", "elsewhere", "COPY", "tokenizer")
+    assert settings["prior_run"] == os.path.join("..", "elsewhere", "COPY")
     # The command draws what the library draws, and the copy draws what the original drew.
     tokens = np.load(tmp_path / "out" / "tokens" / "samples_maps.npy")
     images, library_tokens = ImageGenerator.load(copy).sample(5, seed=3)
@@ -36,7 +38,7 @@ def test_a_copied_prior_run_samples_without_its_tokenizer_run_and_refuses_change
                               classifier_train=ClassifierTrainConfig(classifier_epochs=1, classifier_batch_size=32))
     report = evaluate(copy, config=config, output_root=tmp_path / "eval-root", progress=False)
     assert report["figures"]["fd_samples_vs_test"] is not None and report["figures"]["codes_used_test"] is not None
-    assert report["runs"]["tokenizer_loaded_from"] == str((copy / "tokenizer").resolve())
+    assert report["runs"]["tokenizer_loaded_from"] == str((copy / "tokenizer").resolve())  # returned, not written
 
     weights = copy / "tokenizer" / "model.safetensors"
     state = __import__("safetensors.torch", fromlist=["load_file"]).load_file(weights)
@@ -51,7 +53,7 @@ def test_a_copied_prior_run_samples_without_its_tokenizer_run_and_refuses_change
 def test_an_older_prior_run_finds_its_tokenizer_at_the_recorded_path(prior_run, tokenizer_run, tmp_path):
     shutil.rmtree(prior_run / "tokenizer")  # as runs were made before they carried a copy
     generator = ImageGenerator.load(prior_run)
-    assert generator.tokenizer.run_dir == tokenizer_run.resolve() or generator.tokenizer.run_dir == tokenizer_run
+    assert generator.tokenizer.run_dir.resolve() == tokenizer_run.resolve()  # config.json: relative to the run
     shutil.move(tokenizer_run, tmp_path / "moved-away")
     with pytest.raises(ValueError, match="the tokenizer this prior was trained for, .* is missing"):
         ImageGenerator.load(prior_run)

@@ -5,6 +5,7 @@ The first test reads the files committed in the repository: a change to the code
 fails it, so that a format change comes with a re-export (python -m bench.pretrained) or a loader for the old files.
 """
 
+import os
 import shutil
 
 import pytest
@@ -37,6 +38,7 @@ def test_the_shipped_generator_loads_matches_its_hashes_samples_and_tokenizes():
     for folder in (SHIPPED_GENERATOR, SHIPPED_GENERATOR / TOKENIZER_COPY):
         name = weights_file(folder)
         assert read_json(folder / "results.json")[WEIGHTS_HASHES] == {name: file_sha256(folder / name)}
+    assert read_json(SHIPPED_GENERATOR / "config.json")["tokenizer"]["run"] == TOKENIZER_COPY  # no builder's path
     tokenizer_weights = SHIPPED_GENERATOR / TOKENIZER_COPY / weights_file(SHIPPED_GENERATOR / TOKENIZER_COPY)
     assert read_json(SHIPPED_GENERATOR / "config.json")["tokenizer"]["weights_sha256"] == file_sha256(tokenizer_weights)
 
@@ -84,9 +86,10 @@ def test_a_command_without_a_run_takes_the_users_newest_and_else_the_shipped_one
     assert status == 0 and [line for line in err if "shipped" in line] == [
         f"no prior run of your own under {empty / 'prior'}: using the shipped Fashion-MNIST generator "
         f"{SHIPPED_GENERATOR} (see its README.md)"]
-    assert read_json(tmp_path / "s" / "sample.json")["prior_run"] == str(SHIPPED_GENERATOR)
+    assert (tmp_path / "s" / read_json(tmp_path / "s" / "sample.json")["prior_run"]).resolve() == SHIPPED_GENERATOR
     status, _, _ = run_in_process(sample.main, ["--n", "3", "--output-root", runs, "--out", tmp_path / "mine"], capsys)
-    assert status == 0 and read_json(tmp_path / "mine" / "sample.json")["prior_run"] == str(prior_run.resolve())
+    assert status == 0 and read_json(tmp_path / "mine" / "sample.json")["prior_run"] == os.path.relpath(
+        prior_run.resolve(), (tmp_path / "mine").resolve())
     # encode alike, with the shipped generator's tokenizer.
     status, _, err = run_in_process(encode.main, ["--images", "fashion-mnist", "--split", "test", "--output-root",
                                                   empty, "--out", tmp_path / "e"], capsys)
@@ -106,11 +109,16 @@ def test_an_exported_run_holds_only_what_loading_reads_and_samples_as_the_run(pr
     shared, _ = ImageGenerator.load(out).sample(3, seed=2)
     original, _ = ImageGenerator.load(prior_run).sample(3, seed=2)
     assert torch.equal(shared, original)
+    # Nothing in it names a folder of the machine it was made on: the tokenizer is the copy it carries.
+    assert read_json(out / "config.json")["tokenizer"]["run"] == TOKENIZER_COPY
+    assert read_json(out / "tokenizer" / "maps" / "meta.json")["tokenizer_run"] == TOKENIZER_COPY
+    runs_root = str(prior_run.parent.parent.resolve())
+    assert not [p for p in out.rglob("*.json*") if runs_root in p.read_text()]
     with pytest.raises(ValueError, match="exists already"):
         export_generator(prior_run, out)
     with pytest.raises(ValueError, match="is not a prior config"):
         export_generator(prior_run / "tokenizer", tmp_path / "other")
-    older = tmp_path / "older"
+    older = prior_run.parent / "older"  # beside it: the tokenizer run it names relative to itself is found
     shutil.copytree(prior_run, older, ignore=shutil.ignore_patterns("tokenizer"))
     with pytest.raises(ValueError, match="carries no copy of its tokenizer"):
         export_generator(older, tmp_path / "other")

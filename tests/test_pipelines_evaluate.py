@@ -2,6 +2,8 @@
 page, and one-line refusals."""
 
 import json
+import os
+from html import escape
 
 import pytest
 import torch
@@ -46,8 +48,9 @@ def test_evaluate_writes_a_report_of_a_prior_and_of_a_tokenizer_alone(tokenizer_
     assert figures["prior_test_bits_per_token"] == json.loads((root / "prior" / "p" / "results.json").read_text())[
         "test_bits_per_token"]
     assert 0 < figures["reconstruction_mse"] < 1 and figures["reconstruction_psnr"] > 0
-    assert report["runs"]["prior"] == str((root / "prior" / "p").resolve())
-    assert report["runs"]["tokenizer"] == str(tokenizer_run.resolve())
+    # The runs read, relative to the report's folder.
+    assert report["runs"]["prior"] == os.path.join("..", "runs", "prior", "p")
+    assert (out / report["runs"]["tokenizer"]).resolve() == tokenizer_run.resolve()
     assert report["counts"] == {"train": 256, "test": 64, "samples": 23}
     # 23 samples over 10 classes: 3 of the first three, 2 of the others, each checked against its own label.
     classes = load_images(DataConfig(fashion_mnist_dir=str(fashion_dir)), "test").class_names
@@ -65,7 +68,7 @@ def test_evaluate_writes_a_report_of_a_prior_and_of_a_tokenizer_alone(tokenizer_
     # Drawn as `sample` draws with no flags: SamplingConfig's settings, recorded and said on the page.
     expected = json.loads(json.dumps(settings_for(torch.tensor([0]), SamplingConfig())))
     assert {name: report["settings"][name] for name in SETTINGS} == expected
-    assert f"Sampled with {describe_settings(report['settings'])}." in html
+    assert f"Sampled with {escape(describe_settings(report['settings']))}." in html
 
     # The sampling flags are sample's: a schedule asked for is the schedule drawn and recorded.
     ramp = tmp_path / "ramp"

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -32,7 +33,9 @@ def test_newest_tokenizer_run_is_the_default_and_class_conditioning_records_labe
     fit_prior.main([*TINY_PRIOR, "--epochs", "1", "--output-root", tmp_path / "runs", "--run-name", "c",
                     "--condition", "class", "--label-dropout", "0.2"])
     config = json.loads((tmp_path / "runs" / "prior" / "c" / "config.json").read_text())
-    assert config["tokenizer"]["run"] == str(tokenizer_run.resolve())
+    # The tokenizer run relative to the prior run's folder: no folder of the machine in the config.
+    assert config["tokenizer"]["run"] == os.path.join("..", "..", "tokenizer", "tiny")
+    assert (tmp_path / "runs" / "prior" / "c" / config["tokenizer"]["run"]).resolve() == tokenizer_run.resolve()
     assert config["model"]["num_classes"] == 10 and len(config["class_names"]) == 10
     assert config["class_names"][0] == "T-shirt/top" and config["label_dropout"] == 0.2
     labels = read_index_maps(tokenizer_run / "maps", "train").labels

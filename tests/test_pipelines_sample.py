@@ -196,7 +196,7 @@ def test_the_newest_prior_run_is_the_default(prior_run, tmp_path, capsys):
     status, _ = run_cli(["--output-root", tmp_path / "runs", "--n", 2, "--out", tmp_path / "newest"], capsys)
     assert status == 0
     settings = json.loads((tmp_path / "newest" / "sample.json").read_text())
-    assert settings["prior_run"] == str(prior_run.resolve())
+    assert (tmp_path / "newest" / settings["prior_run"]).resolve() == prior_run.resolve()  # relative to --out
 
 
 def test_each_batch_is_written_before_the_next_is_drawn(prior_run, tmp_path, capsys, monkeypatch):

@@ -152,4 +152,5 @@ class Tokenizer:
                 "grid_width": self.grid_shape[1], "depth": self.config.token_depth, **levels,
                 "quantizer": self.config.quantizer, "dataset": dataset, "class_names": class_names,
                 "weights_sha256": self.weights_sha256,
-                "tokenizer_run": str(self.run_dir.resolve()) if self.run_dir else None}
+                # the run by its folder's name (the hash above identifies it): no folder of this machine in it
+                "tokenizer_run": self.run_dir.resolve().name if self.run_dir else None}
