@@ -41,7 +41,11 @@ SAMPLERS = (
     "--guidance-scale 1:3 --guidance-schedule cosine",
     "--guidance-scale 0.75:2.5 --guidance-schedule cosine",
     "--guidance-scale 2 --guidance-from 10",
+    "--guidance-scale 2 --guidance-from 20",
     "--guidance-scale 2.5 --guidance-from 20",
+    "--guidance-scale 3 --guidance-from 20",
+    "--guidance-scale 2.5 --guidance-from 28",
+    "--guidance-scale 3 --guidance-from 28",
     "--guidance-scale 1:2.5 --guidance-schedule cosine --temperature 1.05:0.95",
 )
 # The second yardstick: a classifier of another width, feature size and seed, trained once into its own folder.
@@ -145,13 +149,14 @@ def main(argv=None):
     parser.add_argument("--yardsticks", nargs="+", choices=list(YARDSTICKS), default=list(YARDSTICKS),
                         help="the classifiers whose features score the samples (default: both)")
     parser.add_argument("--baseline", default=BASELINE,
-                        help=f"the sampler the others are set against (default: {BASELINE!r})")
+                        help=f"the sampler the others are set against, always run (default: {BASELINE!r})")
     parser.add_argument("--n-samples", type=int, default=10000, help="samples per evaluation (default: 10000)")
     parser.add_argument("--output-root", default="checkpoints",
                         help="where the reference classifier and the reports go (default: checkpoints)")
     args = parser.parse_args(argv)
-    samplers = [*(args.samplers or ([] if args.scales else SAMPLERS)),
-                *(f"--guidance-scale {scale:g}" for scale in args.scales or ())]
+    # The baseline always runs: every other row is read against it.
+    samplers = list(dict.fromkeys([args.baseline, *(args.samplers or ([] if args.scales else SAMPLERS)),
+                                   *(f"--guidance-scale {scale:g}" for scale in args.scales or ())]))
     rows_path = Path(args.output_root) / "bench-fidelity-diversity" / "rows.json"
     rows = json.loads(rows_path.read_text()) if rows_path.exists() else []
     rows = [row for row in rows if "sampler" in row]  # rows of other layouts are not compared with these

@@ -24,16 +24,17 @@ def small_yardsticks(monkeypatch):
 
 
 def test_each_sampler_seed_and_yardstick_is_evaluated_once_and_tabled(prior_run, tmp_path, capsys, small_yardsticks):
+    """The baseline (constant 1.5) runs first though not asked for: every row is read against it."""
     ramp = "--guidance-scale 1:3 --guidance-schedule cosine"
-    argv = ["--prior", str(prior_run), "--samplers", ramp, "--scales", "1.5", "--seeds", "0",
+    argv = ["--prior", str(prior_run), "--samplers", ramp, "--seeds", "0",
             "--n-samples", "12", "--output-root", str(tmp_path)]
     fidelity_diversity.main(argv)
     out = capsys.readouterr().out.splitlines()
     folder = tmp_path / "bench-fidelity-diversity"
     rows = json.loads((folder / "rows.json").read_text())
     assert [(row["sampler"], row["seed"], row["yardstick"]) for row in rows] == [
-        (ramp, 0, "reference"), (ramp, 0, "second"), ("--guidance-scale 1.5", 0, "reference"),
-        ("--guidance-scale 1.5", 0, "second")]
+        ("--guidance-scale 1.5", 0, "reference"), ("--guidance-scale 1.5", 0, "second"), (ramp, 0, "reference"),
+        (ramp, 0, "second")]
     reports = {}
     for row in rows:
         name = fidelity_diversity.folder_name(row["sampler"], 0, row["yardstick"])
@@ -50,11 +51,12 @@ def test_each_sampler_seed_and_yardstick_is_evaluated_once_and_tabled(prior_run,
         reports[ramp, "second"]["figures"]["fd_samples_vs_test"]
 
     table = [line for line in out if line.startswith("|")]
-    assert table[0].startswith("| sampler | sample FD") and table[2].startswith("| guidance cosine 1 -> 3, ")
-    assert table[3].startswith("| guidance 1.5, ") and "| +0.0% |" in table[3]
+    assert table[0].startswith("| sampler | sample FD") and table[3].startswith("| guidance cosine 1 -> 3, ")
+    assert table[2].startswith("| guidance 1.5, ") and "| +0.0% |" in table[2]
     assert table[4].startswith("| floor: train vs test |")
     assert table[10].startswith("| sampler | reference | second | worse of the two |")
-    assert table[13].startswith("| guidance 1.5, ") and table[13].endswith("| +0.0% |")
+    assert table[12].startswith("| guidance 1.5, ") and table[12].endswith("| +0.0% |")
+    assert table[13].startswith("| guidance cosine 1 -> 3, ")
     assert len(table) == 14
 
     written = (folder / fidelity_diversity.folder_name(ramp, 0, "second") / "report.json").stat().st_mtime_ns
