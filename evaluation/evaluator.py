@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 
 from evaluation.classifier import ClassifierConfig
 from evaluation.frechet import feature_statistics, frechet_distance
-from evaluation.inception import (cached_weights_path, fid, inception_features, inception_weights, kid,
-                                  load_inception)
+from evaluation.inception import (cached_weights_path, check_installed, fid, inception_features, inception_weights,
+                                  kid, load_inception)
 from evaluation.manifold import NEAREST_K, copies, precision_recall_density_coverage
 from evaluation.reference import (ClassifierTrainConfig, as_floats, classifier_dir, load_or_train_classifier,
                                   predict)
@@ -159,6 +159,8 @@ def evaluate(prior_dir=None, tokenizer_dir=None, config=None, *, images=None, da
     runs = _Runs(None) if images is not None else _load_runs(prior_dir, tokenizer_dir, config, device)
     data_config = (data_config or DataConfig()) if runs.tokenizer is None else runs.tokenizer.run.data
     inception = config.features == "inception"
+    if inception:
+        check_installed()
     if out is not None:  # before any work (a download of the Inception weights too), and never over what is read
         check_output_folder(out, overwrite, inputs=[*runs.directories(), classifier_dir(output_root, data_config),
                                                     *data_config.sources(), images,

@@ -10,6 +10,7 @@ path the user gives, else from torch's hub cache, where they are downloaded once
 read with torch.load(weights_only=True): no code in a weights file runs.
 """
 
+import importlib.util
 import io
 from pathlib import Path
 from urllib.error import URLError
@@ -28,6 +29,13 @@ KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # torch-fidelity's defaults (Binkowski
 def cached_weights_path():
     """Where the weights are looked for (and downloaded to) when no path is given: torch's hub cache."""
     return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_NAME
+
+
+def check_installed():
+    """A one-line ValueError where torch-fidelity, the optional extra that Inception features need, is missing."""
+    if importlib.util.find_spec("torch_fidelity") is None:
+        raise ValueError("Inception features need torch-fidelity, which is not installed: pip install "
+                         "'vqprior[inception]' (or torch-fidelity)")
 
 
 def inception_weights(path=None, progress=True):

@@ -2,6 +2,7 @@
 plumbing, not the values) through evaluate --features inception, an .npz and a folder of the same samples scoring
 alike, torch-fidelity's own calculate_metrics agreeing, and one-line errors when the weights are not at hand."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -93,6 +94,18 @@ def test_without_the_weights_offline_it_is_one_line_naming_the_file_and_where_it
     assert status == 2 and len(errors) == 1, errors
     assert inception.INCEPTION_WEIGHTS_NAME in errors[0] and str(tmp_path / "hub" / "checkpoints") in errors[0]
     assert "--inception-weights" in errors[0] and not (tmp_path / "r").exists()
+
+
+def test_without_torch_fidelity_it_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch_fidelity" else
+                        find_spec(name, *a))
+    downloads = []
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *args, **_: downloads.append(args))
+    status, _, errors = run_in_process(evaluate.main, ["--images", tmp_path / "images", "--features", "inception",
+                                                       "--output-root", tmp_path, "--out", tmp_path / "r"], capsys)
+    assert status == 2 and len(errors) == 1, errors
+    assert "vqprior[inception]" in errors[0] and downloads == [] and not (tmp_path / "r").exists()
 
 
 def test_a_bad_out_is_refused_before_the_weights_are_downloaded(tmp_path, capsys, monkeypatch):
