@@ -109,7 +109,7 @@ class EvaluationConfig:
     top_p: float | None = None
     guidance_scale: float | tuple[float, float] | None = None
     guidance_schedule: str | None = None
-    guidance_from: int | None = None
+    guidance_from: int | float | None = None
     prior_weights: str | None = None  # the prior's weights file (default: its averaged weights when kept)
     # When a reference classifier is first trained for the data set: its width and feature_dim (the image shape
     # and class count come from the data), and how it is trained.

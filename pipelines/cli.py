@@ -2,6 +2,7 @@
 dataclasses become flags here; and the one error boundary, where a user's mistake becomes one line on stderr."""
 
 import argparse
+import math
 import dataclasses
 import os
 import sys
@@ -25,6 +26,21 @@ def positive_int(text):
 
 def non_negative_int(text):
     return _int_in(text, 0, None, "an integer >= 0")
+
+
+def position_or_fraction(text):
+    """An argparse type: a position (an integer >= 0) or a fraction of the grid in (0, 1)."""
+    try:
+        return non_negative_int(text)
+    except argparse.ArgumentTypeError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a position (an integer >= 0) or a fraction in (0, 1), not {text!r}")
+    return value
 
 
 def seed(text):
@@ -201,20 +217,23 @@ def add_guidance_flags(parser):
     another model that takes only these)."""
     defaults = SamplingConfig()
     p = parser.add_argument
-    guidance = describe_schedule(defaults.guidance_scale, defaults.guidance_schedule, defaults.guidance_from)
+    guidance = describe_schedule(defaults.guidance_scale, defaults.guidance_schedule, defaults.guidance_from).replace(
+        "%", "%%")  # argparse formats help with %
     p("--guidance-scale", type=number_or_ramp, default=None,
       help="classifier-free guidance s: uncond + s * (cond - uncond), for a class-conditional prior trained with "
            "label dropout; one number for every position, or START:END rising (or falling) along the grid in "
-           f"raster order, as --guidance-schedule says (default: {guidance} where there are labels, else 1)")
+           "raster order, as --guidance-schedule says; given without --guidance-from, it guides from the first "
+           f"position (default: {guidance} where there are labels, else 1)")
     p("--guidance-schedule", choices=SCHEDULES, default=None,
       help="how a --guidance-scale START:END goes from START at the first position to END at the last: linear, or "
            "cosine (a half-cosine: flat at both ends) (default: "
            f"{defaults.guidance_schedule if defaults.guidance_schedule != 'constant' else 'linear'} for START:END, "
            "constant for one number)")
-    p("--guidance-from", type=non_negative_int, default=None,
+    p("--guidance-from", type=position_or_fraction, default=None,
       help="the first guided position (raster order, 0 = the top-left token; a completion counts from the grid's "
-           "start too): positions before it are drawn unguided, and the schedule runs from it to the last "
-           f"(default: {defaults.guidance_from})")
+           "start too), or a fraction of the grid in (0, 1) (0.4: the first 40%% of the positions, on a grid of any "
+           "size): positions before it are drawn unguided, and the schedule runs from it to the last (default: "
+           f"{defaults.guidance_from} with the default --guidance-scale, else 0)")
 
 
 def sampling_settings(args):

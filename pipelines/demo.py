@@ -3,7 +3,8 @@
     python -m pipelines.demo                          # the newest prior run, else the shipped generator
     python -m pipelines.demo --prior you/my-generator --port 7861
 
-Sample: pick a class, a guidance schedule (its start and end scales) and a seed, get a mosaic. Tokens: upload an
+Sample: pick a class, a guidance schedule (its start and end scales, and how much of the grid goes unguided first)
+and a seed, get a mosaic. Tokens: upload an
 image; it is fitted to the tokenizer's size, encoded, and decoded back (what the tokens keep of it), and completions
 keep its first token rows and sample the rest. Gradio comes from the optional extra: pip install -e '.[demo]'.
 """
@@ -49,27 +50,30 @@ def _label(choice):
     return None if choice in (None, ANY_CLASS) else sampling.NO_LABEL if choice == NO_LABEL else choice
 
 
-def _guidance(generator, label, schedule, start, end):
-    """The guidance settings a request takes: the page's schedule from start to end (a constant: end alone), but
-    none for the "no label" draw or an unconditional prior (nothing to guide towards); the training mix is guided
-    towards each sample's class, as `sample` guides it."""
+def _guidance(generator, label, schedule, start, end, unguided):
+    """The guidance settings a request takes: the page's schedule from start to end (a constant: end alone) after
+    the first `unguided` fraction of the grid, but none for the "no label" draw or an unconditional prior (nothing
+    to guide towards); the training mix is guided towards each sample's class, as `sample` guides it."""
     if label == sampling.NO_LABEL or not generator.model.config.num_classes:
         return {}
+    guidance_from = float(unguided) if float(unguided) > 0 else 0
     if schedule == "constant":
-        return {"guidance_scale": float(end), "guidance_schedule": schedule}
-    return {"guidance_scale": (float(start), float(end)), "guidance_schedule": schedule}
+        return {"guidance_scale": float(end), "guidance_schedule": schedule, "guidance_from": guidance_from}
+    return {"guidance_scale": (float(start), float(end)), "guidance_schedule": schedule,
+            "guidance_from": guidance_from}
 
 
-def sample_mosaic(generator, choice, schedule, start, end, seed, count):
+def sample_mosaic(generator, choice, schedule, start, end, unguided, seed, count):
     """A mosaic (H, W, 3) uint8 of `count` samples of the class chosen in the menu, drawn as `pipelines.sample`
-    draws them at this seed and guidance (schedule from start to end; constant: end)."""
+    draws them at this seed and guidance (schedule from start to end, constant: end, after the first `unguided`
+    fraction of the grid)."""
     label = _label(choice)
     images, _ = generator.sample(int(count), label, seed=int(seed),
-                                 **_guidance(generator, label, schedule, start, end))
+                                 **_guidance(generator, label, schedule, start, end, unguided))
     return mosaic_array(images)
 
 
-def token_views(generator, picture, choice, schedule, start, end, seed, keep_rows, count):
+def token_views(generator, picture, choice, schedule, start, end, unguided, seed, keep_rows, count):
     """(the picture as the tokenizer takes it beside its decoded tokens, completions) of an uploaded picture (a PIL
     image of any size and mode): mosaics (H, W, 3) uint8. The completions keep its first keep_rows token rows."""
     if picture is None:
@@ -85,16 +89,19 @@ def token_views(generator, picture, choice, schedule, start, end, seed, keep_row
         else tokens.expand(int(count), *tokenizer.token_shape)
     label = _label(choice)
     completions, _ = generator.sample(int(count), label, seed=int(seed), prefix=prefix, keep_rows=rows,
-                                      **_guidance(generator, label, schedule, start, end))
+                                      **_guidance(generator, label, schedule, start, end, unguided))
     return mosaic_array(torch.cat([original, reconstruction]), columns=2), mosaic_array(completions)
 
 
 def default_guidance():
-    """The page's first guidance choice: SamplingConfig's (schedule, start, end)."""
+    """The page's first guidance choice: SamplingConfig's (schedule, start, end, the unguided fraction of the
+    grid)."""
     defaults = sampling.SamplingConfig()
     scale = defaults.guidance_scale
     start, end = scale if sampling.is_ramp(scale) else (scale, scale)
-    return (defaults.guidance_schedule if sampling.is_ramp(scale) else "constant"), start, end
+    first = defaults.guidance_from  # the page offers a fraction of the grid, which a default position is not
+    unguided = 0.0 if sampling.is_int(first) else first
+    return (defaults.guidance_schedule if sampling.is_ramp(scale) else "constant"), start, end, unguided
 
 
 def build_demo(generator, max_count=64):
@@ -116,7 +123,7 @@ def build_demo(generator, max_count=64):
         with gr.Row():
             choice = gr.Dropdown(choices, value=choices[0], label="class", elem_id="class")
             seed = gr.Number(value=0, precision=0, minimum=0, label="seed", elem_id="seed")
-        schedule_value, start_value, end_value = default_guidance()
+        schedule_value, start_value, end_value, unguided_value = default_guidance()
         with gr.Row():
             schedule = gr.Dropdown(list(sampling.SCHEDULES), value=schedule_value, elem_id="guidance-schedule",
                                    label="guidance along the grid (classifier-free; constant: the end scale)")
@@ -124,7 +131,9 @@ def build_demo(generator, max_count=64):
                               elem_id="guidance-start")
             end = gr.Slider(0, 5, value=end_value, step=0.1, label="guidance at the last token (1: none)",
                             elem_id="guidance-end")
-        guidance = [schedule, start, end]
+            unguided = gr.Slider(0, 0.9, value=unguided_value, step=0.05, elem_id="guidance-unguided",
+                                 label="unguided first part of the grid (raster order; the schedule runs after it)")
+        guidance = [schedule, start, end, unguided]
         with gr.Tab("Sample"):
             count = gr.Slider(1, max_count, value=min(16, max_count), step=1, label="images", elem_id="count")
             sample_button = gr.Button("Sample", variant="primary", elem_id="sample-button")

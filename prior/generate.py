@@ -27,7 +27,7 @@ from einops import rearrange
 
 from prior.layers import as_map, bias_at, bias_of_position
 from prior.model import TwoLevelPrior
-from prior.sampling import (ClassLabels, check_count, check_schedule, describe_schedule, is_int, is_real,
+from prior.sampling import (ClassLabels, check_count, check_first, check_schedule, describe_schedule, is_int, is_real,
                             schedule_values, settings_for)
 
 SAMPLERS = ("naive", "cached")
@@ -242,8 +242,7 @@ def check_args(model, n, labels, temperature, temperature_schedule, top_k, top_p
     if top_p is not None and (not is_real(top_p) or not 0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
     check_schedule("guidance_scale", guidance_scale, "guidance_schedule", guidance_schedule)
-    if not is_int(guidance_from) or guidance_from < 0:
-        raise ValueError(f"guidance_from must be an integer >= 0 (the first guided position), got {guidance_from!r}")
+    check_first("guidance_from", guidance_from)
     if labels is not None:
         if not classes:
             raise ValueError("labels given to an unconditional prior (num_classes = 0)")
@@ -296,7 +295,7 @@ def _guidance(config, guidance_scale, guidance_schedule, guidance_from):
 def generate(model, n: int, *, labels=None, temperature: float | tuple[float, float] | None = None,
              temperature_schedule: str | None = None, top_k: int | None = None, top_p: float | None = None,
              guidance_scale: float | tuple[float, float] | None = None, guidance_schedule: str | None = None,
-             guidance_from: int | None = None, prefix=None, keep_rows: int = 0, sampler: str = "cached",
+             guidance_from: int | float | None = None, prefix=None, keep_rows: int = 0, sampler: str = "cached",
              generator: torch.Generator | None = None, batch_size: int | None = None, progress=None,
              condition: torch.Tensor | None = None) -> torch.Tensor | tuple:
     """Sample n token grids (n, grid_height, grid_width[, depth]) from a Prior, on the model's device: the one
@@ -306,7 +305,8 @@ def generate(model, n: int, *, labels=None, temperature: float | tuple[float, fl
         with "no label". guidance_scale s: logits = uncond + s * (cond - uncond), the classifier-free guidance of
         Ho & Salimans 2022; s = 1 is plain conditional sampling. s is one number, or (start, end) along
         guidance_schedule ("linear" or "cosine") over the grid's positions in raster order; positions before
-        guidance_from take s = 1 (prior.sampling.SamplingConfig says more).
+        guidance_from (a position, or a fraction of the grid in (0, 1)) take s = 1 (prior.sampling.SamplingConfig
+        says more).
     temperature divides the logits (one number, or (start, end) along temperature_schedule); top_k keeps the k
         likeliest tokens; top_p keeps the smallest set of likeliest tokens whose mass reaches top_p (nucleus
         sampling). Filters apply after guidance.

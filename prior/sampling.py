@@ -25,27 +25,28 @@ class SamplingConfig:
 
     guidance_scale applies only where labels are given (a conditional prior): one number s for every position, or
     (start, end) over the positions along guidance_schedule ("linear", or "cosine": a half-cosine, flat at both
-    ends). Positions before guidance_from are not guided (scale 1). Positions count from the grid's first one,
-    also when a completion keeps rows, so a position is guided alike in a completion and in a whole draw; a
-    two-level prior's top and bottom grids each run the schedule over their own positions. Peers raise guidance
-    along the steps (VAR's sampler; Wang et al. 2024 find rising schedules beat every constant): the early
-    positions lay out the picture, and guiding them costs diversity.
+    ends). Positions before guidance_from are not guided (scale 1): a position k (an integer), or a fraction f of
+    the grid in (0, 1), the first round(f * positions) positions, which means the same on a grid of any size.
+    Positions count from the grid's first one, also when a completion keeps rows, so a position is guided alike in
+    a completion and in a whole draw; a two-level prior's top and bottom grids each run the schedule over their own
+    positions. Peers raise guidance along the steps (VAR's sampler; Wang et al. 2024 find rising schedules beat
+    every constant; Kynkaanniemi et al. 2024 guide only part of the way): the early positions lay out the picture,
+    and guiding them costs diversity.
     temperature takes one number or (start, end) along temperature_schedule the same way.
 
-    The defaults won the sweeps in BENCHMARKS.md. Guidance (ramps in "Guidance along the grid"): a half-cosine from
-    1 at the first position to 3 at the last took the shipped generator's sample Frechet distance from 3.85 / 3.99
-    (constant 1.5, seeds 0 / 1) to 2.69 / 2.56, and 26% and 37% off on a second, independently trained yardstick;
-    guidance 3 from position 20 scored alike, but a position is tied to one grid size, where a ramp over the
-    positions fits every grid. Temperature ("Sample quality: the levers"): 0.9 or 0.95, a falling ramp, top-k 64
-    and top-p 0.95 each made the samples worse than 1.
+    The defaults won the sweeps in BENCHMARKS.md. Guidance ("Guidance along the grid"): none on the first 40% of
+    the grid, 3 after it, took the shipped generator's sample Frechet distance from 3.85 / 3.99 (constant 1.5,
+    seeds 0 / 1) to 2.65 / 2.44, and 34% and 41% off on a second, independently trained yardstick; the rising
+    ramps came close behind. Temperature ("Sample quality: the levers"): 0.9 or 0.95, a falling ramp, top-k 64 and
+    top-p 0.95 each made the samples worse than 1.
     """
     temperature: float | tuple[float, float] = 1.0
     temperature_schedule: str = "constant"
     top_k: int | None = None
     top_p: float | None = None
-    guidance_scale: float | tuple[float, float] = (1.0, 3.0)
-    guidance_schedule: str = "cosine"
-    guidance_from: int = 0
+    guidance_scale: float | tuple[float, float] = 3.0
+    guidance_schedule: str = "constant"
+    guidance_from: int | float = 0.4
 
 
 # The settings generate() takes, each a field of SamplingConfig.
@@ -57,10 +58,25 @@ def is_ramp(value):
     return isinstance(value, (tuple, list))
 
 
+def first_position(first, positions):
+    """The first position of a schedule on a grid of `positions`: `first` itself (a position), or for a fraction
+    in (0, 1), that fraction of the grid's positions, rounded."""
+    return first if is_int(first) else round(first * positions)
+
+
+def check_first(name, first):
+    """One ValueError for a first position that is neither an integer >= 0 nor a fraction in (0, 1)."""
+    if not (is_int(first) and first >= 0 or is_real(first) and not is_int(first) and 0 < first < 1):
+        raise ValueError(f"{name} must be a position (an integer >= 0) or a fraction of the grid in (0, 1), got "
+                         f"{first!r}")
+
+
 def schedule_values(value, schedule, positions, first=0, neutral=1.0):
     """The setting at each of `positions` raster positions, float64 (positions,): one number everywhere, or
-    (start, end) along the schedule from position `first` (start) to the last (end); positions before `first` take
-    `neutral` (for guidance, 1: none). Checked by check_schedule."""
+    (start, end) along the schedule from position `first` (start; or a fraction of the grid, first_position) to
+    the last (end); positions before `first` take `neutral` (for guidance, 1: none). Checked by check_schedule and
+    check_first."""
+    first = first_position(first, positions)
     values = torch.full((positions,), float(neutral), dtype=torch.float64)
     if first >= positions:
         return values
@@ -89,9 +105,12 @@ def check_schedule(name, value, schedule_name, schedule, low=-math.inf, low_open
 
 
 def describe_schedule(value, schedule, first=0):
-    """A setting in words: "1.5", "cosine 1 -> 2.5", with "from position k" for an interval."""
+    """A setting in words: "1.5", "cosine 1 -> 2.5", with "from position k" or "after the first 40% of the grid"
+    for an interval."""
     text = f"{schedule} {value[0]:g} -> {value[1]:g}" if is_ramp(value) else f"{value:g}"
-    return text + (f" from position {first}" if first else "")
+    if not first:
+        return text
+    return text + (f" from position {first}" if is_int(first) else f" after the first {first:.0%} of the grid")
 
 
 def describe_settings(settings):
@@ -228,8 +247,10 @@ def settings_for(labels, defaults=None, **chosen):
     (SamplingConfig's: the one home of the defaults, from the command line down to generate()); guidance only where
     there are labels to guide towards (an explicit guidance_scale without labels is left for generate() to refuse).
 
-    A pair (start, end) chosen without its schedule takes the default ramp (linear where the default is constant);
-    one number is constant whatever the schedule says. Unknown names: one ValueError.
+    A guidance_scale chosen without guidance_from guides from the first position (the default's interval belongs to
+    the default's scale: --guidance-scale 1.5 is 1.5 everywhere, as it always was). A pair (start, end) chosen
+    without its schedule takes the default ramp (linear where the default is constant); one number is constant
+    whatever the schedule says. Unknown names: one ValueError.
     """
     unknown = sorted(set(chosen) - set(SETTINGS))
     if unknown:
@@ -238,6 +259,8 @@ def settings_for(labels, defaults=None, **chosen):
     settings = {name: getattr(defaults, name) if chosen.get(name) is None else chosen[name] for name in SETTINGS}
     if labels is None and chosen.get("guidance_scale") is None:
         settings.update(guidance_scale=1.0, guidance_from=0)
+    elif chosen.get("guidance_scale") is not None and chosen.get("guidance_from") is None:
+        settings.update(guidance_from=0)
     for name, schedule in (("temperature", "temperature_schedule"), ("guidance_scale", "guidance_schedule")):
         if not is_ramp(settings[name]) and settings[schedule] in SCHEDULES:
             settings[schedule] = "constant"

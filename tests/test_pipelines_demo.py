@@ -23,30 +23,35 @@ def test_the_page_work_draws_mosaics_of_samples_and_of_an_uploaded_pictures_toke
     choices = demo.label_choices(generator)
     assert choices[0] == demo.ANY_CLASS and choices[-1] == demo.NO_LABEL
     assert choices[1:-1] == list(generator.run.class_names)
-    four = demo.sample_mosaic(generator, choices[1], "constant", 1, 2.0, 3, 4)
+    four = demo.sample_mosaic(generator, choices[1], "constant", 1, 2.0, 0, 3, 4)
     assert four.dtype == np.uint8 and four.ndim == 3 and four.shape[2] == 3 and four.std() > 0
     # The same request is the same mosaic; another seed another one; a class by name as `sample --label` takes it.
-    assert np.array_equal(four, demo.sample_mosaic(generator, choices[1], "constant", 1, 2.0, 3, 4))
-    assert not np.array_equal(four, demo.sample_mosaic(generator, choices[1], "constant", 1, 2.0, 4, 4))
-    assert demo.sample_mosaic(generator, demo.NO_LABEL, "constant", 1, 2.0, 0, 1).shape[:2] < four.shape[:2]
+    assert np.array_equal(four, demo.sample_mosaic(generator, choices[1], "constant", 1, 2.0, 0, 3, 4))
+    assert not np.array_equal(four, demo.sample_mosaic(generator, choices[1], "constant", 1, 2.0, 0, 4, 4))
+    assert demo.sample_mosaic(generator, demo.NO_LABEL, "constant", 1, 2.0, 0, 0, 1).shape[:2] < four.shape[:2]
     # The training mix is guided by the page's scale, as `sample` guides it, and along the page's schedule.
-    assert not np.array_equal(demo.sample_mosaic(generator, demo.ANY_CLASS, "constant", 1, 1.0, 0, 4),
-                              demo.sample_mosaic(generator, demo.ANY_CLASS, "constant", 1, 4.0, 0, 4))
-    ramp = demo.sample_mosaic(generator, demo.ANY_CLASS, "linear", 1, 4.0, 0, 4)
-    assert not np.array_equal(ramp, demo.sample_mosaic(generator, demo.ANY_CLASS, "constant", 1, 4.0, 0, 4))
-    assert not np.array_equal(ramp, demo.sample_mosaic(generator, demo.ANY_CLASS, "cosine", 1, 4.0, 0, 4))
+    assert not np.array_equal(demo.sample_mosaic(generator, demo.ANY_CLASS, "constant", 1, 1.0, 0, 0, 4),
+                              demo.sample_mosaic(generator, demo.ANY_CLASS, "constant", 1, 4.0, 0, 0, 4))
+    ramp = demo.sample_mosaic(generator, demo.ANY_CLASS, "linear", 1, 4.0, 0, 0, 4)
+    assert not np.array_equal(ramp, demo.sample_mosaic(generator, demo.ANY_CLASS, "constant", 1, 4.0, 0, 0, 4))
+    assert not np.array_equal(ramp, demo.sample_mosaic(generator, demo.ANY_CLASS, "cosine", 1, 4.0, 0, 0, 4))
+    # An unguided first part of the grid is the library's guidance_from, as a fraction.
+    assert np.array_equal(demo.sample_mosaic(generator, demo.ANY_CLASS, "constant", 1, 4.0, 0.5, 0, 4),
+                          demo.mosaic_array(generator.sample(4, seed=0, guidance_scale=4.0, guidance_from=0.5)[0]))
+    assert not np.array_equal(demo.sample_mosaic(generator, demo.ANY_CLASS, "constant", 1, 4.0, 0.5, 0, 4),
+                              demo.sample_mosaic(generator, demo.ANY_CLASS, "constant", 1, 4.0, 0, 0, 4))
     # The page opens on the defaults of `sample`.
-    schedule, start, end = demo.default_guidance()
-    assert np.array_equal(demo.sample_mosaic(generator, demo.ANY_CLASS, schedule, start, end, 0, 4),
+    schedule, start, end, unguided = demo.default_guidance()
+    assert np.array_equal(demo.sample_mosaic(generator, demo.ANY_CLASS, schedule, start, end, unguided, 0, 4),
                           demo.mosaic_array(generator.sample(4, seed=0)[0]))
 
     # A picture of another size and mode: fitted to the tokenizer's 28x28 grey, encoded, decoded, completed.
     picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 45, 3), dtype=np.uint8), "RGB")
-    both, completions = demo.token_views(generator, picture, demo.ANY_CLASS, "cosine", 1, 2.5, 0, 3, 6)
+    both, completions = demo.token_views(generator, picture, demo.ANY_CLASS, "cosine", 1, 2.5, 0, 0, 3, 6)
     assert both.dtype == completions.dtype == np.uint8
     assert both.shape[1] > both.shape[0]  # the picture and its reconstruction side by side
     with pytest.raises(ValueError, match="upload an image first"):
-        demo.token_views(generator, None, demo.ANY_CLASS, "cosine", 1, 2.5, 0, 3, 6)
+        demo.token_views(generator, None, demo.ANY_CLASS, "cosine", 1, 2.5, 0, 0, 3, 6)
 
 
 def test_an_unconditional_prior_offers_no_class_and_ignores_the_guidance_scale(tokenizer_run, tmp_path):
@@ -54,8 +59,8 @@ def test_an_unconditional_prior_offers_no_class_and_ignores_the_guidance_scale(t
                     "--condition", "none"])
     unconditional = ImageGenerator.load(tmp_path / "runs" / "prior" / "u")
     assert demo.label_choices(unconditional) == [demo.ANY_CLASS]
-    assert np.array_equal(demo.sample_mosaic(unconditional, demo.ANY_CLASS, "linear", 1, 3.0, 0, 2),
-                          demo.sample_mosaic(unconditional, demo.ANY_CLASS, "constant", 1, 1.0, 0, 2))
+    assert np.array_equal(demo.sample_mosaic(unconditional, demo.ANY_CLASS, "linear", 1, 3.0, 0, 0, 2),
+                          demo.sample_mosaic(unconditional, demo.ANY_CLASS, "constant", 1, 1.0, 0, 0, 2))
 
 
 def free_port():

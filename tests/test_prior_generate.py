@@ -91,6 +91,7 @@ def test_each_position_takes_its_own_scale(arch):
     assert torch.equal(interval[:, :13], unguided[:, :13])
     assert not torch.equal(interval[:, 13:], unguided[:, 13:])
     assert torch.equal(draw(guidance_scale=3.0, guidance_from=30), unguided)  # past the last position: none
+    assert torch.equal(draw(guidance_scale=3.0, guidance_from=13 / 30), interval)  # a fraction of the 6x5 grid
     # A flat ramp is the constant; a ramp is neither of its ends' constants.
     assert torch.equal(draw(guidance_scale=(3.0, 3.0), guidance_schedule="cosine"), guided)
     ramp = draw(guidance_scale=(1.0, 3.0), guidance_schedule="linear")
@@ -287,8 +288,8 @@ BAD = [
     (dict(conditional=True, guidance_scale=2.0, guidance_from=5), "guidance_scale 2 from position 5 needs labels"),
     (dict(conditional=True, labels=1, guidance_scale=(1.0, 2.0), guidance_schedule="constant"),
      "changes along the grid"),
-    (dict(conditional=True, labels=1, guidance_scale=2.0, guidance_from=-1), "guidance_from must be an integer >= 0"),
-    (dict(conditional=True, labels=1, guidance_scale=2.0, guidance_from=1.5), "guidance_from must be an integer >= 0"),
+    (dict(conditional=True, labels=1, guidance_scale=2.0, guidance_from=-1), "guidance_from must be a position"),
+    (dict(conditional=True, labels=1, guidance_scale=2.0, guidance_from=1.5), "guidance_from must be a position"),
     (dict(conditional=True, labels=1, guidance_scale=(1.0, 2.0), guidance_schedule="steep"),
      "guidance_schedule must be one of"),
     (dict(temperature=(1.0, -0.5), temperature_schedule="linear"), "temperature must be a finite number > 0"),

@@ -7,8 +7,8 @@ import torch
 
 from conftest import seeded, small_prior
 from prior import generate
-from prior.sampling import (NO_LABEL, SamplingConfig, check_schedule, class_mix, describe_schedule, resolve_labels,
-                            schedule_values, settings_for)
+from prior.sampling import (NO_LABEL, SamplingConfig, check_first, check_schedule, class_mix, describe_schedule,
+                            first_position, resolve_labels, schedule_values, settings_for)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 NAMES = ["a", "b", "c"]
@@ -55,7 +55,7 @@ def test_labels_resolve_to_the_mix_no_label_or_one_class():
 
 
 def test_settings_take_the_defaults_and_guide_only_where_there_are_labels():
-    defaults = SamplingConfig(temperature=0.9, guidance_scale=2.0, guidance_schedule="constant")
+    defaults = SamplingConfig(temperature=0.9, guidance_scale=2.0, guidance_schedule="constant", guidance_from=0)
     labels = torch.tensor([0, 1])
     plain = {"temperature": 0.9, "temperature_schedule": "constant", "top_k": None, "top_p": None,
              "guidance_scale": 2.0, "guidance_schedule": "constant", "guidance_from": 0}
@@ -78,6 +78,12 @@ def test_a_schedule_follows_what_was_chosen_of_it():
     assert settings_for(labels, constant, guidance_scale=(1.0, 3.0))["guidance_schedule"] == "linear"
     assert settings_for(labels, ramp, guidance_schedule="linear")["guidance_schedule"] == "linear"
     assert settings_for(labels, ramp, temperature=(1.0, 0.8))["temperature_schedule"] == "linear"
+    # The default's interval belongs to the default's scale: a scale chosen alone guides from the first position.
+    interval = SamplingConfig(guidance_scale=3.0, guidance_from=0.4)
+    assert settings_for(labels, interval)["guidance_from"] == 0.4
+    assert settings_for(labels, interval, guidance_scale=1.5)["guidance_from"] == 0
+    assert settings_for(labels, interval, guidance_scale=1.5, guidance_from=5)["guidance_from"] == 5
+    assert settings_for(labels, interval, guidance_from=0.2) == {**settings_for(labels, interval), "guidance_from": 0.2}
     # No labels: nothing to guide towards, so no guidance at all, wherever it would start.
     unguided = settings_for(None, ramp)
     assert (unguided["guidance_scale"], unguided["guidance_schedule"], unguided["guidance_from"]) == (
@@ -98,6 +104,17 @@ def test_schedules_go_from_start_at_the_first_position_to_end_at_the_last():
     assert torch.allclose(interval, torch.tensor([1, 1, 2, 2 + 2 / 3, 2 + 4 / 3, 4], dtype=torch.float64))
     assert torch.equal(schedule_values(2.0, "constant", 3, first=7), torch.ones(3, dtype=torch.float64))
     assert torch.equal(schedule_values((2.0, 4.0), "linear", 1), torch.tensor([2.0], dtype=torch.float64))
+    # A fraction of the grid: the same share of any grid, rounded to a position (0.4 of 49 is 20, of 16 is 6).
+    assert first_position(0.4, 49) == 20 and first_position(0.4, 64) == 26 and first_position(0.4, 16) == 6
+    assert first_position(7, 49) == 7
+    assert torch.equal(schedule_values(3.0, "constant", 49, first=0.4), schedule_values(3.0, "constant", 49, first=20))
+    assert schedule_values(3.0, "constant", 16, first=0.4).tolist() == [1.0] * 6 + [3.0] * 10
+
+
+@pytest.mark.parametrize("first", [-1, 1.5, 1.0, 0.0, math.nan, "3", True])
+def test_a_first_position_is_a_position_or_a_fraction_of_the_grid(first):
+    with pytest.raises(ValueError, match="guidance_from must be a position \\(an integer >= 0\\) or a fraction"):
+        check_first("guidance_from", first)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -118,6 +135,7 @@ def test_schedules_in_words():
     assert describe_schedule(1.5, "constant") == "1.5"
     assert describe_schedule((1.0, 2.5), "cosine") == "cosine 1 -> 2.5"
     assert describe_schedule(2.0, "constant", 10) == "2 from position 10"
+    assert describe_schedule(3.0, "constant", 0.4) == "3 after the first 40% of the grid"
 
 
 @pytest.mark.parametrize("arch", ["gated", "pixelcnn"])
