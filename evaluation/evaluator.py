@@ -30,9 +30,8 @@ from evaluation.report import plot_curves, plot_mosaic, plot_usage, write_html
 from generation import ImageGenerator, ProgressBar, check_memory
 from prior.sampling import SETTINGS, ClassLabels, check_count
 from store.images import DataConfig, load_images, read_image_collection
-from store.runs import (check_output_folder, file_sha256, newest_run, path_from, read_json, read_metrics, recorded_path,
-                        staged_folder,
-                        weights_file, write_json)
+from store.runs import (check_output_folder, file_sha256, newest_run, path_from, read_json, read_metrics,
+                        recorded_path, staged_folder, weights_file, write_json)
 from tokenizer import Tokenizer, psnr
 from training import batches_in_order, check_seed
 
@@ -237,7 +236,8 @@ def evaluate(prior_dir=None, tokenizer_dir=None, config=None, *, images=None, da
     seconds["total"] = time.perf_counter() - started_all
 
     # The paths read, relative to the report's folder (absolute for a report that is only returned).
-    where = lambda path: None if path is None else path_from(out, path) if out is not None else str(Path(path).resolve())
+    where = lambda path: (None if path is None else path_from(out, path) if out is not None
+                          else str(Path(path).resolve()))
     report = {
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         # The tokenizer run the prior was trained for (its weights may be read from the copy the prior carries).

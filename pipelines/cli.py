@@ -2,8 +2,8 @@
 dataclasses become flags here; and the one error boundary, where a user's mistake becomes one line on stderr."""
 
 import argparse
-import math
 import dataclasses
+import math
 import os
 import sys
 import time

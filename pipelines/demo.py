@@ -4,9 +4,9 @@
     python -m pipelines.demo --prior you/my-generator --port 7861
 
 Sample: pick a class, a guidance schedule (its start and end scales, and how much of the grid goes unguided first)
-and a seed, get a mosaic. Tokens: upload an
-image; it is fitted to the tokenizer's size, encoded, and decoded back (what the tokens keep of it), and completions
-keep its first token rows and sample the rest. Gradio comes from the optional extra: pip install -e '.[demo]'.
+and a seed, get a mosaic. Tokens: upload an image; it is fitted to the tokenizer's size, encoded, and decoded back
+(what the tokens keep of it), and completions keep its first token rows and sample the rest. Gradio comes from the
+optional extra: pip install -e '.[demo]'.
 """
 
 import importlib.util
@@ -119,7 +119,8 @@ def build_demo(generator, max_count=64):
 
     choices = label_choices(generator)
     with gr.Blocks(title="vqprior demo", analytics_enabled=False) as page:
-        gr.Markdown(f"## vqprior: `{Path(generator.run_dir).name}`\nA VQ-VAE tokenizer and a PixelCNN prior over its tokens.")
+        gr.Markdown(f"## vqprior: `{Path(generator.run_dir).name}`\n"
+                    "A VQ-VAE tokenizer and a PixelCNN prior over its tokens.")
         with gr.Row():
             choice = gr.Dropdown(choices, value=choices[0], label="class", elem_id="class")
             seed = gr.Number(value=0, precision=0, minimum=0, label="seed", elem_id="seed")
