@@ -81,17 +81,22 @@ class GeneratorOutput(NamedTuple):
 OUTPUT_TYPES = ("pt", "np", "pil")
 
 
+def check_output_type(output_type):
+    """One ValueError for an output_type that is not one of OUTPUT_TYPES."""
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+
+
 def as_output_type(images, output_type):
     """Images (n, c, H, W) float in [0, 1] as output_type asks, in the diffusers convention: "pt" as they are, "np"
     float32 (n, H, W, c) in [0, 1], "pil" a list of PIL images (grey "L" or "RGB", pixels as the PNGs hold them)."""
+    check_output_type(output_type)
     if output_type == "pt":
         return images
     if output_type == "np":
         return rearrange(images, "n c h w -> n h w c").numpy()
-    if output_type == "pil":
-        pixels = rearrange(as_uint8(images), "n c h w -> n h w c").numpy()
-        return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]
-    raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+    pixels = rearrange(as_uint8(images), "n c h w -> n h w c").numpy()  # "pil"
+    return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]
 
 
 class ImageGenerator:
@@ -241,8 +246,7 @@ class ImageGenerator:
         CPU ("pt"), float32 (n, H, W, c) ("np") or a list of PIL images ("pil"); label: see request(); seed or
         generator: see sample_tokens; kwargs: the sampling settings (guidance_scale=(1, 3), ...) and sampler,
         prefix, keep_rows."""
-        if output_type not in OUTPUT_TYPES:  # before minutes of sampling
-            raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        check_output_type(output_type)  # before minutes of sampling
         tokens, _, _ = self.sample_tokens(n, label, seed=seed, generator=generator, batch_size=batch_size, **kwargs)
         return GeneratorOutput(as_output_type(self.decode(tokens, batch_size), output_type), tokens)
 

@@ -3,7 +3,6 @@ dataclasses become flags here; and the one error boundary, where a user's mistak
 
 import argparse
 import dataclasses
-import math
 import os
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from prior.sampling import NO_LABEL, SCHEDULES, SETTINGS, SamplingConfig, describe_schedule
+from prior.sampling import NO_LABEL, SCHEDULES, SETTINGS, SamplingConfig, check_first, describe_schedule
 from store.images import DEBIAN_FASHION_MNIST_DIR, DataConfig
 from training import MAX_SEED, TrainConfig
 
@@ -29,17 +28,19 @@ def non_negative_int(text):
 
 
 def position_or_fraction(text):
-    """An argparse type: a position (an integer >= 0) or a fraction of the grid in (0, 1)."""
+    """An argparse type: a position (an integer >= 0) or a fraction of the grid in (0, 1), as
+    prior.sampling.check_first takes them."""
+    for number in (int, float):
+        try:
+            value = number(text)
+            break
+        except ValueError:
+            value = text
     try:
-        return non_negative_int(text)
-    except argparse.ArgumentTypeError:
-        pass
-    try:
-        value = float(text)
+        check_first("guidance_from", value)
     except ValueError:
-        value = math.nan
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be a position (an integer >= 0) or a fraction in (0, 1), not {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"must be a position (an integer >= 0) or a fraction in (0, 1), not {text!r}") from None
     return value
 
 
