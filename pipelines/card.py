@@ -16,7 +16,7 @@ from generation.card import model_card
 from pipelines import cli
 from store.hub import run_folder
 from generation.pretrained import export_generator
-from store.runs import check_output_folder, read_json, refuse_existing, write_text
+from store.runs import check_output_folder, output_lock, read_json, refuse_existing, write_text
 
 
 def build_parser():
@@ -62,10 +62,11 @@ def main(argv=None):
         raise ValueError(f"--provenance {args.provenance} must hold a JSON object, not {json.dumps(provenance)[:40]}")
     name = args.name or args.export or args.run
     text = model_card(run_dir, reports, provenance, args.license, name)  # a bad report refused before any export
-    if args.export:
-        run_dir = export_generator(run_dir, args.export, args.overwrite)
-        text = model_card(run_dir, reports, provenance, args.license, name)
-    write_text(out, text)
+    with output_lock(args.export or out):  # a second writer of the same folder or card is refused here
+        if args.export:
+            run_dir = export_generator(run_dir, args.export, args.overwrite)
+            text = model_card(run_dir, reports, provenance, args.license, name)
+        write_text(out, text)
     print(f"model card -> {out}")
 
 

@@ -21,7 +21,7 @@ from generation.pretrained import choose_tokenizer
 from pipelines import cli
 from store.index_maps import read_token_levels
 from store.pictures import save_mosaic, save_pngs
-from store.runs import check_output_folder, path_from, staged_folder, write_json
+from store.runs import check_output_folder, output_lock, path_from, staged_folder, write_json
 from tokenizer import Tokenizer
 from training import TrainConfig, batches_in_order, make_accelerator
 
@@ -52,35 +52,36 @@ def main(argv=None):
     tokenizer_dir = choose_tokenizer(args.tokenizer, args.output_root)
     check_output_folder(out, args.overwrite, inputs=[tokenizer_dir, args.tokens, args.top_tokens])
     accelerator = make_accelerator(TrainConfig())
-    tokenizer = Tokenizer.load(tokenizer_dir, device=accelerator.device)
-    levels, source = read_token_levels(args.tokens, tokenizer.level_shapes, tokenizer.codebook_size,
-                                       tokenizer.weights_sha256, args.split, args.top_tokens)
-    count = len(levels[0])
-    if count == 0:
-        raise ValueError(f"{source} holds no token maps")
+    with output_lock(out, accelerator.is_main_process):  # a second writer of --out is refused before any work
+        tokenizer = Tokenizer.load(tokenizer_dir, device=accelerator.device)
+        levels, source = read_token_levels(args.tokens, tokenizer.level_shapes, tokenizer.codebook_size,
+                                           tokenizer.weights_sha256, args.split, args.top_tokens)
+        count = len(levels[0])
+        if count == 0:
+            raise ValueError(f"{source} holds no token maps")
 
-    def work(start, stop):
-        batch = [torch.from_numpy(np.asarray(level[start:stop]).astype(np.int64)) for level in levels]
-        return tokenizer.decode(batch[0] if len(batch) == 1 else tuple(batch)).float().cpu()
+        def work(start, stop):
+            batch = [torch.from_numpy(np.asarray(level[start:stop]).astype(np.int64)) for level in levels]
+            return tokenizer.decode(batch[0] if len(batch) == 1 else tuple(batch)).float().cpu()
 
-    main_process = accelerator.is_main_process
-    with staged_folder(out, args.overwrite) if main_process else contextlib.nullcontext() as folder:
-        shown = []
-        if main_process:
-            (folder / "images").mkdir()
-        batches = batches_in_order(accelerator, count, args.batch_size, work)
-        for start, images in tqdm(batches, total=-(-count // args.batch_size), desc="decode", dynamic_ncols=True,
-                                  disable=not main_process):
+        main_process = accelerator.is_main_process
+        with staged_folder(out, args.overwrite) if main_process else contextlib.nullcontext() as folder:
+            shown = []
             if main_process:
-                save_pngs(folder / "images", images, first=start)
-                shown.append(images[:args.mosaic - sum(len(s) for s in shown)])
+                (folder / "images").mkdir()
+            batches = batches_in_order(accelerator, count, args.batch_size, work)
+            for start, images in tqdm(batches, total=-(-count // args.batch_size), desc="decode", dynamic_ncols=True,
+                                      disable=not main_process):
+                if main_process:
+                    save_pngs(folder / "images", images, first=start)
+                    shown.append(images[:args.mosaic - sum(len(s) for s in shown)])
+            if main_process:
+                save_mosaic(folder / "grid.png", torch.cat(shown))
+                write_json(folder / "decode.json", {"tokenizer_run": path_from(out, tokenizer.run_dir),
+                                                    "tokenizer_weights_sha256": tokenizer.weights_sha256,
+                                                    "tokens": source, "count": count, "batch_size": args.batch_size})
         if main_process:
-            save_mosaic(folder / "grid.png", torch.cat(shown))
-            write_json(folder / "decode.json", {"tokenizer_run": path_from(out, tokenizer.run_dir),
-                                                "tokenizer_weights_sha256": tokenizer.weights_sha256,
-                                                "tokens": source, "count": count, "batch_size": args.batch_size})
-    if main_process:
-        print(f"{count} images -> {out}/images, mosaic {out}/grid.png")
+            print(f"{count} images -> {out}/images, mosaic {out}/grid.png")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from generation.pretrained import choose_tokenizer
 from pipelines import cli
 from store.images import DATASETS, SPLITS, DataConfig, load_images
 from store.index_maps import IndexMapWriter, record_index_maps, sources_text, write_sources
-from store.runs import check_output_folder, path_from, staged_folder
+from store.runs import check_output_folder, output_lock, path_from, staged_folder
 from store.sequences import SequenceLayout, SequenceWriter
 from tokenizer import Tokenizer
 from tokenizer.encoding import encode_split, level_usage_stats
@@ -71,46 +71,47 @@ def main(argv=None):
     data_config = cli.config_from_args(DataConfig, args, dataset=dataset, image_size=args.image_size or size)
     out = Path(args.out)
     check_output_folder(out, args.overwrite, inputs=[tokenizer.run_dir, *data_config.sources()])
-    layout = SequenceLayout(tokenizer.codebook_size, tuple(tokenizer.level_shapes.values()), args.vocab_offset,
-                            args.begin_end_ids) if args.sequences else None
+    with output_lock(out, accelerator.is_main_process):  # a second writer of --out is refused before any work
+        layout = SequenceLayout(tokenizer.codebook_size, tuple(tokenizer.level_shapes.values()), args.vocab_offset,
+                                args.begin_end_ids) if args.sequences else None
 
-    # Every file is listed and checked (unreadable ones named in one line) before any work; decoded batch by batch.
-    names = [FOLDER_SPLIT] if folder_source else [args.split] if args.split else list(SPLITS)
-    splits = {name: load_images(data_config, "all" if folder_source else name, lazy=True, channels=channels)
-              for name in names}
-    for data in splits.values():
-        tokenizer.check_images(data.images.shape[1:], args.images)
-    sources = {name: sources_text(data.paths) for name, data in splits.items()} if folder_source else {}
+        # Every file is listed and checked (unreadable ones named in one line) before any work; decoded batch by batch.
+        names = [FOLDER_SPLIT] if folder_source else [args.split] if args.split else list(SPLITS)
+        splits = {name: load_images(data_config, "all" if folder_source else name, lazy=True, channels=channels)
+                  for name in names}
+        for data in splits.values():
+            tokenizer.check_images(data.images.shape[1:], args.images)
+        sources = {name: sources_text(data.paths) for name, data in splits.items()} if folder_source else {}
 
-    main_process = accelerator.is_main_process
-    started = time.perf_counter()
-    extra = None if layout is None else {"sequences": (layout.dtype, (layout.length,))}
-    with staged_folder(out, args.overwrite) if main_process else contextlib.nullcontext() as folder:
-        entries = {}
-        for name, data in splits.items():
-            with IndexMapWriter(folder, name, len(data), tokenizer.token_shape, tokenizer.codebook_size,
-                                tokenizer.level_shapes.get("top"), extra) if main_process \
-                    else contextlib.nullcontext() as writer:
-                counts, _ = encode_split(tokenizer, data, args.batch_size, False, f"encode {name}",
-                                         writer if layout is None or writer is None else SequenceWriter(writer, layout),
-                                         accelerator)
+        main_process = accelerator.is_main_process
+        started = time.perf_counter()
+        extra = None if layout is None else {"sequences": (layout.dtype, (layout.length,))}
+        with staged_folder(out, args.overwrite) if main_process else contextlib.nullcontext() as folder:
+            entries = {}
+            for name, data in splits.items():
+                with IndexMapWriter(folder, name, len(data), tokenizer.token_shape, tokenizer.codebook_size,
+                                    tokenizer.level_shapes.get("top"), extra) if main_process \
+                        else contextlib.nullcontext() as writer:
+                    sink = writer if layout is None or writer is None else SequenceWriter(writer, layout)
+                    counts, _ = encode_split(tokenizer, data, args.batch_size, False, f"encode {name}", sink,
+                                             accelerator)
+                if main_process:
+                    entries[name] = writer.entry(level_usage_stats(counts))
+                    if name in sources:  # row i of the tokens is the image on line i
+                        entries[name].update(write_sources(folder, name, sources[name]))
             if main_process:
-                entries[name] = writer.entry(level_usage_stats(counts))
-                if name in sources:  # row i of the tokens is the image on line i
-                    entries[name].update(write_sources(folder, name, sources[name]))
+                metadata = tokenizer.map_metadata(dataset, splits[names[0]].class_names)
+                metadata.update(source={"images": path_from(out, images_path) if folder_source else args.images,
+                                        "data": dataclasses.asdict(data_config), "batch_size": args.batch_size},
+                                sequences=None if layout is None else layout.describe())
+                record_index_maps(folder, entries, metadata)
         if main_process:
-            metadata = tokenizer.map_metadata(dataset, splits[names[0]].class_names)
-            metadata.update(source={"images": path_from(out, images_path) if folder_source else args.images,
-                                    "data": dataclasses.asdict(data_config), "batch_size": args.batch_size},
-                            sequences=None if layout is None else layout.describe())
-            record_index_maps(folder, entries, metadata)
-    if main_process:
-        seconds, total = time.perf_counter() - started, sum(len(data) for data in splits.values())
-        counted = ", ".join(f"{len(data)}" + ("" if name == FOLDER_SPLIT else f" {name}")
-                            for name, data in splits.items())
-        print(f"{counted} images -> {out} ({'x'.join(map(str, tokenizer.token_shape))} tokens each"
-              + (f", sequences of {layout.length}" if layout else "")
-              + f") in {seconds:.1f} s, {total / max(seconds, 1e-9):.0f} images/s")
+            seconds, total = time.perf_counter() - started, sum(len(data) for data in splits.values())
+            counted = ", ".join(f"{len(data)}" + ("" if name == FOLDER_SPLIT else f" {name}")
+                                for name, data in splits.items())
+            print(f"{counted} images -> {out} ({'x'.join(map(str, tokenizer.token_shape))} tokens each"
+                  + (f", sequences of {layout.length}" if layout else "")
+                  + f") in {seconds:.1f} s, {total / max(seconds, 1e-9):.0f} images/s")
 
 
 if __name__ == "__main__":

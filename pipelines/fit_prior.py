@@ -78,10 +78,15 @@ def main(argv=None):
     # config.json names the tokenizer run relative to the new run's folder: no folder of this machine in it.
     config = lambda folder: dataclasses.replace(run, tokenizer=dataclasses.replace(
         run.tokenizer, run=path_from(folder, tokenizer_dir))).to_dict()
-    run_dir = open_run_dir(accelerator, "prior", config, resume_dir=args.resume and Path(args.resume),
-                           output_root=args.output_root, run_name=args.run_name, copies=tokenizer_copy(tokenizer_dir))
+    with open_run_dir(accelerator, "prior", config, resume_dir=args.resume and Path(args.resume),
+                      output_root=args.output_root, run_name=args.run_name,
+                      copies=tokenizer_copy(tokenizer_dir)) as run_dir:
+        train_prior(run, run_dir, train_maps, test_maps, accelerator, resume=bool(args.resume))
 
-    torch.manual_seed(train_config.seed)
+
+def train_prior(run, run_dir, train_maps, test_maps, accelerator, resume):
+    """Train the prior of run (a PriorRun) in run_dir, then write its weights and results.json."""
+    torch.manual_seed(run.train.seed)
     model = run.build()
     grids = " and ".join("x".join(map(str, c.token_shape)) for c in (run.top, run.model) if c is not None)
     accelerator.print(f"prior: {run.model.arch}, {model.num_parameters():,} parameters, grid {grids}, "
@@ -91,8 +96,8 @@ def main(argv=None):
     evaluate = lambda m: bits_per_token(m, test_set, run.eval_batch_size, accelerator.device, conditional)
     step = functools.partial(prior_step, label_dropout=run.label_dropout, num_classes=run.model.num_classes)
     started = time.perf_counter()
-    model, metrics, averaged = train(model, MapDataset(train_maps), step, train_config, run_dir, accelerator,
-                                     resume=bool(args.resume), description="fit prior", evaluate=evaluate)
+    model, metrics, averaged = train(model, MapDataset(train_maps), step, run.train, run_dir, accelerator,
+                                     resume=resume, description="fit prior", evaluate=evaluate)
     train_seconds = time.perf_counter() - started
     if accelerator.is_main_process:
         save_run_weights(run_dir, model.state_dict(), averaged)
@@ -102,7 +107,6 @@ def main(argv=None):
                                               WEIGHTS_HASHES: weights_hashes(run_dir)})
         accelerator.print(f"test {results['test_bits_per_token']:.4f} bits per token, "
                           f"{results['test_bits_per_image']:.2f} bits per image -> {run_dir}")
-
 
 if __name__ == "__main__":
     cli.run(main)

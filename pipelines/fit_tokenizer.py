@@ -14,8 +14,8 @@ import torch
 
 from pipelines import cli
 from store.images import DataConfig, ImageDataset, load_images
-from store.runs import (WEIGHTS_HASHES, check_resumable, remove_stale_temporaries, save_run_weights, weights_hashes,
-                        write_json)
+from store.runs import (WEIGHTS_HASHES, check_resumable, output_lock, remove_stale_temporaries, save_run_weights,
+                        weights_hashes, write_json)
 from tokenizer import TokenizerConfig, TokenizerRun
 from tokenizer.encoding import dump
 from tokenizer.fit import (check_discriminator_start, save_reconstructions, tokenizer_step, tokenizer_weights,
@@ -78,15 +78,20 @@ def main(argv=None):
     torch.manual_seed(run.train.seed)
     vqvae = build_tokenizer_model(run.model)
     model = trained_module(vqvae, run.loss)  # trained in place: vqvae holds the trained weights afterwards
-    run_dir = open_run_dir(accelerator, "tokenizer", run.to_dict(), resume_dir=args.resume and Path(args.resume),
-                           output_root=args.output_root, run_name=args.run_name)
+    with open_run_dir(accelerator, "tokenizer", run.to_dict(), resume_dir=args.resume and Path(args.resume),
+                      output_root=args.output_root, run_name=args.run_name) as run_dir:
+        train_tokenizer(run, run_dir, vqvae, model, train_set, test_set, accelerator, resume=bool(args.resume))
 
+
+def train_tokenizer(run, run_dir, vqvae, model, train_set, test_set, accelerator, resume):
+    """Train model (vqvae and its losses) of run (a TokenizerRun) in run_dir, then write its weights, the index maps
+    of both splits, its reconstructions and results.json."""
     accelerator.print(f"tokenizer: {vqvae.num_parameters():,} parameters, grid {run.model.grid_size}x"
                       f"{run.model.grid_size}, {run.model.codebook_size} codes -> {run_dir}")
     started = time.perf_counter()
     step = functools.partial(tokenizer_step, loss=run.loss)
     _, metrics, averaged = train(model, ImageDataset(train_set), step, run.train, run_dir, accelerator,
-                                 resume=bool(args.resume), description="fit tokenizer")
+                                 resume=resume, description="fit tokenizer")
     train_seconds = time.perf_counter() - started
     if accelerator.is_main_process:  # the dump below encodes with the averaged weights when they are kept
         save_run_weights(run_dir, vqvae.state_dict(),
@@ -94,7 +99,7 @@ def main(argv=None):
     accelerator.wait_for_everyone()
 
     # The splits already listed and checked are reused: a folder is not walked and verified twice.
-    tokenizer, results = dump(run_dir, data_config, run.dump_batch_size, accelerator,
+    tokenizer, results = dump(run_dir, run.data, run.dump_batch_size, accelerator,
                               splits={"train": train_set, "test": test_set})
     if accelerator.is_main_process:
         save_reconstructions(run_dir / "reconstructions.png", tokenizer, test_set.images)
@@ -107,14 +112,14 @@ def main(argv=None):
         accelerator.print(f"test MSE {test['mse']:.5f}, PSNR {test['psnr']:.2f} dB, perplexity "
                           f"{test['perplexity']:.1f}, codes used {100 * test['codes_used']:.1f}% -> {run_dir}")
 
-
 def dump_again(run_dir, batch_size=None):
     """--dump-only: the maps of a finished run written again from its weights (at its own batch size unless told)."""
     run = TokenizerRun.load(run_dir)
     accelerator = make_accelerator(TrainConfig())
-    if accelerator.is_main_process:
-        remove_stale_temporaries(run_dir / "maps")
-    _, results = dump(run_dir, run.data, run.dump_batch_size if batch_size is None else batch_size, accelerator)
+    with output_lock(run_dir, accelerator.is_main_process):
+        if accelerator.is_main_process:
+            remove_stale_temporaries(run_dir / "maps")
+        _, results = dump(run_dir, run.data, run.dump_batch_size if batch_size is None else batch_size, accelerator)
     accelerator.print(f"index maps written to {run_dir / 'maps'}: {results}")
 
 

@@ -25,7 +25,7 @@ from pipelines import cli
 from store.images import read_image
 from store.index_maps import IndexMapWriter, record_index_maps, smallest_uint_dtype
 from store.pictures import NpzImageWriter, save_mosaic, save_pngs
-from store.runs import check_disk_space, check_output_folder, path_from, staged_folder, write_json
+from store.runs import check_disk_space, check_output_folder, output_lock, path_from, staged_folder, write_json
 from training import TrainConfig, make_accelerator
 
 NO_LABEL_ID = -1  # the label written beside a grid drawn with no class asked for
@@ -63,15 +63,20 @@ def main(argv=None):
     args = build_parser().parse_args(None if argv is None else [str(a) for a in argv])
     precision = TrainConfig(mixed_precision=args.mixed_precision)  # "auto" resolved for this machine
     accelerator = make_accelerator(precision)
-    device = accelerator.device
     if args.keep_rows is not None and not args.complete:
         raise ValueError("--keep-rows needs --complete IMAGE")
     prior_dir = choose_prior(args.prior, args.output_root)
     out = cli.output_folder(args, "samples")
     started = time.perf_counter()
-    generator = ImageGenerator.load(prior_dir, device)
-    tokenizer, run = generator.tokenizer, generator.run
-    check_output_folder(out, args.overwrite, inputs=[prior_dir, tokenizer.run_dir, args.complete])
+    generator = ImageGenerator.load(prior_dir, accelerator.device)
+    check_output_folder(out, args.overwrite, inputs=[prior_dir, generator.tokenizer.run_dir, args.complete])
+    with output_lock(out, accelerator.is_main_process):  # a second writer of --out is refused before any work
+        write_samples(args, out, generator, prior_dir, accelerator, precision, time.perf_counter() - started)
+
+
+def write_samples(args, out, generator, prior_dir, accelerator, precision, load_seconds):
+    """Draw args.n_samples grids from generator, decode them, and write the output folder out whole."""
+    tokenizer, run, device = generator.tokenizer, generator.run, accelerator.device
     n, batch_size = args.n_samples, args.batch_size
     # Held at once: a batch, and the images of the mosaic. Written: a PNG per image, the tokens and labels.
     check_memory(generator.batch_bytes(min(batch_size, n)) + args.mosaic * generator.bytes_per_sample(),
@@ -92,7 +97,6 @@ def main(argv=None):
             else encoded.expand(n, *tokenizer.token_shape)
         completion = {"prefix": prefix, "keep_rows": keep_rows}
     labels, settings = generator.request(n, args.label, **cli.sampling_settings(args))
-    load_seconds = time.perf_counter() - started
 
     main_process = accelerator.is_main_process
     bar = ProgressBar(desc="sample", unit="pos", dynamic_ncols=True, disable=not main_process)

@@ -11,7 +11,6 @@ import hashlib
 import http.client
 import os
 import shutil
-import socket
 import tempfile
 import urllib.request
 import warnings
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from store.runs import owner_tag, remove_orphans
 
 # Where Debian's dataset-fashion-mnist package puts its files.
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -153,8 +154,8 @@ def fashion_mnist_folder(config):
 def download_fashion_mnist(config, progress=True):
     """fashion_mnist_folder(config), its files downloaded first when it lacks them (from config's mirror, else
     torchvision's), each checked (FASHION_MNIST_IDX_SHA256) and renamed into place whole: nothing is written
-    beside them until a file is complete, and a copy killed on its way in (a hidden .part-<host>-<pid>-<name>) is
-    removed by the next download once that process is gone. No network and no files: one ValueError saying both
+    beside them until a file is complete, and a copy killed on its way in (a hidden .NAME.<host>-<pid>-part.tmp)
+    is removed by the next download once that process is gone. No network and no files: one ValueError saying both
     ways to get them."""
     folder = fashion_mnist_folder(config)
     if _holds_fashion_mnist(folder):
@@ -164,10 +165,7 @@ def download_fashion_mnist(config, progress=True):
     checksums = dict(torchvision.datasets.FashionMNIST.resources)
     mirrors = [config.fashion_mnist_mirror] if config.fashion_mnist_mirror else \
         list(torchvision.datasets.FashionMNIST.mirrors)
-    owner = f"{socket.gethostname()}-{os.getpid()}"
-    for left in folder.glob(f".part-{socket.gethostname()}-*") if folder.is_dir() else ():
-        if not _alive(left.name[len(f".part-{socket.gethostname()}-"):].split("-")[0]):
-            left.unlink(missing_ok=True)
+    remove_orphans(folder)
     staging = Path(tempfile.mkdtemp(prefix="fashion-mnist-"))  # the system's temporary folder
     try:
         for names in FASHION_MNIST_FILES.values():
@@ -175,7 +173,7 @@ def download_fashion_mnist(config, progress=True):
                 if not (folder / name).is_file():
                     _download_checked(mirrors, name, checksums[name], staging / name, progress)
                     folder.mkdir(parents=True, exist_ok=True)
-                    part = folder / f".part-{owner}-{name}"
+                    part = folder / f".{name}.{owner_tag()}-part.tmp"
                     shutil.move(staging / name, part)  # a copy where the temporary folder is another file system
                     os.replace(part, folder / name)
     except (OSError, ValueError) as error:
@@ -186,17 +184,6 @@ def download_fashion_mnist(config, progress=True):
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
-
-
-def _alive(pid):
-    """Whether the process of this id (text) runs on this machine."""
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
-        return True  # another user's process, or a name not ours to judge: kept
-    return True
 
 
 def _download_checked(mirrors, name, md5, path, progress):

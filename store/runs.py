@@ -2,23 +2,35 @@
 
 A run lives in checkpoints/<stage>/<run-name>/. Every file is written to a temporary name in the same folder and
 renamed into place, so a killed process leaves either the old complete file or the new complete file (and perhaps
-a temporary .NAME.XXXX.tmp, which no reader looks at and a resumed run deletes). The run directory itself appears
-the same way, already holding its config.json, so any run directory can be resumed.
+a temporary .NAME.<host>-<pid>-XXXX.tmp, which no reader looks at, and which the next writer in that folder removes
+once its process is gone). The run directory itself appears the same way, already holding its config.json, so any
+run directory can be resumed. A command's output is locked while it works (output_lock): a second writer of the
+same output is refused before it starts.
 """
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
 import time
 import typing
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows: outputs are not locked there
+    fcntl = None
+
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
+from tqdm import tqdm
 
 # A run's weights, and the exponential moving average of them that a run keeping one writes beside them.
 MODEL_WEIGHTS = "model.safetensors"
@@ -44,18 +56,111 @@ def _fsync_directory(directory):
         os.close(fd)
 
 
+# A staging file or folder: .NAME.<host>-<pid>-<random>.tmp, so that whoever finds it can tell whether its owner
+# still runs (the host reduced to letters, digits and _, as owner_tag writes it).
+STAGING_NAME = re.compile(r"\..+\.(?P<host>\w+)-(?P<pid>\d+)-[^.]*\.tmp")
+
+
+def note(message):
+    """One line on stderr, on a line of its own even while a progress bar is drawn."""
+    tqdm.write(f"note: {message}", file=sys.stderr)
+
+
+def owner_tag():
+    """This process, as the names of its staging files carry it: <host>-<pid>."""
+    return f"{re.sub(r'[^A-Za-z0-9_]', '_', socket.gethostname())}-{os.getpid()}"
+
+
+def process_alive(pid):
+    """Whether the process of this id runs on this machine (another user's process counts as running)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
 def _temporary_name(path):
-    return {"prefix": f".{Path(path).name}.", "suffix": ".tmp", "dir": Path(path).parent}
+    return {"prefix": f".{Path(path).name}.{owner_tag()}-", "suffix": ".tmp", "dir": Path(path).parent}
+
+
+def remove_orphans(folder):
+    """Remove the staging files and folders in folder that processes of this machine left when they were killed
+    (their process is gone); one line on stderr says what went. A live process's staging, and another machine's
+    (whose processes cannot be asked), stay. Returns the paths removed."""
+    host, removed, size = owner_tag().rsplit("-", 1)[0], [], 0
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.startswith(".") and e.name.endswith(".tmp")]
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        match = STAGING_NAME.fullmatch(entry.name)
+        if match is None or match["host"] != host or process_alive(match["pid"]):
+            continue
+        path = Path(entry.path)
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                size += sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+                shutil.rmtree(path)
+            else:
+                size += entry.stat(follow_symlinks=False).st_size
+                path.unlink()
+        except FileNotFoundError:  # another writer removed it first
+            continue
+        removed.append(path)
+    if removed:
+        note(f"removed {len(removed)} staging {'entry' if len(removed) == 1 else 'entries'} ({size:,} bytes) in "
+             f"{folder} that killed processes left: {', '.join(p.name for p in removed[:3])}"
+             f"{' ...' if len(removed) > 3 else ''}")
+    return removed
+
+
+# A write refused for want of room: a full disk, a full quota, or a file over the process's file-size limit.
+NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class NoRoomError(OSError):
+    """A write that found no room (NO_ROOM), said in one line: the path, the bytes it needed where known, the bytes
+    free there, and what to do. Writers above add what the user can do next (with_advice)."""
+
+    def __init__(self, code, message):
+        super().__init__(code, message)
+        self.message = message
+
+    def __str__(self):
+        return self.message
+
+    def with_advice(self, advice):
+        return NoRoomError(self.errno, f"{self.message}; {advice}")
+
+
+def no_room(code, path, needed=None, left="nothing of it was written"):
+    """The NoRoomError of an errno in NO_ROOM met while writing path."""
+    existing = next(p for p in (Path(path), *Path(path).parents) if p.exists())
+    stats = os.statvfs(existing)
+    needs = f"{needed:,} bytes, " if needed else ""
+    if code == errno.EFBIG:
+        cause, advice = "over this process's file-size limit", "raise the limit (ulimit -f), or write elsewhere"
+    else:
+        cause, advice = "no space left", "free some space, or write elsewhere"
+    return NoRoomError(code, f"no room to write {path} ({needs}{stats.f_bavail * stats.f_frsize:,} bytes free there: "
+                             f"{cause}): {left}; {advice}")
 
 
 @contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside `path`; on success it is fsynced and renamed onto `path`."""
+def atomic_path(path, size=None):
+    """Yield a temporary path beside `path`; on success it is fsynced and renamed onto `path`. A write that finds no
+    room is a NoRoomError naming path and size (the bytes it writes, where the caller knows them); the file at path,
+    if any, stays as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(**_temporary_name(path))
-    os.close(fd)
+    remove_orphans(path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(**_temporary_name(path))
+        os.close(fd)
         yield tmp
         # mkstemp makes 0600 files (and a writer may have replaced the file); the finished file gets the mode an
         # ordinary open() would give it.
@@ -64,8 +169,12 @@ def atomic_path(path):
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_directory(path.parent)
+    except OSError as error:
+        if error.errno not in NO_ROOM or isinstance(error, NoRoomError):
+            raise
+        raise no_room(error.errno, path, size, left=f"{path.name} was left as it was") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -77,8 +186,9 @@ def remove_stale_temporaries(run_dir):
 
 
 def write_text(path, text):
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text)
+    data = text.encode()
+    with atomic_path(path, len(data)) as tmp:
+        Path(tmp).write_bytes(data)
 
 
 def write_json(path, obj):
@@ -113,7 +223,7 @@ def save_tensors(path, tensors, metadata=None):
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     # Not save_file: it writes through a temporary file of its own (.tmpXXXXXX), which a kill would leave behind.
     data = save(tensors, metadata=metadata)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, len(data)) as tmp:
         Path(tmp).write_bytes(data)
 
 
@@ -290,6 +400,7 @@ def staged_folder(path, overwrite=False, exists="pass --overwrite or another --o
     path = Path(path)
     refuse_existing(path, overwrite, exists)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_orphans(path.parent)
     staging = Path(tempfile.mkdtemp(**_temporary_name(path)))
     try:
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
@@ -299,9 +410,66 @@ def staged_folder(path, overwrite=False, exists="pass --overwrite or another --o
             shutil.rmtree(path)
         os.rename(staging, path)
         _fsync_directory(path.parent)
+    except OSError as error:  # a file of the folder, or the folder itself, found no room
+        if error.errno not in NO_ROOM:
+            raise
+        raise no_room(error.errno, path, left=f"nothing of {path.name} was written") from None
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+class OutputBusyError(ValueError):
+    """Another process holds the lock of the output asked for (output_lock)."""
+
+
+def lock_file(path):
+    """The lock of an output path (output_lock): a hidden .NAME.lock beside it, never inside what it names."""
+    return Path(path).parent / f".{Path(path).name}.lock"
+
+
+@contextlib.contextmanager
+def output_lock(path, hold=True):
+    """Hold the lock of the output path while the block runs (hold=False: a process of a group that does not write,
+    the block runs unlocked). A second process asking for the same path, while the first holds it, gets a one-line
+    ValueError naming the holder before it does any work. The lock is the kernel's (flock), so it is released on
+    every exit, a kill included; the file a killed holder leaves is taken over, with a note on stderr, by the next
+    writer. On systems without flock (Windows) the block runs unlocked."""
+    if not hold or fcntl is None:
+        yield
+        return
+    lock = lock_file(path)
+    check_can_write_in(lock.parent)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise OutputBusyError(f"{path} is being written by {holder}: wait for it to end, or write elsewhere") \
+                from None
+        # The holder before us may have removed the file between our open and our flock: lock the file at the path.
+        try:
+            here = os.stat(lock)
+        except FileNotFoundError:
+            here = None
+        if here is not None and os.path.samestat(here, os.fstat(fd)):
+            break
+        os.close(fd)
+    try:
+        left = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        if left:
+            note(f"{path} was locked by {left}, which ended without releasing it: taken over")
+        holder = (f"process {os.getpid()} on {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                  f"{' '.join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))[:200]})")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode() + b"\n", 0)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def create_run_dir(run_dir, config, copies=None):

@@ -369,11 +369,13 @@ COMMAND_CASES = [
 
 
 def tree(root):
-    """Every path under root with its kind, size and modification time: a snapshot to compare."""
+    """Every path under root with its kind, size and modification time (a file's: a folder's changes when a lock
+    beside an output comes and goes), a snapshot to compare."""
     root = Path(root)
     if not root.exists():
         return {}
-    return {str(p.relative_to(root)): (p.is_dir(), p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns)
+    return {str(p.relative_to(root)): (p.is_dir(), p.stat().st_size if p.is_file() else 0,
+                                       None if p.is_dir() else p.stat().st_mtime_ns)
             for p in [root, *root.rglob("*")]}
 
 

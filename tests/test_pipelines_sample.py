@@ -208,7 +208,7 @@ def test_each_batch_is_written_before_the_next_is_drawn(prior_run, tmp_path, cap
 
     def watched(self, *args, **kwargs):
         for start, tokens, images in draw_batches(self, *args, **kwargs):
-            staged = [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+            staged = [p for p in tmp_path.iterdir() if p.name.startswith(".out.") and p.name.endswith(".tmp")]
             written_before.append(len(list((staged[0] / "images").iterdir())) if staged else None)
             yield start, tokens, images
 

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO, TINY_PRIOR, TINY_TOKENIZER, assert_same_weights
 from store.index_maps import read_index_maps
-from store.runs import file_sha256
+from store.runs import file_sha256, lock_file
 
 MIN_LIVE_KILLS = 5  # per command: kills that land while the process runs and its run directory is unfinished
 MAX_CHAINS = 3  # a chain that finishes before enough kills hit (the timing is noisy) is followed by a fresh one
@@ -92,9 +92,11 @@ def check_files(run_dir):
 
 
 def check_stage_folder(stage_dir, names):
-    """Beside the runs, at most the hidden temporary folder of a run killed while being created."""
+    """Beside the runs, at most the hidden temporary folder of a run killed while being created, and the lock file
+    of a killed run (store.runs.output_lock's, which the next writer takes over)."""
     for path in stage_dir.iterdir() if stage_dir.exists() else []:
-        assert path.name in names or is_temporary(path), f"unexpected {path}"
+        assert path.name in names or is_temporary(path) or path == lock_file(stage_dir / path.name[1:-5]), \
+            f"unexpected {path}"
 
 
 def start(module, args, env, log_path):
@@ -186,6 +188,7 @@ def kill_resume_finish(module, flags, stage_dir, env, total_steps, seed, tmp_pat
             process = start(module, ["--resume", run_dir], env, tmp_path / f"{run_dir.name}-finish.log")
             assert process.wait(timeout=300) == 0, (tmp_path / f"{run_dir.name}-finish.log").read_text()[-3000:]
         assert check_files(run_dir) == [], "a finished run still holds temporary files"
+        assert not lock_file(run_dir).exists(), "a finished run is still locked"
         finished.append(run_dir)
         if live >= MIN_LIVE_KILLS:
             break
@@ -241,5 +244,6 @@ def test_a_run_killed_while_its_directory_is_made_leaves_none(tmp_path):
     assert all(is_temporary(path) for path in run_dir.parent.iterdir())
     from store.runs import create_run_dir
 
-    create_run_dir(run_dir, {"model": {}})
+    create_run_dir(run_dir, {"model": {}})  # the next writer there removes the staging of the killed one
     assert json.loads((run_dir / "config.json").read_text()) == {"model": {}}
+    assert [path.name for path in run_dir.parent.iterdir()] == ["early"]

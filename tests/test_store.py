@@ -416,9 +416,10 @@ def test_a_download_cut_off_half_way_leaves_nothing_a_second_run_trips_on(tmp_pa
 
 
 def test_a_killed_downloads_part_file_is_removed_once_its_process_is_gone(tmp_path, mirror):
-    import socket
     import subprocess
     import sys
+
+    from store.runs import owner_tag
 
     url, _ = mirror()
     folder = tmp_path / "data" / "fashion-mnist"
@@ -426,9 +427,9 @@ def test_a_killed_downloads_part_file_is_removed_once_its_process_is_gone(tmp_pa
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     living = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        host = socket.gethostname()
-        dead_part = folder / f".part-{host}-{gone.stdout.strip()}-train-images-idx3-ubyte.gz"
-        live_part = folder / f".part-{host}-{living.pid}-train-images-idx3-ubyte.gz"
+        host = owner_tag().rsplit("-", 1)[0]
+        dead_part = folder / f".train-images-idx3-ubyte.gz.{host}-{gone.stdout.strip()}-part.tmp"
+        live_part = folder / f".train-images-idx3-ubyte.gz.{host}-{living.pid}-part.tmp"
         for part in (dead_part, live_part):
             part.write_bytes(b"half")
         load_images(away_from_debian(tmp_path, url), "test")

@@ -291,29 +291,31 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
     total_steps = config.epochs * steps_per_epoch
     log = MetricsLog(run_dir, config, accelerator, steps_per_epoch, total_steps, step, window, resume, description)
     model.train()
-    while step < total_steps:
-        epoch, offset = divmod(step, steps_per_epoch)
-        loader.set_epoch(epoch)
-        for batch in accelerator.skip_first_batches(loader, offset) if offset else loader:
-            for optimizer in optimizers:
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate_at(step, total_steps, config)
-            loss, logs = step_fn(model, batch, step)
-            update(model, loss, optimizers, config, accelerator)
-            if average is not None:
-                average.update(accelerator.unwrap_model(model))
-            step += 1
-            log.add_step(step, logs)
-            if evaluate is not None and step % steps_per_epoch == 0:
-                log.add_evaluation(step, *evaluated(model, average, evaluate, accelerator))
-            if step % config.checkpoint_every == 0 or step == total_steps:
-                if accelerator.is_main_process:
-                    save_training_state(state_path, accelerator.unwrap_model(model), optimizers, step,
-                                        accelerator.scaler, log_window=log.window, average=average)
-                accelerator.wait_for_everyone()
-            if step >= total_steps:
-                break
-    log.close()
+    try:  # the progress bar is closed on every exit: an error is said on a line of its own
+        while step < total_steps:
+            epoch, offset = divmod(step, steps_per_epoch)
+            loader.set_epoch(epoch)
+            for batch in accelerator.skip_first_batches(loader, offset) if offset else loader:
+                for optimizer in optimizers:
+                    for group in optimizer.param_groups:
+                        group["lr"] = learning_rate_at(step, total_steps, config)
+                loss, logs = step_fn(model, batch, step)
+                update(model, loss, optimizers, config, accelerator)
+                if average is not None:
+                    average.update(accelerator.unwrap_model(model))
+                step += 1
+                log.add_step(step, logs)
+                if evaluate is not None and step % steps_per_epoch == 0:
+                    log.add_evaluation(step, *evaluated(model, average, evaluate, accelerator))
+                if step % config.checkpoint_every == 0 or step == total_steps:
+                    if accelerator.is_main_process:
+                        save_training_state(state_path, accelerator.unwrap_model(model), optimizers, step,
+                                            accelerator.scaler, log_window=log.window, average=average)
+                    accelerator.wait_for_everyone()
+                if step >= total_steps:
+                    break
+    finally:
+        log.close()
     model = accelerator.unwrap_model(model)
     model.eval()
     return model, log.records, None if average is None else average.state

@@ -1,10 +1,14 @@
 """Starting a run or resuming one, across the processes of `accelerate launch` / `torchrun`: a new run's folder is
 decided by the main process and made whole with its config.json; a killed run's folder is cleaned of what its
-writers left. Every process leaves with the same run folder."""
+writers left. Every process works in the same run folder, which the main process holds locked meanwhile."""
+
+import contextlib
+import time
 
 from accelerate.utils import broadcast_object_list
 
-from store.runs import create_run_dir, new_run_dir, remove_stale_temporaries
+from store.runs import (NoRoomError, OutputBusyError, create_run_dir, new_run_dir, output_lock,
+                        remove_stale_temporaries)
 
 
 def decided_by_main(accelerator, decide):
@@ -15,17 +19,44 @@ def decided_by_main(accelerator, decide):
     return answer[0]
 
 
+@contextlib.contextmanager
 def open_run_dir(accelerator, stage, config, *, resume_dir=None, output_root=None, run_name=None, copies=None):
-    """The run folder to train in: resume_dir, cleaned of the temporary files a killed writer left, or a new
-    OUTPUT_ROOT/<stage>/<run_name or a timestamp> made whole with config.json (config: a dict) and copies
-    ({path inside: file}, as store.runs.create_run_dir); config may also be a function of the new folder, for a
-    config that records paths relative to it."""
-    run_dir = resume_dir if resume_dir is not None else decided_by_main(
-        accelerator, lambda: new_run_dir(output_root, stage, run_name))
-    if accelerator.is_main_process:
+    """with open_run_dir(...) as run_dir: the run folder to train in, locked by the main process while the block
+    runs (a second process training the same run is refused before it starts): resume_dir, cleaned of the temporary
+    files a killed writer left, or a new OUTPUT_ROOT/<stage>/<run_name or a timestamp> made whole with config.json
+    (config: a dict) and copies ({path inside: file}, as store.runs.create_run_dir); config may also be a function
+    of the new folder, for a config that records paths relative to it. A write in the block that finds no room says
+    that the run can be resumed."""
+    with contextlib.ExitStack() as held:
+        main = accelerator.is_main_process
         if resume_dir is not None:
-            remove_stale_temporaries(run_dir)
+            held.enter_context(output_lock(resume_dir, main))
+            if main:
+                remove_stale_temporaries(resume_dir)
+            run_dir = resume_dir
         else:
-            create_run_dir(run_dir, config(run_dir) if callable(config) else config, copies=copies)
-    accelerator.wait_for_everyone()
-    return run_dir
+            run_dir = decided_by_main(accelerator, lambda: _claim_new_run(held, output_root, stage, run_name))
+            if main:
+                create_run_dir(run_dir, config(run_dir) if callable(config) else config, copies=copies)
+        accelerator.wait_for_everyone()
+        try:
+            yield run_dir
+        except NoRoomError as error:
+            raise error.with_advice(f"the run is kept: once there is room, resume {run_dir} from its last "
+                                    "checkpoint") from None
+
+
+def _claim_new_run(held, output_root, stage, run_name):
+    """A new run's folder, its lock entered into held: processes started in the same second take a timestamp each."""
+    while True:
+        run_dir = new_run_dir(output_root, stage, run_name)
+        try:
+            held.enter_context(output_lock(run_dir))
+        except OutputBusyError:
+            if run_name:
+                raise
+            time.sleep(0.05)  # another process is making this one: the next name is free once it exists
+            continue
+        if not run_dir.exists():
+            return run_dir
+        held.close()  # made and released by another process in between
