@@ -256,9 +256,11 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def run(main):
     """Call main(); a ValueError or OSError from bad input, or memory that ran out, becomes one line on stderr and
-    exit status 2. Under torchrun the process group is ended on the way out, whatever happened."""
+    exit status 2. Under torchrun the process group is ended on the way out, whatever happened: after work that
+    went well, once every process has finished its own (end_processes)."""
     try:
         main()
+        end_processes(finished=True)
     except (ValueError, OSError) as error:
         fail(one_line(error) or type(error).__name__)
     except (MemoryError, RuntimeError) as error:
@@ -269,10 +271,21 @@ def run(main):
         sys.stderr.write("interrupted\n")
         sys.exit(130)
     finally:
-        # Left to the interpreter's exit, gloo's worker threads can be torn down while joinable: std::terminate,
-        # SIGABRT, a failed run after every file was written (seen once in CI on `fit_tokenizer --dump-only`).
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        end_processes(finished=False)
+
+
+def end_processes(finished):
+    """End this process's part in a torchrun/accelerate process group, if it has one. finished: the command's work
+    went well in this process, so every other one reaches this point too: they wait here for each other, and no
+    process closes its connections while another still works (the main one writes the files last, for seconds),
+    which gloo's event thread in the process still working may meet as "connection closed by peer" and abort on
+    (SIGABRT, more likely the busier the CPU). Then the group is destroyed while the interpreter is whole: left to
+    the interpreter's exit, gloo's worker threads can be torn down while joinable (std::terminate, SIGABRT)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if finished and torch.distributed.get_world_size() > 1:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def ran_out_of_memory(error):
