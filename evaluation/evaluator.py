@@ -30,8 +30,9 @@ from evaluation.report import plot_curves, plot_mosaic, plot_usage, write_html
 from generation import ImageGenerator, ProgressBar, check_memory
 from prior.sampling import SETTINGS, ClassLabels, check_count
 from store.images import DataConfig, load_images, read_image_collection
-from store.runs import (check_output_folder, file_sha256, newest_run, output_lock, path_from, read_json, read_metrics,
-                        recorded_path, staged_folder, weights_file, write_json)
+from store.runs import (MAPS_FOLDER, META_FILE, METRICS_FILE, RESULTS_FILE, check_output_folder, file_sha256,
+                        newest_run, output_lock, path_from, read_json, read_metrics, recorded_path, staged_folder,
+                        weights_file, write_json)
 from tokenizer import Tokenizer, psnr
 from training import batches_in_order, check_seed
 
@@ -59,7 +60,7 @@ def _figures_of_results(path, keys):
 
 def _usage_histograms(tokenizer_dir):
     """The test split's usage histogram as a list of levels (one level unless residual), or None if not dumped."""
-    meta_path = Path(tokenizer_dir) / "maps" / "meta.json"
+    meta_path = Path(tokenizer_dir) / MAPS_FOLDER / META_FILE
     if not meta_path.exists():
         return None
     histogram = read_json(meta_path).get("splits", {}).get("test", {}).get("usage_histogram")
@@ -169,108 +170,139 @@ def evaluate(prior_dir=None, tokenizer_dir=None, config=None, *, images=None, da
     with output_lock(out, out is not None and main_process):
         inception_path = inception_weights(config.inception_weights, progress) if inception else None
         seconds["load_runs"] = time.perf_counter() - started
-
-        started = time.perf_counter()
-        train_set, test_set = load_images(data_config, "train"), load_images(data_config, "test")
-        if runs.tokenizer is not None:
-            runs.tokenizer.check_images(test_set.images.shape[1:], data_config.dataset)
-        if runs.num_classes and list(runs.generator.run.class_names or []) != list(test_set.class_names):
-            raise ValueError(f"the classes of prior {prior_dir} are not those of {data_config.dataset}: "
-                             "its samples' classes cannot be checked")
-        samples = None
-        if images is not None:
-            channels, size, _ = test_set.images.shape[1:]
-            samples = read_image_collection(images, channels, size)  # uint8: converted a batch at a time
-        seconds["load_data"] = time.perf_counter() - started
-
-        if runs.generator is not None:
-            # The images are joined from their batches (two copies for a moment), and their features kept.
-            feature_dim = (config.classifier or ClassifierConfig()).feature_dim
-            check_memory(config.n_samples * (2 * runs.generator.bytes_per_sample() + 4 * feature_dim),
-                         f"{config.n_samples} samples with their tokens, images and features",
-                         "evaluate fewer (n_samples, --n-samples)")
-            started = time.perf_counter()
-            samples = _draw_samples(runs, config, progress, accelerator)
-            seconds["sample_and_decode"] = time.perf_counter() - started
-
+        train_set, test_set, samples = _load_data(runs, config, data_config, prior_dir, images, progress, accelerator,
+                                                  seconds)
         started = time.perf_counter()
         with accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext():
             reference = load_or_train_classifier(data_config, output_root, train_set=train_set, test_set=test_set,
                                                  model_config=config.classifier, train_config=config.classifier_train,
                                                  device=device, progress=progress)
         seconds["classifier"] = time.perf_counter() - started
-
-        def features_of(images, desc):
-            return predict(reference.model, images, config.batch_size, desc if progress else None)
-
-        started = time.perf_counter()
-        # The floor of the figures that depend on the sets' sizes: as many training images as samples (or test images).
-        floor_picks = _floor_picks(len(train_set), len(test_set) if samples is None else len(samples))
-        features, figures = _real_figures(features_of, train_set, test_set, floor_picks)
-        seconds["features_real"] = time.perf_counter() - started
-
-        reconstructions = None
-        if runs.tokenizer is not None:
-            started = time.perf_counter()
-            reconstructions, reconstruction_figures = _reconstruction_figures(
-                runs.tokenizer, test_set, features_of, {"stats": features["test_stats"], "features": features["test"]},
-                config.batch_size, progress, accelerator)
-            figures.update(reconstruction_figures)
-            seconds["reconstructions"] = time.perf_counter() - started
-        else:
-            figures.update(dict.fromkeys(RECONSTRUCTION_FIGURES))
-
-        started = time.perf_counter()
-        sample_figures, per_class, nearest_training = _sample_figures(samples, runs.asked, features_of, features,
-                                                                      test_set.class_names,
-                                                                      figures["fd_reconstructions_vs_test"])
-        figures.update(sample_figures)
-        if samples is not None:
-            seconds["features_samples"] = time.perf_counter() - started
-        figures.update(_run_figures(prior_dir, runs.tokenizer))
-
-        figures.update(dict.fromkeys(INCEPTION_FIGURES))
-        if inception_path is not None:
-            started = time.perf_counter()
-            figures.update(_inception_figures(load_inception(inception_path, device), train_set, test_set, floor_picks,
-                                              reconstructions, samples, progress))
-            seconds["inception"] = time.perf_counter() - started
+        measured = _measure(runs, reference, config, train_set, test_set, samples, prior_dir, inception_path, device,
+                            progress, accelerator, seconds)
         seconds["total"] = time.perf_counter() - started_all
-
-        # The paths read, relative to the report's folder (absolute for a report that is only returned).
-        where = lambda path: (None if path is None else path_from(out, path) if out is not None
-                              else str(Path(path).resolve()))
-        report = {
-            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-            # The tokenizer run the prior was trained for (its weights may be read from the copy the prior carries).
-            "runs": {"tokenizer": None if runs.tokenizer is None
-                     else where(runs.tokenizer.run_dir) if runs.generator is None
-                     else where(recorded_path(prior_dir, runs.generator.run.tokenizer.run)),
-                     "tokenizer_loaded_from": None if runs.tokenizer is None else where(runs.tokenizer.run_dir),
-                     "tokenizer_weights_sha256": None if runs.tokenizer is None else runs.tokenizer.weights_sha256,
-                     "prior": where(prior_dir),
-                     "prior_weights": None if runs.generator is None else runs.generator.weights,
-                     "images": where(images)},
-            "dataset": dataclasses.asdict(data_config),
-            "classifier": reference.describe(),
-            "inception": None if inception_path is None else {"weights": where(inception_path),
-                                                              "weights_sha256": file_sha256(inception_path)},
-            "settings": {"n_samples": config.n_samples if runs.generator is not None else 0,
-                         "batch_size": config.batch_size, "seed": config.seed, **(runs.settings or {}),
-                         "label": config.label,
-                         "sampled_class_counts": None if runs.asked is None else runs.asked.counts(),
-                         "features": config.features, "nearest_k": NEAREST_K, "floor_train_images": len(floor_picks),
-                         "device": str(device), "threads": torch.get_num_threads()},
-            "counts": {"train": len(train_set), "test": len(test_set),
-                       "samples": 0 if samples is None else len(samples)},
-            "figures": figures,
-            "per_class_sample_accuracy": per_class,
-            "seconds": seconds,
-        }
+        report = _report(out, runs, prior_dir, images, data_config, reference, inception_path, config, device,
+                         (train_set, test_set, samples), measured, seconds)
         if out is not None and main_process:
-            write_report(out, overwrite, report, runs, prior_dir, train_set, test_set, reconstructions, samples,
-                         nearest_training)
+            write_report(out, overwrite, report, runs, prior_dir, train_set, test_set, measured.reconstructions,
+                         samples, measured.nearest_training)
         return report
+
+
+def _load_data(runs, config, data_config, prior_dir, images, progress, accelerator, seconds):
+    """(train set, test set, samples): the data set's splits, checked against the runs, and the samples to score
+    (drawn from the prior, or read from images made elsewhere; None for a tokenizer alone)."""
+    started = time.perf_counter()
+    train_set, test_set = load_images(data_config, "train"), load_images(data_config, "test")
+    if runs.tokenizer is not None:
+        runs.tokenizer.check_images(test_set.images.shape[1:], data_config.dataset)
+    if runs.num_classes and list(runs.generator.run.class_names or []) != list(test_set.class_names):
+        raise ValueError(f"the classes of prior {prior_dir} are not those of {data_config.dataset}: "
+                         "its samples' classes cannot be checked")
+    samples = None
+    if images is not None:
+        channels, size, _ = test_set.images.shape[1:]
+        samples = read_image_collection(images, channels, size)  # uint8: converted a batch at a time
+    seconds["load_data"] = time.perf_counter() - started
+
+    if runs.generator is not None:
+        # The images are joined from their batches (two copies for a moment), and their features kept.
+        feature_dim = (config.classifier or ClassifierConfig()).feature_dim
+        check_memory(config.n_samples * (2 * runs.generator.bytes_per_sample() + 4 * feature_dim),
+                     f"{config.n_samples} samples with their tokens, images and features",
+                     "evaluate fewer (n_samples, --n-samples)")
+        started = time.perf_counter()
+        samples = _draw_samples(runs, config, progress, accelerator)
+        seconds["sample_and_decode"] = time.perf_counter() - started
+    return train_set, test_set, samples
+
+
+@dataclass
+class _Measured:
+    """What _measure found: the figures, the per-class accuracy of the samples, their nearest training images, the
+    test images' reconstructions and the training images the floor figures pick."""
+    figures: dict
+    per_class: dict | None
+    nearest_training: object
+    reconstructions: torch.Tensor | None
+    floor_picks: object
+
+
+def _measure(runs, reference, config, train_set, test_set, samples, prior_dir, inception_path, device, progress,
+             accelerator, seconds):
+    """Every figure of the report, in the reference classifier's features (and Inception's, when asked)."""
+    def features_of(images, desc):
+        return predict(reference.model, images, config.batch_size, desc if progress else None)
+
+    started = time.perf_counter()
+    # The floor of the figures that depend on the sets' sizes: as many training images as samples (or test images).
+    floor_picks = _floor_picks(len(train_set), len(test_set) if samples is None else len(samples))
+    features, figures = _real_figures(features_of, train_set, test_set, floor_picks)
+    seconds["features_real"] = time.perf_counter() - started
+
+    reconstructions = None
+    if runs.tokenizer is not None:
+        started = time.perf_counter()
+        reconstructions, reconstruction_figures = _reconstruction_figures(
+            runs.tokenizer, test_set, features_of, {"stats": features["test_stats"], "features": features["test"]},
+            config.batch_size, progress, accelerator)
+        figures.update(reconstruction_figures)
+        seconds["reconstructions"] = time.perf_counter() - started
+    else:
+        figures.update(dict.fromkeys(RECONSTRUCTION_FIGURES))
+
+    started = time.perf_counter()
+    sample_figures, per_class, nearest_training = _sample_figures(samples, runs.asked, features_of, features,
+                                                                  test_set.class_names,
+                                                                  figures["fd_reconstructions_vs_test"])
+    figures.update(sample_figures)
+    if samples is not None:
+        seconds["features_samples"] = time.perf_counter() - started
+    figures.update(_run_figures(prior_dir, runs.tokenizer))
+
+    figures.update(dict.fromkeys(INCEPTION_FIGURES))
+    if inception_path is not None:
+        started = time.perf_counter()
+        figures.update(_inception_figures(load_inception(inception_path, device), train_set, test_set, floor_picks,
+                                          reconstructions, samples, progress))
+        seconds["inception"] = time.perf_counter() - started
+    return _Measured(figures, per_class, nearest_training, reconstructions, floor_picks)
+
+
+def _report(out, runs, prior_dir, images, data_config, reference, inception_path, config, device, sets, measured,
+            seconds):
+    """report.json's content: what was read (relative to out; absolute for a report that is only returned), the
+    settings, the counts (sets: train set, test set, samples), the figures and the seconds."""
+    train_set, test_set, samples = sets
+    where = lambda path: (None if path is None else path_from(out, path) if out is not None
+                          else str(Path(path).resolve()))
+    return {
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        # The tokenizer run the prior was trained for (its weights may be read from the copy the prior carries).
+        "runs": {"tokenizer": None if runs.tokenizer is None
+                 else where(runs.tokenizer.run_dir) if runs.generator is None
+                 else where(recorded_path(prior_dir, runs.generator.run.tokenizer.run)),
+                 "tokenizer_loaded_from": None if runs.tokenizer is None else where(runs.tokenizer.run_dir),
+                 "tokenizer_weights_sha256": None if runs.tokenizer is None else runs.tokenizer.weights_sha256,
+                 "prior": where(prior_dir),
+                 "prior_weights": None if runs.generator is None else runs.generator.weights,
+                 "images": where(images)},
+        "dataset": dataclasses.asdict(data_config),
+        "classifier": reference.describe(),
+        "inception": None if inception_path is None else {"weights": where(inception_path),
+                                                          "weights_sha256": file_sha256(inception_path)},
+        "settings": {"n_samples": config.n_samples if runs.generator is not None else 0,
+                     "batch_size": config.batch_size, "seed": config.seed, **(runs.settings or {}),
+                     "label": config.label,
+                     "sampled_class_counts": None if runs.asked is None else runs.asked.counts(),
+                     "features": config.features, "nearest_k": NEAREST_K,
+                     "floor_train_images": len(measured.floor_picks),
+                     "device": str(device), "threads": torch.get_num_threads()},
+        "counts": {"train": len(train_set), "test": len(test_set), "samples": 0 if samples is None else len(samples)},
+        "figures": measured.figures,
+        "per_class_sample_accuracy": measured.per_class,
+        "seconds": seconds,
+    }
 
 
 @dataclass
@@ -407,10 +439,10 @@ def _run_figures(prior_dir, tokenizer):
     """The figures the runs' own results.json files hold: the prior's test bits, the tokenizer's codebook use."""
     prior_figures = {"prior_test_bits_per_token": "test_bits_per_token",
                      "prior_test_bits_per_image": "test_bits_per_image"}
-    figures = _figures_of_results(Path(prior_dir) / "results.json", prior_figures) if prior_dir is not None \
+    figures = _figures_of_results(Path(prior_dir) / RESULTS_FILE, prior_figures) if prior_dir is not None \
         else dict.fromkeys(prior_figures)
     tokenizer_figures = {"codebook_perplexity_test": "test_perplexity", "codes_used_test": "test_codes_used"}
-    figures.update(_figures_of_results(tokenizer.run_dir / "results.json", tokenizer_figures) if tokenizer is not None
+    figures.update(_figures_of_results(tokenizer.run_dir / RESULTS_FILE, tokenizer_figures) if tokenizer is not None
                    else dict.fromkeys(tokenizer_figures))
     return figures
 
@@ -423,11 +455,11 @@ def write_report(out, overwrite, report, runs, prior_dir, train_set, test_set, r
         pictures = []
         if runs.tokenizer is not None:
             tokenizer_dir = runs.tokenizer.run_dir
-            if plot_curves(folder / "tokenizer_curves.png", read_metrics(Path(tokenizer_dir) / "metrics.jsonl"),
+            if plot_curves(folder / "tokenizer_curves.png", read_metrics(Path(tokenizer_dir) / METRICS_FILE),
                            TOKENIZER_PANELS, "tokenizer training"):
                 pictures.append(("tokenizer_curves.png", "Tokenizer training curves (metrics.jsonl)"))
             if prior_dir is not None and plot_curves(folder / "prior_curves.png",
-                                                     read_metrics(Path(prior_dir) / "metrics.jsonl"),
+                                                     read_metrics(Path(prior_dir) / METRICS_FILE),
                                                      PRIOR_PANELS, "prior training"):
                 pictures.append(("prior_curves.png", "Prior training curves (metrics.jsonl)"))
             histograms = _usage_histograms(tokenizer_dir)

@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from evaluation.classifier import Classifier, ClassifierConfig
 from store.images import load_images
-from store.runs import (MODEL_WEIGHTS, config_from_dict, file_sha256, load_run_model, read_json, save_tensors,
-                        write_json)
+from store.runs import (CONFIG_FILE, MODEL_WEIGHTS, RESULTS_FILE, config_from_dict, file_sha256, load_run_model,
+                        read_json, save_tensors, write_json)
 from training import check_seed
 
 DERIVED_FROM_DATA = ("image_channels", "image_size", "num_classes")
@@ -145,16 +145,16 @@ def load_or_train_classifier(data_config, root="checkpoints", *, train_set=None,
     test_set = test_set if test_set is not None else load_images(data_config, "test")
     channels, height, width = test_set.images.shape[1:]
     shape = {"image_channels": int(channels), "image_size": int(height), "num_classes": len(test_set.class_names)}
-    if (directory / "config.json").exists() and (directory / MODEL_WEIGHTS).exists():
-        saved = read_json(directory / "config.json")
-        config = config_from_dict(ClassifierConfig, saved.get("model"), directory / "config.json", "classifier")
+    if (directory / CONFIG_FILE).exists() and (directory / MODEL_WEIGHTS).exists():
+        saved = read_json(directory / CONFIG_FILE)
+        config = config_from_dict(ClassifierConfig, saved.get("model"), directory / CONFIG_FILE, "classifier")
         trained_for = (saved.get("data") or {}).get("dataset")
         found = {k: getattr(config, k) for k in shape}
         if trained_for != data_config.dataset or found != shape:
             raise ValueError(f"the classifier in {directory} was trained for {trained_for} {found}, not "
                              f"{data_config.dataset} {shape}: remove it to train a new one")
         _, model = load_run_model(directory, lambda _: Classifier(config))
-        return ReferenceClassifier(model.to(device), directory, False, read_json(directory / "results.json"),
+        return ReferenceClassifier(model.to(device), directory, False, read_json(directory / RESULTS_FILE),
                                    file_sha256(directory / MODEL_WEIGHTS))
 
     if height != width:
@@ -172,9 +172,9 @@ def load_or_train_classifier(data_config, root="checkpoints", *, train_set=None,
                "train_images_per_s": train_config.classifier_epochs * len(train_set) / max(seconds, 1e-9),
                "parameters": model.num_parameters(), "threads": torch.get_num_threads(), "device": str(device)}
     save_tensors(directory / MODEL_WEIGHTS, model.state_dict())
-    write_json(directory / "results.json", results)
+    write_json(directory / RESULTS_FILE, results)
     # config.json last: a directory counts as finished once it names what its weights were trained for.
-    write_json(directory / "config.json", {
+    write_json(directory / CONFIG_FILE, {
         "model": dataclasses.asdict(config), "train": dataclasses.asdict(train_config),
         "data": dataclasses.asdict(data_config), "class_names": list(test_set.class_names)})
     return ReferenceClassifier(model, directory, True, results, file_sha256(directory / MODEL_WEIGHTS))

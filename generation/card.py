@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prior import PriorRun
 from prior.sampling import describe_settings
-from store.runs import TOKENIZER_COPY, WEIGHTS_HASHES, file_sha256, read_json, weights_file
+from store.runs import CONFIG_FILE, RESULTS_FILE, TOKENIZER_COPY, WEIGHTS_HASHES, file_sha256, read_json, weights_file
 from tokenizer.run import TokenizerRun
 
 LIBRARY = "vqprior"
@@ -44,7 +44,7 @@ def _runs(run_dir):
     """(the PriorRun or None, its folder or None, the TokenizerRun, its folder) of a prior run folder (carrying its
     tokenizer) or a tokenizer run folder."""
     run_dir = Path(run_dir)
-    config = read_json(run_dir / "config.json")
+    config = read_json(run_dir / CONFIG_FILE)
     if "tokenizer" in config and "model" in config and "label_dropout" in config:
         return PriorRun.load(run_dir), run_dir, TokenizerRun.load(run_dir / TOKENIZER_COPY), run_dir / TOKENIZER_COPY
     return None, None, TokenizerRun.load(run_dir), run_dir  # a one-line error for a folder that is neither
@@ -52,7 +52,7 @@ def _runs(run_dir):
 
 def _results(folder):
     """A run's results.json without the weights' hashes (the files list them), or {} when it has none."""
-    results = read_json(folder / "results.json") if folder is not None and (folder / "results.json").is_file() \
+    results = read_json(folder / RESULTS_FILE) if folder is not None and (folder / RESULTS_FILE).is_file() \
         else {}
     return {k: v for k, v in results.items() if k != WEIGHTS_HASHES}
 
@@ -95,41 +95,50 @@ def model_card(run_dir, reports=(), provenance=None, license_name="mit", name=No
                              f"{run_dir} itself")
     tokenizer_results, prior_results = _results(tokenizer_dir), _results(prior_dir)
     data_set = tokenizer_run.data.dataset
-    name = name or str(run_dir)
-    model = tokenizer_run.model
     lines = _yaml_header(data_set, license_name, reports, kind)
     title = f"{LIBRARY} {'generator' if kind == 'prior' else 'tokenizer'}: {data_set}"
     lines += ["", f"# {title}", ""]
+    lines += _use_section(prior_run, tokenizer_run, tokenizer_results, prior_results, name or str(run_dir))
+    if (Path(run_dir) / "samples.png").is_file():
+        lines += ["![samples](samples.png)", ""]
+    lines += _figures_section(reports, tokenizer_results, prior_results)
+    lines += _making_section(provenance or {}, kind)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _use_section(prior_run, tokenizer_run, tokenizer_results, prior_results, name):
+    """What the run is, and the lines that load it (name: a Hub id or a folder)."""
+    data_set, model = tokenizer_run.data.dataset, tokenizer_run.model
     tokenizer_text = (f"a VQ-VAE tokenizer ({model.quantizer}, {model.codebook_size} codes, {model.image_size}x"
                       f"{model.image_size} images to {model.grid_size}x{model.grid_size} grids, "
                       f"{tokenizer_results.get('parameters', '?'):,} parameters)"
                       if isinstance(tokenizer_results.get("parameters"), int) else "a VQ-VAE tokenizer")
-    if kind == "prior":
-        conditional = "class-conditional (classifier-free guidance)" if prior_run.model.num_classes else \
-            "unconditional"
-        parameters = prior_results.get("parameters")
-        lines += [f"An image generator trained on {data_set}: {tokenizer_text}, and a {conditional} "
-                  f"{prior_run.model.arch} prior over its token grids"
-                  + (f" ({parameters:,} parameters)" if isinstance(parameters, int) else "")
-                  + ". Images are sampled token by token (cached sampling) and decoded.", ""]
-        lines += ["## Use", "", "```bash", f"python -m pipelines.sample --prior {name} --n 64",
-                  f"python -m pipelines.encode --tokenizer {name} --images my_images/ --out tokens/", "```", "",
-                  "```python", "from generation import ImageGenerator", "",
-                  f'generator = ImageGenerator.from_pretrained("{name}")',
-                  "images, tokens = generator.sample(16, label=3, seed=0)  # images (16, c, H, W) in [0, 1]",
-                  "```", ""]
-    else:
-        lines += [f"A tokenizer trained on {data_set}: {tokenizer_text}.", "",
-                  "## Use", "", "```bash",
-                  f"python -m pipelines.encode --tokenizer {name} --images my_images/ --out tokens/", "```", "",
-                  "```python", "from tokenizer import Tokenizer", "",
-                  f'tokenizer = Tokenizer.from_pretrained("{name}")',
-                  "tokens = tokenizer.encode(images)  # images (b, c, H, W) in [0, 1] -> (b, h, w) ints",
-                  "images = tokenizer.decode(tokens)", "```", ""]
-    if (Path(run_dir) / "samples.png").is_file():
-        lines += ["![samples](samples.png)", ""]
+    if prior_run is None:
+        return [f"A tokenizer trained on {data_set}: {tokenizer_text}.", "",
+                "## Use", "", "```bash",
+                f"python -m pipelines.encode --tokenizer {name} --images my_images/ --out tokens/", "```", "",
+                "```python", "from tokenizer import Tokenizer", "",
+                f'tokenizer = Tokenizer.from_pretrained("{name}")',
+                "tokens = tokenizer.encode(images)  # images (b, c, H, W) in [0, 1] -> (b, h, w) ints",
+                "images = tokenizer.decode(tokens)", "```", ""]
+    conditional = "class-conditional (classifier-free guidance)" if prior_run.model.num_classes else \
+        "unconditional"
+    parameters = prior_results.get("parameters")
+    return [f"An image generator trained on {data_set}: {tokenizer_text}, and a {conditional} "
+            f"{prior_run.model.arch} prior over its token grids"
+            + (f" ({parameters:,} parameters)" if isinstance(parameters, int) else "")
+            + ". Images are sampled token by token (cached sampling) and decoded.", "",
+            "## Use", "", "```bash", f"python -m pipelines.sample --prior {name} --n 64",
+            f"python -m pipelines.encode --tokenizer {name} --images my_images/ --out tokens/", "```", "",
+            "```python", "from generation import ImageGenerator", "",
+            f'generator = ImageGenerator.from_pretrained("{name}")',
+            "images, tokens = generator.sample(16, label=3, seed=0)  # images (16, c, H, W) in [0, 1]",
+            "```", ""]
 
-    lines += ["## Figures", ""]
+
+def _figures_section(reports, tokenizer_results, prior_results):
+    """The evaluations' figures, a column per report, and the results the runs recorded."""
+    lines = ["## Figures", ""]
     if reports:
         seeds = [f"seed {report['settings'].get('seed')}" for report in reports]
         settings = reports[0]["settings"]
@@ -140,13 +149,15 @@ def model_card(run_dir, reports=(), provenance=None, license_name="mit", name=No
                   "| figure | " + " | ".join(seeds) + " |", "|---|" + "---|" * len(reports), *_figure_rows(reports), ""]
     else:
         lines += ["No evaluation given to the card (`python -m pipelines.card RUN --evaluation REPORT_DIR`).", ""]
-    lines += ["Results the runs recorded:", "", "```json",
-              json.dumps({"tokenizer": tokenizer_results, **({"prior": prior_results} if prior_results else {})},
-                         indent=1),
-              "```", ""]
+    return lines + ["Results the runs recorded:", "", "```json",
+                    json.dumps({"tokenizer": tokenizer_results, **({"prior": prior_results} if prior_results else {})},
+                               indent=1),
+                    "```", ""]
 
-    lines += ["## How it was made", ""]
-    provenance = provenance or {}
+
+def _making_section(provenance, kind):
+    """How the run was made (provenance's commands, commit, machine, seconds, notes) and what its files are."""
+    lines = ["## How it was made", ""]
     if provenance.get("commands"):
         lines += ["```bash", *provenance["commands"], "```", ""]
     for key, label in (("commit", "commit"), ("machine", "machine")):
@@ -158,8 +169,7 @@ def model_card(run_dir, reports=(), provenance=None, license_name="mit", name=No
         lines += ["", provenance["notes"]]
     lines += ["", "Every flag the runs resolved is in `config.json`"
               + (" (the prior's) and `tokenizer/config.json`." if kind == "prior" else "."), ""]
-    lines += ["## Files", "", "Weights in safetensors beside a JSON config; `results.json` records each weights file's "
-              "SHA-256, and the prior's config the SHA-256 of the tokenizer weights it was trained with: a file that "
-              "differs is refused when loaded.", ""]
-    return "\n".join(lines).rstrip() + "\n"
+    return lines + ["## Files", "", "Weights in safetensors beside a JSON config; `results.json` records each "
+                    "weights file's SHA-256, and the prior's config the SHA-256 of the tokenizer weights it was trained "
+                    "with: a file that differs is refused when loaded.", ""]
 

@@ -170,6 +170,15 @@ class ImageGenerator:
         labels = resolve_labels(label, n, self.run.class_names, self.run.class_counts)
         return labels, settings_for(labels, **settings)
 
+    def completion(self, image, n: int, keep_rows: int | None = None) -> dict:
+        """What sample() and draw_batches() take to complete an image n times: {"prefix": its tokens expanded to n
+        grids (a pair of levels for two), "keep_rows": the token rows kept (default: half the grid)}. image: (1, c,
+        H, W) as the tokenizer takes it (store.images.read_image)."""
+        tokens = self.tokenizer.encode(image.to(self.device))
+        prefix = tuple(level.expand(n, *level.shape[1:]) for level in tokens) if isinstance(tokens, tuple) \
+            else tokens.expand(n, *self.tokenizer.token_shape)
+        return {"prefix": prefix, "keep_rows": self.tokenizer.grid_shape[0] // 2 if keep_rows is None else keep_rows}
+
     def sample_tokens(self, n: int, label=None, *, seed: int | None = None, generator: torch.Generator | None = None,
                       batch_size: int = 64, progress=None, **kwargs) -> tuple:
         """(tokens (n, h, w[, depth]), the labels asked for (ClassLabels) or None, the settings used), drawn as

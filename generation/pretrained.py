@@ -13,8 +13,9 @@ from pathlib import Path
 from generation.card import model_card
 from prior import PriorRun
 from store.hub import run_folder
-from store.runs import (TOKENIZER_COPY, WEIGHTS_HASHES, newest_run, read_json, staged_folder, tokenizer_run_of,
-                        weights_file, weights_hashes, write_json)
+from store.runs import (CONFIG_FILE, MAPS_FOLDER, META_FILE, RESULTS_FILE, SHARED_FILES, TOKENIZER_COPY,
+                        WEIGHTS_HASHES, newest_run, read_json, staged_folder, tokenizer_run_of, weights_file,
+                        weights_hashes, write_json)
 
 
 def _shipped_generator():
@@ -22,13 +23,13 @@ def _shipped_generator():
     fashion-mnist in an installed wheel (pyproject.toml maps the one onto the other)."""
     here = Path(__file__).resolve().parent
     in_clone, in_wheel = here.parent / "checkpoints" / "fashion-mnist", here / "shipped" / "fashion-mnist"
-    return in_wheel if not (in_clone / "config.json").is_file() and (in_wheel / "config.json").is_file() \
+    return in_wheel if not (in_clone / CONFIG_FILE).is_file() and (in_wheel / CONFIG_FILE).is_file() \
         else in_clone
 
 
 SHIPPED_GENERATOR = _shipped_generator()
 # What a shared run keeps besides its weights in use (the maps' meta.json carries the codes' usage histograms).
-KEPT_FILES = ("config.json", "results.json", "metrics.jsonl", "maps/meta.json")
+KEPT_FILES = SHARED_FILES
 CARD, CARD_PICTURE = "README.md", "samples.png"  # a run's model card, and the samples it shows
 
 
@@ -38,7 +39,7 @@ def _newest_or_shipped(output_root, stage, shipped, what):
     try:
         return newest_run(output_root, stage)
     except ValueError:
-        if not (shipped / "config.json").is_file():
+        if not (shipped / CONFIG_FILE).is_file():
             raise
     sys.stderr.write(f"no {stage} run of your own under {Path(output_root) / stage}: using the shipped "
                      f"Fashion-MNIST {what} {shipped} (see its README.md)\n")
@@ -70,18 +71,18 @@ def _export_run(source, target, weights=None):
         if (source / name).is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / name, target / name)
-    results = read_json(target / "results.json") if (target / "results.json").is_file() else {}
-    write_json(target / "results.json", {**results, WEIGHTS_HASHES: weights_hashes(target)})
+    results = read_json(target / RESULTS_FILE) if (target / RESULTS_FILE).is_file() else {}
+    write_json(target / RESULTS_FILE, {**results, WEIGHTS_HASHES: weights_hashes(target)})
 
 
 def _name_carried_tokenizer(folder):
     """An exported generator names its tokenizer by the copy it carries (config.json's tokenizer.run, relative to
     the folder; the maps' meta.json by name), so nothing in it names a folder of the machine it was made on; the
     weights' SHA-256 beside each name says which tokenizer it is."""
-    config = read_json(folder / "config.json")
+    config = read_json(folder / CONFIG_FILE)
     config["tokenizer"]["run"] = TOKENIZER_COPY
-    write_json(folder / "config.json", config)
-    meta_path = folder / TOKENIZER_COPY / "maps" / "meta.json"
+    write_json(folder / CONFIG_FILE, config)
+    meta_path = folder / TOKENIZER_COPY / MAPS_FOLDER / META_FILE
     if meta_path.is_file():
         write_json(meta_path, {**read_json(meta_path), "tokenizer_run": TOKENIZER_COPY})
 
@@ -94,7 +95,7 @@ def export_generator(prior_dir, out, overwrite=False, weights=None, card=False):
     prior_dir = Path(prior_dir)
     PriorRun.load(prior_dir)  # a one-line error for a folder that is not a prior run
     carried = prior_dir / TOKENIZER_COPY
-    if not (carried / "config.json").is_file():
+    if not (carried / CONFIG_FILE).is_file():
         raise ValueError(f"{prior_dir} carries no copy of its tokenizer ({carried}): only a prior run trained by "
                          "this version of fit_prior can be exported")
     with staged_folder(out, overwrite) as folder:

@@ -144,9 +144,10 @@ def add_run_choice_flag(parser, stage, use, default=None):
                              + (f" (default: {default})" if default else ""))
 
 
-def add_output_flags(parser, kind=None):
-    """--out and --overwrite; with kind, --out defaults to a new OUTPUT_ROOT/<kind>/<time> (output_folder())."""
-    parser.add_argument("--out", metavar="DIR", required=kind is None, default=None,
+def add_output_flags(parser, kind=None, required=None):
+    """--out and --overwrite; with kind, --out defaults to a new OUTPUT_ROOT/<kind>/<time> (output_folder()); without,
+    it is required unless told (required=False: a command that writes a folder only when asked)."""
+    parser.add_argument("--out", metavar="DIR", required=kind is None if required is None else required, default=None,
                         help="output folder, written whole or not at all; never one of the command's inputs, nor a "
                              "folder holding one" + (f" (default: a new OUTPUT_ROOT/{kind}/<time>)" if kind else ""))
     parser.add_argument("--overwrite", action="store_true",

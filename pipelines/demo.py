@@ -84,11 +84,9 @@ def token_views(generator, picture, choice, schedule, start, end, unguided, seed
     tokens = tokenizer.encode(image.to(tokenizer.device))
     reconstruction = tokenizer.decode(tokens).float().cpu()
     original = image.float() / 255
-    rows = min(int(keep_rows), tokenizer.grid_shape[0])
-    prefix = tuple(level.expand(int(count), *level.shape[1:]) for level in tokens) if isinstance(tokens, tuple) \
-        else tokens.expand(int(count), *tokenizer.token_shape)
+    completion = generator.completion(image, int(count), min(int(keep_rows), tokenizer.grid_shape[0]))
     label = _label(choice)
-    completions, _ = generator.sample(int(count), label, seed=int(seed), prefix=prefix, keep_rows=rows,
+    completions, _ = generator.sample(int(count), label, seed=int(seed), **completion,
                                       **_guidance(generator, label, schedule, start, end, unguided))
     return mosaic_array(torch.cat([original, reconstruction]), columns=2), mosaic_array(completions)
 

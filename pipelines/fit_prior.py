@@ -19,9 +19,9 @@ from prior.fit import (CONDITIONS, DEFAULT_LABEL_DROPOUT, bits_per_token, new_pr
                        test_results)
 from prior.run import tokenizer_copy
 from store.index_maps import MapDataset
-from store.runs import (WEIGHTS_HASHES, check_resumable, newest_run, path_from, recorded_path, save_run_weights,
-                        weights_hashes, write_json)
-from training import TrainConfig, check_one_batch, make_accelerator, mean_items_per_s, open_run_dir, train
+from store.runs import check_resumable, newest_run, path_from, recorded_path, save_run_weights
+from training import (TrainConfig, check_one_batch, finish_run, make_accelerator, mean_items_per_s, open_run_dir,
+                      train)
 
 DERIVED_FROM_MAPS = ("codebook_size", "grid_height", "grid_width", "num_classes", "depth", "condition_codebook_size",
                      "condition_height", "condition_width")
@@ -102,9 +102,8 @@ def train_prior(run, run_dir, train_maps, test_maps, accelerator, resume):
     if accelerator.is_main_process:
         save_run_weights(run_dir, model.state_dict(), averaged)
         results = test_results(model, averaged, test_set, run, accelerator.device)
-        write_json(run_dir / "results.json", {**results, "train_seconds_this_session": train_seconds,
-                                              "train_grids_per_s": mean_items_per_s(metrics),
-                                              WEIGHTS_HASHES: weights_hashes(run_dir)})
+        finish_run(run_dir, {**results, "train_seconds_this_session": train_seconds,
+                             "train_grids_per_s": mean_items_per_s(metrics)})
         accelerator.print(f"test {results['test_bits_per_token']:.4f} bits per token, "
                           f"{results['test_bits_per_image']:.2f} bits per image -> {run_dir}")
 

@@ -14,8 +14,7 @@ import torch
 
 from pipelines import cli
 from store.images import DataConfig, ImageDataset, load_images
-from store.runs import (WEIGHTS_HASHES, check_resumable, output_lock, remove_stale_temporaries, save_run_weights,
-                        weights_hashes, write_json)
+from store.runs import check_resumable, output_lock, remove_stale_temporaries, save_run_weights
 from tokenizer import TokenizerConfig, TokenizerRun
 from tokenizer.encoding import dump
 from tokenizer.fit import (check_discriminator_start, save_reconstructions, tokenizer_step, tokenizer_weights,
@@ -23,7 +22,8 @@ from tokenizer.fit import (check_discriminator_start, save_reconstructions, toke
 from tokenizer.losses import TokenizerLossConfig
 from tokenizer.model import build_tokenizer_model
 from tokenizer.run import DUMP_BATCH_SIZE
-from training import TrainConfig, check_one_batch, make_accelerator, mean_items_per_s, open_run_dir, train
+from training import (TrainConfig, check_one_batch, finish_run, make_accelerator, mean_items_per_s, open_run_dir,
+                      train)
 
 DERIVED_FROM_DATA = ("image_channels", "image_size")
 # Peak learning rate 3e-3 beat 2e-3 at the same 15 epochs on Fashion-MNIST: test MSE 0.00352 vs 0.00360.
@@ -103,11 +103,9 @@ def train_tokenizer(run, run_dir, vqvae, model, train_set, test_set, accelerator
                               splits={"train": train_set, "test": test_set})
     if accelerator.is_main_process:
         save_reconstructions(run_dir / "reconstructions.png", tokenizer, test_set.images)
-        summary = {"train_seconds_this_session": train_seconds, "parameters": vqvae.num_parameters(),
-                   "train_images_per_s": mean_items_per_s(metrics), **{f"{s}_{k}": v for s, r in results.items()
-                                                                 for k, v in r.items()},
-                   WEIGHTS_HASHES: weights_hashes(run_dir)}
-        write_json(run_dir / "results.json", summary)
+        finish_run(run_dir, {"train_seconds_this_session": train_seconds, "parameters": vqvae.num_parameters(),
+                             "train_images_per_s": mean_items_per_s(metrics),
+                             **{f"{s}_{k}": v for s, r in results.items() for k, v in r.items()}})
         test = results["test"]
         accelerator.print(f"test MSE {test['mse']:.5f}, PSNR {test['psnr']:.2f} dB, perplexity "
                           f"{test['perplexity']:.1f}, codes used {100 * test['codes_used']:.1f}% -> {run_dir}")

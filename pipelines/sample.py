@@ -78,24 +78,11 @@ def write_samples(args, out, generator, prior_dir, accelerator, precision, load_
     """Draw args.n_samples grids from generator, decode them, and write the output folder out whole."""
     tokenizer, run, device = generator.tokenizer, generator.run, accelerator.device
     n, batch_size = args.n_samples, args.batch_size
-    # Held at once: a batch, and the images of the mosaic. Written: a PNG per image, the tokens and labels.
-    check_memory(generator.batch_bytes(min(batch_size, n)) + args.mosaic * generator.bytes_per_sample(),
-                 f"a batch of {min(batch_size, n)} samples", "lower --batch-size")
-    # Per sample: its tokens (every level, in the maps' dtype) and its label; and a PNG file, at least one block.
-    token_bytes = sum(math.prod(shape) for shape in tokenizer.level_shapes.values()) \
-        * np.dtype(smallest_uint_dtype(tokenizer.codebook_size)).itemsize + 8
-    height, width = tokenizer.image_shape[1:]
-    npz_bytes = n * height * width * 3 if args.npz else 0
-    check_disk_space(out.parent, n * token_bytes + npz_bytes, n + 8, f"{n} samples",
-                     "sample fewer (--n), or write them elsewhere (--out)")
+    check_room(generator, args, out)
     completion, original = {}, None
     if args.complete:
         original = read_image(args.complete, *tokenizer.image_shape[:2]).to(device)
-        keep_rows = tokenizer.grid_shape[0] // 2 if args.keep_rows is None else args.keep_rows
-        encoded = tokenizer.encode(original)  # a pair (top, bottom) for a two-level tokenizer
-        prefix = tuple(level.expand(n, *level.shape[1:]) for level in encoded) if isinstance(encoded, tuple) \
-            else encoded.expand(n, *tokenizer.token_shape)
-        completion = {"prefix": prefix, "keep_rows": keep_rows}
+        completion = generator.completion(original, n, args.keep_rows)
     labels, settings = generator.request(n, args.label, **cli.sampling_settings(args))
 
     main_process = accelerator.is_main_process
@@ -117,7 +104,7 @@ def write_samples(args, out, generator, prior_dir, accelerator, precision, load_
         with (IndexMapWriter(folder / "tokens", "samples", n, tokenizer.token_shape, tokenizer.codebook_size,
                              tokenizer.level_shapes.get("top")) if main_process
               else contextlib.nullcontext()) as writer, \
-                (NpzImageWriter(folder / "samples.npz", n, height, width) if main_process and args.npz
+                (NpzImageWriter(folder / "samples.npz", n, *tokenizer.image_shape[1:]) if main_process and args.npz
                  else contextlib.nullcontext()) as npz, accelerator.autocast():
             if main_process:
                 (folder / "images").mkdir()
@@ -151,6 +138,20 @@ def write_samples(args, out, generator, prior_dir, accelerator, precision, load_
             "grids_per_s": n / max(seconds["sample"], 1e-9)})
     print(f"{n} samples in {seconds['sample']:.2f} s ({n / max(seconds['sample'], 1e-9):.0f} grids/s, decoded) "
           f"-> {out}/grid.png")
+
+
+def check_room(generator, args, out):
+    """Before any work, a one-line error for a request that cannot fit: a batch and the mosaic in memory; the
+    tokens, labels, PNGs (a block each at least) and the .npz on the disk of out."""
+    n, batch_size, tokenizer = args.n_samples, args.batch_size, generator.tokenizer
+    check_memory(generator.batch_bytes(min(batch_size, n)) + args.mosaic * generator.bytes_per_sample(),
+                 f"a batch of {min(batch_size, n)} samples", "lower --batch-size")
+    token_bytes = sum(math.prod(shape) for shape in tokenizer.level_shapes.values()) \
+        * np.dtype(smallest_uint_dtype(tokenizer.codebook_size)).itemsize + 8
+    height, width = tokenizer.image_shape[1:]
+    npz_bytes = n * height * width * 3 if args.npz else 0
+    check_disk_space(out.parent, n * token_bytes + npz_bytes, n + 8, f"{n} samples",
+                     "sample fewer (--n), or write them elsewhere (--out)")
 
 
 def write_batch(folder, writer, start, tokens, images, labels):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from prior.layers import CausalSelfAttention, GatedBlock, MaskedConv2d, Pointwise, ResidualBlock
-from store.runs import config_from_dict, load_run_model, weights_file
+from store.runs import CONFIG_FILE, config_from_dict, load_run_model, weights_file
 
 ARCHS = ("gated", "pixelcnn", "pixelsnail")
 
@@ -267,7 +267,7 @@ class TwoLevelPrior(nn.Module):
 def load_prior(cls, run_dir, device, weights):
     """Prior.load and TwoLevelPrior.load: the model config.json describes ("model", and "top" for two levels),
     refused in one line when it is the other kind."""
-    source = Path(run_dir) / "config.json"
+    source = Path(run_dir) / CONFIG_FILE
 
     def build(config):
         two_levels = isinstance(config, dict) and config.get("top") is not None

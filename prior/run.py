@@ -4,13 +4,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prior.model import Prior, PriorConfig, TwoLevelPrior
-from store.runs import AVERAGED_WEIGHTS, MODEL_WEIGHTS, TOKENIZER_COPY, RunConfig
+from store.runs import AVERAGED_WEIGHTS, MODEL_WEIGHTS, SHARED_FILES, TOKENIZER_COPY, RunConfig
 from training import TrainConfig
 
 # The copy of its tokenizer run that a prior run carries in TOKENIZER_COPY (about 1 MB): enough to decode its samples
 # and report on its tokenizer wherever the prior run is copied, without the maps.
-CARRIED_TOKENIZER_FILES = ("config.json", MODEL_WEIGHTS, AVERAGED_WEIGHTS, "results.json", "metrics.jsonl",
-                           "maps/meta.json")
+CARRIED_TOKENIZER_FILES = (MODEL_WEIGHTS, AVERAGED_WEIGHTS, *SHARED_FILES)
 
 
 @dataclass

@@ -9,13 +9,13 @@ what loading, sampling and evaluating read is fetched: never a training state or
 import re
 from pathlib import Path
 
-from store.runs import check_run_dir
+from store.runs import LOCAL_FILES, check_run_dir
 
 # A Hub repository id: "owner/name" (letters, digits, "-", "_", "."), optionally "@revision".
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
-# What a shared run needs beyond its config and weights; the rest of a run folder stays behind.
-NOT_FETCHED = ["training_state.safetensors", "*/training_state.safetensors", "maps/*.npy", "*/maps/*.npy",
-               "trackers/*", "*.png", ".*"]
+# What a shared run needs beyond its config and weights; the rest of a run folder (its own, or its tokenizer's
+# copy's) stays behind.
+NOT_FETCHED = [*LOCAL_FILES, *(f"*/{pattern}" for pattern in LOCAL_FILES)]
 
 
 def is_hub_id(name):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from store.runs import atomic_path, file_sha256, read_json, write_json
+from store.runs import META_FILE, atomic_path, file_sha256, read_json, write_json
 
 
 def smallest_uint_dtype(codebook_size):
@@ -118,7 +118,7 @@ class IndexMapWriter:
 
 def record_index_maps(directory, entries, metadata):
     """Write meta.json (last, after the files it describes): metadata and each split's entry {split: entry}."""
-    meta_path = Path(directory) / "meta.json"
+    meta_path = Path(directory) / META_FILE
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     meta.update({k: v for k, v in metadata.items() if k != "split_stats"})
     meta.setdefault("splits", {}).update(entries)
@@ -161,7 +161,7 @@ def recorded_file(directory, entry, check_hash=True):
 def read_index_maps(directory, split, check_hashes=True):
     """Load one split memory-mapped; every inconsistency is a one-line ValueError."""
     directory = Path(directory)
-    meta_path = directory / "meta.json"
+    meta_path = directory / META_FILE
     if not meta_path.exists():
         raise ValueError(f"no index maps in {directory} (meta.json missing): run fit_tokenizer or its --dump-only")
     try:
@@ -294,7 +294,7 @@ def read_token_levels(path, level_shapes, codebook_size, weights_sha256, split=N
     if not path.exists():
         raise ValueError(f"token file or folder {path} does not exist")
     folder = path if path.is_dir() else path.parent
-    meta_path = folder / "meta.json"
+    meta_path = folder / META_FILE
     if path.is_dir() and not meta_path.exists():
         raise ValueError(f"no index maps in {folder} (meta.json missing)")
     # The splits of the maps folder the tokens are, or lie in; a plain .npy has none.

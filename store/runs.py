@@ -32,9 +32,21 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from tqdm import tqdm
 
-# A run's weights, and the exponential moving average of them that a run keeping one writes beside them.
+# The files of a run folder. The weights, and the exponential moving average of them that a run keeping one writes
+# beside them:
 MODEL_WEIGHTS = "model.safetensors"
 AVERAGED_WEIGHTS = "model_ema.safetensors"
+CONFIG_FILE = "config.json"  # the resolved config: every knob of the run, what --resume and loading read
+RESULTS_FILE = "results.json"  # the figures it finished with, and the SHA-256 of its weights files
+METRICS_FILE = "metrics.jsonl"  # a line per log window and evaluation: the training curves
+STATE_FILE = "training_state.safetensors"  # weights, optimizer and random state at the last checkpoint
+MAPS_FOLDER, META_FILE = "maps", "meta.json"  # a tokenizer run's index maps, described by their meta.json
+# What a run shares (exported, uploaded, or carried by a prior run as its tokenizer), beside the weights it is used
+# with: the maps' meta.json carries the codes' usage histograms, the maps themselves stay behind.
+SHARED_FILES = (CONFIG_FILE, RESULTS_FILE, METRICS_FILE, f"{MAPS_FOLDER}/{META_FILE}")
+# What stays behind: training state and maps (for resuming and for training a prior), tracker logs, pictures, and
+# hidden files (staging, locks).
+LOCAL_FILES = (STATE_FILE, f"{MAPS_FOLDER}/*.npy", "trackers/*", "*.png", ".*")
 # The copy of its tokenizer run that a prior run carries (RUN/tokenizer/): a prior run is a whole generator.
 TOKENIZER_COPY = "tokenizer"
 # results.json's record of the SHA-256 of each weights file the run finished with: a file that differs is refused.
@@ -271,7 +283,7 @@ def recorded_path(folder, recorded):
 def tokenizer_run_of(folder):
     """A tokenizer run's folder as it is, or the copy of its tokenizer that a prior run's folder carries."""
     carried = Path(folder) / TOKENIZER_COPY
-    return carried if (carried / "config.json").is_file() else Path(folder)
+    return carried if (carried / CONFIG_FILE).is_file() else Path(folder)
 
 
 def weights_hashes(run_dir):
@@ -284,7 +296,7 @@ def check_weights_hash(run_dir, weights):
     """The SHA-256 of a run's weights file; a one-line ValueError when its results.json recorded another (a file
     changed or swapped since the run finished, or a download that went wrong). Runs that recorded none pass."""
     digest = file_sha256(Path(run_dir) / weights)
-    results = Path(run_dir) / "results.json"
+    results = Path(run_dir) / RESULTS_FILE
     recorded = (read_json(results).get(WEIGHTS_HASHES) or {}).get(weights) if results.is_file() else None
     if recorded is not None and recorded != digest:
         raise ValueError(f"{Path(run_dir) / weights} is not the weights file its run finished with (SHA-256 "
@@ -296,7 +308,7 @@ def read_model_files(run_dir, weights=MODEL_WEIGHTS):
     """(config dict, state dict) of a run directory: config.json and its weights file, checked against the hash
     results.json recorded."""
     check_run_dir(run_dir)
-    config, state = read_json(Path(run_dir) / "config.json"), load_tensors(Path(run_dir) / weights)
+    config, state = read_json(Path(run_dir) / CONFIG_FILE), load_tensors(Path(run_dir) / weights)
     check_weights_hash(run_dir, weights)
     return config, state
 
@@ -341,7 +353,7 @@ class RunConfig:
     @classmethod
     def load(cls, run_dir):
         check_run_dir(run_dir)
-        path = Path(run_dir) / "config.json"
+        path = Path(run_dir) / CONFIG_FILE
         return config_from_dict(cls, read_json(path), path, cls.kind)
 
     def to_dict(self):
@@ -483,7 +495,7 @@ def create_run_dir(run_dir, config, copies=None):
             if Path(source).is_file():
                 (staging / inside).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, staging / inside)
-        write_json(staging / "config.json", config)
+        write_json(staging / CONFIG_FILE, config)
 
 
 def new_run_dir(root, stage, name=None):

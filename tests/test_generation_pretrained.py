@@ -151,7 +151,7 @@ def test_the_card_command_writes_a_hub_card_from_the_run_and_its_evaluations(pri
     assert status == 2 and len(err) == 1 and "exists already" in err[0]
     status, _, err = run_in_process(card.main, [prior_run / "tokenizer", "--evaluation", tmp_path], capsys)
     assert status == 2 and len(err) == 1 and "holds no report.json" in err[0]
-    status, _, _ = run_in_process(card.main, [prior_run, "--export", tmp_path / "shared", "--name", "you/gen"],
+    status, _, _ = run_in_process(card.main, [prior_run, "--out", tmp_path / "shared", "--name", "you/gen"],
                                   capsys)
     assert status == 0 and "README.md" in files_under(tmp_path / "shared")
     assert "training_state.safetensors" not in files_under(tmp_path / "shared")

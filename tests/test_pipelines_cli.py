@@ -5,10 +5,10 @@ while a bug still ends in its traceback."""
 import pytest
 import torch
 
-from pipelines import cli, decode, encode, evaluate, fit_prior, fit_tokenizer, sample
+from pipelines import card, cli, decode, encode, evaluate, fit_prior, fit_tokenizer, sample
 
 COMMANDS = {"fit_tokenizer": fit_tokenizer, "fit_prior": fit_prior, "sample": sample, "evaluate": evaluate,
-            "encode": encode, "decode": decode}
+            "encode": encode, "decode": decode, "card": card}
 
 
 def parse_error(parser, args, capsys):
@@ -31,7 +31,8 @@ def test_value_types_refuse_in_one_line(flag, value, message, capsys):
 
 
 @pytest.mark.parametrize("command,former,now", [("fit_tokenizer", "--ema-decay", "--codebook-ema-decay"),
-                                                ("fit_prior", "--ema-decay", "--weight-ema-decay")])
+                                                ("fit_prior", "--ema-decay", "--weight-ema-decay"),
+                                                ("card", "--export", "--out")])
 def test_a_renamed_flag_names_its_new_spelling(command, former, now, capsys):
     parser = COMMANDS[command].build_parser()
     assert parse_error(parser, [former, "0.9"], capsys).endswith(f"error: {former} is now {now}")

@@ -21,9 +21,8 @@ from accelerate.utils import DistributedDataParallelKwargs
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from store.runs import load_tensors, read_metrics, save_tensors, write_metrics
+from store.runs import METRICS_FILE, STATE_FILE, load_tensors, read_metrics, save_tensors, write_metrics
 
-STATE_FILE = "training_state.safetensors"
 # torch's generators take seeds of 64 bits; seeds derived from one (per epoch, per batch) wrap around at 2**64.
 MAX_SEED = 2**64 - 1
 TRACKER_DIR = "trackers"  # RUN/trackers/<stage>/: where trackers that keep files (TensorBoard) write them
@@ -272,18 +271,8 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
     run_dir/training_state.safetensors every checkpoint_every steps and at the end.
     """
     state_path = Path(run_dir) / STATE_FILE
-    sampler = EpochPermutation(len(dataset), config.seed)
-    # A loader without a generator of its own takes a seed from the global RNG at every iterator it makes
-    # (one more on resume, through skip_first_batches), which would shift the label-dropout draws.
-    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True,
-                        generator=torch.Generator().manual_seed(config.seed))
-    optimizers = make_optimizers(model, config)
-    step, window = 0, {}
-    average = WeightAverage(model, config.weight_ema_decay) if config.weight_ema_decay else None
-    if resume and state_path.exists():
-        step, window, threads = load_training_state(state_path, model, optimizers, accelerator.scaler, average)
-        warn_of_other_threads(threads, accelerator)
-    model, *optimizers, loader = accelerator.prepare(model, *optimizers, loader)
+    model, optimizers, loader, average, step, window = _prepared(model, dataset, config, accelerator,
+                                                                 state_path if resume else None)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ValueError(f"the training split has {len(dataset)} items, fewer than one batch of "
@@ -319,6 +308,24 @@ def train(model, dataset, step_fn, config, run_dir, accelerator, resume=False, d
     model = accelerator.unwrap_model(model)
     model.eval()
     return model, log.records, None if average is None else average.state
+
+
+def _prepared(model, dataset, config, accelerator, state_path=None):
+    """(model, optimizers, loader, weight average or None, step, log window) placed by accelerate, resumed from the
+    training state at state_path when it exists."""
+    sampler = EpochPermutation(len(dataset), config.seed)
+    # A loader without a generator of its own takes a seed from the global RNG at every iterator it makes
+    # (one more on resume, through skip_first_batches), which would shift the label-dropout draws.
+    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True,
+                        generator=torch.Generator().manual_seed(config.seed))
+    optimizers = make_optimizers(model, config)
+    step, window = 0, {}
+    average = WeightAverage(model, config.weight_ema_decay) if config.weight_ema_decay else None
+    if state_path is not None and state_path.exists():
+        step, window, threads = load_training_state(state_path, model, optimizers, accelerator.scaler, average)
+        warn_of_other_threads(threads, accelerator)
+    model, *optimizers, loader = accelerator.prepare(model, *optimizers, loader)
+    return model, optimizers, loader, average, step, window
 
 
 def make_optimizers(model, config):
@@ -366,7 +373,7 @@ class MetricsLog:
 
     def __init__(self, run_dir, config, accelerator, steps_per_epoch, total_steps, step, window, resume,
                  description):
-        self.path, self.config, self.accelerator = Path(run_dir) / "metrics.jsonl", config, accelerator
+        self.path, self.config, self.accelerator = Path(run_dir) / METRICS_FILE, config, accelerator
         self.steps_per_epoch, self.total_steps, self.window = steps_per_epoch, total_steps, window
         # Lines past the checkpoint belong to steps that will be taken again.
         self.records = [m for m in read_metrics(self.path) if m.get("step", 0) <= step] if resume else []

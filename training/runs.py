@@ -4,11 +4,12 @@ writers left. Every process works in the same run folder, which the main process
 
 import contextlib
 import time
+from pathlib import Path
 
 from accelerate.utils import broadcast_object_list
 
-from store.runs import (NoRoomError, OutputBusyError, create_run_dir, new_run_dir, output_lock,
-                        remove_stale_temporaries)
+from store.runs import (RESULTS_FILE, WEIGHTS_HASHES, NoRoomError, OutputBusyError, create_run_dir, new_run_dir,
+                        output_lock, remove_stale_temporaries, weights_hashes, write_json)
 
 
 def decided_by_main(accelerator, decide):
@@ -60,3 +61,9 @@ def _claim_new_run(held, output_root, stage, run_name):
         if not run_dir.exists():
             return run_dir
         held.close()  # made and released by another process in between
+
+
+def finish_run(run_dir, results):
+    """Write the run's results.json, last: results (a dict), and the SHA-256 of each weights file the run finished
+    with, which loading checks (a file changed since is refused)."""
+    write_json(Path(run_dir) / RESULTS_FILE, {**results, WEIGHTS_HASHES: weights_hashes(run_dir)})
