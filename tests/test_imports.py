@@ -78,9 +78,10 @@ def test_the_design_map_in_the_repository_states_these_layers():
     assert sorted(drawn) == sorted(LAYER_OF)
 
 
-def test_the_readme_library_examples_import_no_command():
-    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
-    assert blocks, "the README shows the library"
+def test_the_documented_library_examples_import_no_command():
+    blocks = [block for page in [REPO / "README.md", *(REPO / "docs").glob("*.md")]
+              for block in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)]
+    assert blocks, "the documentation shows the library"
     imports = [line for block in blocks for line in block.splitlines() if re.match(r"\s*(from|import) ", line)]
     assert imports and not [line for line in imports if re.search(r"\bpipelines\b", line)]
 

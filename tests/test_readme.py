@@ -1,6 +1,7 @@
-"""The README's Python blocks run as written: each is executed, in order, in a folder laid out as a clone is (the
-shipped generator at checkpoints/fashion-mnist), after the commands the last block names have written their files
-(with the synthetic data and tiny flags), so that the documentation cannot drift from the code."""
+"""The documentation's Python blocks (the README's and docs/*.md's) run as written: each is executed, page by page, in a
+folder laid out as a clone is (the shipped generator at checkpoints/fashion-mnist), after the commands the library
+page's last block names have written their files (with the synthetic data and tiny flags), so that the
+documentation cannot drift from the code."""
 
 import re
 
@@ -8,7 +9,9 @@ import pytest
 
 from conftest import REPO, TINY_TOKENIZER, labelled_image_folder, run_module
 
-BLOCKS = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+BLOCKS = [(page.relative_to(REPO), block) for page in DOCUMENTS
+          for block in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)]
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +50,10 @@ def clone(tmp_path_factory):
 
 
 @pytest.mark.parametrize("number", range(len(BLOCKS)))
-def test_each_python_block_of_the_readme_runs_as_written(clone, number):
-    exec(compile(BLOCKS[number], f"README.md, Python block {number}", "exec"), {"__name__": "readme"})
+def test_each_python_block_of_the_documentation_runs_as_written(clone, number):
+    page, block = BLOCKS[number]
+    exec(compile(block, f"{page}, Python block {number}", "exec"), {"__name__": "readme"})
 
 
-def test_the_readme_shows_the_library():
-    assert len(BLOCKS) >= 6 and any("ImageGenerator" in block for block in BLOCKS)
+def test_the_documentation_shows_the_library():
+    assert len(BLOCKS) >= 6 and any("ImageGenerator" in block for _, block in BLOCKS)
