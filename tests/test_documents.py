@@ -81,3 +81,23 @@ def test_every_repository_file_a_document_names_exists(page):
     base = page.parent
     missing = sorted(p for p in paths if not (REPO / p).exists() and not (base / p).exists())
     assert not missing, f"{page.name} names files that do not exist: {missing}"
+
+
+def test_the_shipped_generators_figures_in_the_documents_are_its_cards():
+    """The figures of the shipped generator have one source, its model card: the documents quote them rounded."""
+    card = (REPO / "checkpoints" / "fashion-mnist" / "README.md").read_text()
+
+    def row(label):
+        cells = re.search(rf"^\| {re.escape(label)} \| ([^|]+) \| ([^|]+) \|$", card, flags=re.M).groups()
+        return [cell.strip() for cell in cells]
+
+    sample_fd = [f"{float(v):.2f}" for v in row("sample Frechet distance to test (reference classifier features)")]
+    reconstruction_fd = f"{float(row('reconstruction Frechet distance to test')[0]):.2f}"
+    floor = row("train-vs-test Frechet distance (the floor)")[0]
+    accuracy = row("reference classifier's accuracy on samples (class asked for)")
+    sharing = (REPO / "docs" / "sharing.md").read_text().replace("\n", " ")
+    quoted = re.search(r"distance of ([\d.]+) / ([\d.]+) to the test split .*?against ([\d.]+) for its "
+                       r"reconstructions and ([\d.]+) for the training split itself; ([\d.]+%) / ([\d.]+%) of them",
+                       sharing)
+    assert quoted, "docs/sharing.md no longer quotes the shipped generator's figures where this test reads them"
+    assert list(quoted.groups()) == [*sample_fd, reconstruction_fd, floor, *accuracy]
