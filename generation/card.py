@@ -170,6 +170,6 @@ def _making_section(provenance, kind):
     lines += ["", "Every flag the runs resolved is in `config.json`"
               + (" (the prior's) and `tokenizer/config.json`." if kind == "prior" else "."), ""]
     return lines + ["## Files", "", "Weights in safetensors beside a JSON config; `results.json` records each "
-                    "weights file's SHA-256, and the prior's config the SHA-256 of the tokenizer weights it was trained "
-                    "with: a file that differs is refused when loaded.", ""]
+                    "weights file's SHA-256, and the prior's config the SHA-256 of the tokenizer weights it was "
+                    "trained with: a file that differs is refused when loaded.", ""]
 

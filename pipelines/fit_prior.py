@@ -27,7 +27,8 @@ DERIVED_FROM_MAPS = ("codebook_size", "grid_height", "grid_width", "num_classes"
                      "condition_height", "condition_width")
 # From BENCHMARKS.md ("Sample quality: the levers"): the learning rate of 1e-3 used before was 4x too low (1-epoch
 # probes: 6.68 bits at 1e-3, 6.08 at 4e-3, 6.04 at 8e-3); bf16 where the hardware has it trains 1.4-1.6x faster at
-# the same bits, so the default prior's 7 epochs take 456 s on 2 cores with AVX512-BF16; the averaged weights sample better.
+# the same bits, so the default prior's 7 epochs take 456 s on 2 cores with AVX512-BF16; the averaged weights sample
+# better.
 PRIOR_TRAIN_DEFAULTS = {"epochs": 7, "learning_rate": 4e-3, "mixed_precision": "auto", "weight_ema_decay": 0.999}
 
 

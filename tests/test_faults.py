@@ -123,8 +123,8 @@ def outputs(command, prior_run, tmp_path):
         return ("pipelines.decode", ["--tokenizer", tokenizer, "--tokens", tokenizer / "maps", "--split", "train",
                                      "--batch-size", 1, "--out", out], out,
                 lambda o: len(list((o / "images").iterdir())) == 256 and (o / "decode.json").is_file())
-    return ("pipelines.evaluate", ["--prior", prior_run, "--n-samples", 40, "--batch-size", 8,
-                                   "--output-root", tmp_path / "classifiers", *TINY_CLASSIFIER_FLAGS, "--out", out], out,
+    return ("pipelines.evaluate", ["--prior", prior_run, "--n-samples", 40, "--batch-size", 8, "--output-root",
+                                   tmp_path / "classifiers", *TINY_CLASSIFIER_FLAGS, "--out", out], out,
             lambda o: (o / "report.json").is_file() and (o / "report.html").is_file())
 
 

@@ -7,5 +7,5 @@ from training.runs import decided_by_main, finish_run, open_run_dir
 from training.shards import batches_in_order
 
 __all__ = ["MAX_SEED", "EpochPermutation", "batches_in_order", "TrainConfig", "WeightAverage", "check_one_batch",
-           "check_seed", "decided_by_main", "finish_run", "learning_rate_at", "make_accelerator", "mean_items_per_s", "open_run_dir",
-           "train"]
+           "check_seed", "decided_by_main", "finish_run", "learning_rate_at", "make_accelerator", "mean_items_per_s",
+           "open_run_dir", "train"]
