@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_CLASSIFIER_FLAGS, TINY_PRIOR, assert_same_weights, run_module
+from conftest import REPO, TINY_CLASSIFIER_FLAGS, TINY_PRIOR, TINY_TOKENIZER, assert_same_weights, run_module
 from store.index_maps import read_index_maps
 from store.runs import lock_file, output_lock, owner_tag, remove_orphans
 
@@ -273,3 +273,23 @@ def test_a_read_only_run_samples_into_a_writable_out_and_one_flipped_byte_is_ref
     finally:
         for path in paths:
             path.chmod(path.stat().st_mode | 0o200)
+
+
+def test_a_tokenizer_whose_maps_find_no_room_resumes_to_the_maps_of_an_unbroken_run(fashion_dir, tmp_path):
+    from pipelines import fit_tokenizer
+
+    flags = [*TINY_TOKENIZER, "--epochs", "2", "--output-root", tmp_path / "runs"]
+    result = fill_disk_after("pipelines.fit_tokenizer", [*flags, "--run-name", "full"], "model.safetensors")
+    run = tmp_path / "runs" / "tokenizer" / "full"
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: no room to write {run / 'maps'}/"), last
+    assert f"resume {run} from its last checkpoint" in last, last
+    assert not (run / "maps" / "meta.json").exists() and not list(run.rglob(".*.tmp"))
+
+    fit_tokenizer.main(["--resume", run])  # room again
+    fit_tokenizer.main([*flags, "--run-name", "whole"])
+    whole = tmp_path / "runs" / "tokenizer" / "whole"
+    assert_same_weights(run / "model.safetensors", whole / "model.safetensors")
+    for split in ("train", "test"):
+        assert (read_index_maps(run / "maps", split).maps == read_index_maps(whole / "maps", split).maps).all()
