@@ -4,7 +4,7 @@
     python -m pipelines.evaluate --prior checkpoints/prior/RUN --n-samples 2000
     python -m pipelines.evaluate --tokenizer checkpoints/tokenizer/RUN  # the tokenizer alone, no samples
     python -m pipelines.evaluate --features inception                   # also FID and KID, the papers' protocol
-    python -m pipelines.evaluate --images other/samples.npz --dataset fashion-mnist  # another model's images
+    python -m pipelines.evaluate --samples other/samples.npz --dataset fashion-mnist  # another model's images
 
 The figures and the report are evaluation.evaluate's; this command parses flags, calls it, prints one line.
 """
@@ -49,13 +49,14 @@ def build_parser():
     p("--inception-weights", metavar="PATH", default=None,
       help=f"the Inception-v3 weights file ({INCEPTION_WEIGHTS_NAME}) (default: torch's hub cache, "
            f"{cached_weights_path()}, downloaded there when missing)")
-    p("--images", metavar="PATH", default=None,
-      help="score images some other model made instead of a run's samples: a folder of image files or an .npz "
+    p("--samples", metavar="PATH", default=None,
+      help="score samples some other model made instead of a run's samples: a folder of image files or an .npz "
            "whose arr_0 is uint8 (n, H, W, 3) (as `python -m pipelines.sample --npz` and the reference-batch "
            "evaluators write), against the test split of the data set the flags below name; no --prior or "
            "--tokenizer")
+    cli.add_renamed_flag(parser, "--images", "--samples")  # --images is what encode encodes
     data = cli.add_data_flags(parser)
-    data.description = "the reference data set of --images (a run brings its own)"
+    data.description = "the reference data set of --samples (a run brings its own)"
     cli.add_config_flags(parser, ClassifierConfig, "reference classifier (used only when one is first trained for "
                                                    "the data set)", skip=DERIVED_FROM_DATA)
     group = cli.add_config_flags(parser, ClassifierTrainConfig, "reference classifier training")
@@ -75,15 +76,15 @@ def main(argv=None):
     accelerator = make_accelerator(TrainConfig())
     out = cli.output_folder(args, "evaluations")
     data_config = cli.config_from_args(DataConfig, args)
-    if args.images and (args.prior or args.tokenizer):
-        raise ValueError("--images scores images made elsewhere: give it without --prior and --tokenizer")
-    if not args.images and data_config != cli.config_from_args(DataConfig, build_parser().parse_args([])):
-        raise ValueError("the data set flags name the reference of --images: a run is evaluated on its own data set")
+    if args.samples and (args.prior or args.tokenizer):
+        raise ValueError("--samples scores images made elsewhere: give it without --prior and --tokenizer")
+    if not args.samples and data_config != cli.config_from_args(DataConfig, build_parser().parse_args([])):
+        raise ValueError("the data set flags name the reference of --samples: a run is evaluated on its own data set")
     # A tokenizer named alone is evaluated alone; a prior named or found (or the shipped one) brings its own.
     tokenizer_dir = choose_tokenizer(args.tokenizer, args.output_root) if args.tokenizer else None
-    prior_dir = choose_prior(args.prior, args.output_root) if not args.images and (
+    prior_dir = choose_prior(args.prior, args.output_root) if not args.samples and (
         args.prior or not args.tokenizer) else None
-    report = evaluate(prior_dir, tokenizer_dir, config, images=args.images, data_config=data_config,
+    report = evaluate(prior_dir, tokenizer_dir, config, images=args.samples, data_config=data_config,
                       output_root=args.output_root, out=out, overwrite=args.overwrite, device=accelerator.device,
                       accelerator=accelerator)
     if not accelerator.is_main_process:

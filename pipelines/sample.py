@@ -54,7 +54,7 @@ def build_parser():
     p("--npz", action="store_true",
       help="also write every image into OUT/samples.npz, arr_0 uint8 (n, H, W, 3) (grey repeated), as the "
            "reference-batch evaluators of guided-diffusion, LlamaGen and VAR read it; `python -m pipelines.evaluate "
-           "--images` scores it")
+           "--samples` scores it")
     cli.add_mixed_precision_flag(parser, "no")
     return parser
 

@@ -52,7 +52,7 @@ def test_inception_figures_of_an_npz_and_a_folder_agree_with_each_other_and_with
     for name, images, features in (("npz", samples / "samples.npz", "inception"),
                                    ("folder", samples / "images", "classifier")):
         status, lines, errors = run_in_process(evaluate.main, [
-            "--images", images, "--features", features, "--inception-weights", built_weights,
+            "--samples", images, "--features", features, "--inception-weights", built_weights,
             "--fashion-mnist-dir", data, "--output-root", tmp_path / "eval", "--batch-size", 8,
             *TINY_CLASSIFIER_FLAGS, "--out", tmp_path / f"report-{name}"], capsys)
         assert status == 0, errors
@@ -89,7 +89,7 @@ def test_without_the_weights_offline_it_is_one_line_naming_the_file_and_where_it
         raise URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    status, _, errors = run_in_process(evaluate.main, ["--images", tmp_path / "images", "--features", "inception",
+    status, _, errors = run_in_process(evaluate.main, ["--samples", tmp_path / "images", "--features", "inception",
                                                        "--output-root", tmp_path, "--out", tmp_path / "r"], capsys)
     assert status == 2 and len(errors) == 1, errors
     assert inception.INCEPTION_WEIGHTS_NAME in errors[0] and str(tmp_path / "hub" / "checkpoints") in errors[0]
@@ -102,7 +102,7 @@ def test_without_torch_fidelity_it_is_one_line_naming_the_extra(tmp_path, capsys
                         find_spec(name, *a))
     downloads = []
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *args, **_: downloads.append(args))
-    status, _, errors = run_in_process(evaluate.main, ["--images", tmp_path / "images", "--features", "inception",
+    status, _, errors = run_in_process(evaluate.main, ["--samples", tmp_path / "images", "--features", "inception",
                                                        "--output-root", tmp_path, "--out", tmp_path / "r"], capsys)
     assert status == 2 and len(errors) == 1, errors
     assert "vqprior[inception]" in errors[0] and downloads == [] and not (tmp_path / "r").exists()
@@ -113,7 +113,7 @@ def test_a_bad_out_is_refused_before_the_weights_are_downloaded(tmp_path, capsys
     downloads = []
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *args, **_: downloads.append(args))
     (tmp_path / "r").mkdir()
-    status, _, errors = run_in_process(evaluate.main, ["--images", tmp_path / "images", "--features", "inception",
+    status, _, errors = run_in_process(evaluate.main, ["--samples", tmp_path / "images", "--features", "inception",
                                                        "--output-root", tmp_path, "--out", tmp_path / "r"], capsys)
     assert status == 2 and "exists already" in errors[0] and downloads == []
 

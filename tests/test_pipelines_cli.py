@@ -32,7 +32,7 @@ def test_value_types_refuse_in_one_line(flag, value, message, capsys):
 
 @pytest.mark.parametrize("command,former,now", [("fit_tokenizer", "--ema-decay", "--codebook-ema-decay"),
                                                 ("fit_prior", "--ema-decay", "--weight-ema-decay"),
-                                                ("card", "--export", "--out")])
+                                                ("card", "--export", "--out"), ("evaluate", "--images", "--samples")])
 def test_a_renamed_flag_names_its_new_spelling(command, former, now, capsys):
     parser = COMMANDS[command].build_parser()
     assert parse_error(parser, [former, "0.9"], capsys).endswith(f"error: {former} is now {now}")

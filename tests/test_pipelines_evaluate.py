@@ -140,10 +140,10 @@ def test_residual_tokens_with_a_depth_axis_go_through(fashion_dir, tmp_path, cap
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--images", "{tmp}", "--prior", "{tmp}"], "--images scores images made elsewhere: give it without --prior"),
-    (["--dataset", "mnist"], "the data set flags name the reference of --images"),
+    (["--samples", "{tmp}", "--prior", "{tmp}"], "--samples scores images made elsewhere: give it without --prior"),
+    (["--dataset", "mnist"], "the data set flags name the reference of --samples"),
     (["--features", "clip"], "invalid choice: 'clip'"),
-    (["--images", "{tmp}/missing.npz"], "images {tmp}/missing.npz do not exist"),
+    (["--samples", "{tmp}/missing.npz"], "images {tmp}/missing.npz do not exist"),
 ])
 def test_scoring_images_made_elsewhere_refuses_mixed_or_bad_requests_in_one_line(fashion_dir, tmp_path, capsys,
                                                                                flags, message):
@@ -156,7 +156,7 @@ def test_scoring_images_made_elsewhere_refuses_mixed_or_bad_requests_in_one_line
 
 def test_an_images_folder_is_never_written_into(fashion_dir, tmp_path, capsys):
     (tmp_path / "images").mkdir()
-    status, _, errors = run_cli(["--images", tmp_path / "images", "--out", tmp_path / "images" / "report",
+    status, _, errors = run_cli(["--samples", tmp_path / "images", "--out", tmp_path / "images" / "report",
                                  "--output-root", tmp_path], capsys)
     assert status == 2 and "which this command reads" in errors[0]
     assert list((tmp_path / "images").iterdir()) == []
