@@ -293,3 +293,25 @@ def test_a_tokenizer_whose_maps_find_no_room_resumes_to_the_maps_of_an_unbroken_
     assert_same_weights(run / "model.safetensors", whole / "model.safetensors")
     for split in ("train", "test"):
         assert (read_index_maps(run / "maps", split).maps == read_index_maps(whole / "maps", split).maps).all()
+
+
+@pytest.mark.parametrize("stage", ["tokenizer", "prior"])
+def test_ctrl_c_in_a_fit_is_one_line_and_status_130_and_the_run_resumes(stage, tokenizer_run, tmp_path):
+    from pipelines import fit_prior, fit_tokenizer
+
+    flags = [*TINY_TOKENIZER, "--epochs", "3"] if stage == "tokenizer" else \
+        [*TINY_PRIOR, "--epochs", "3", "--tokenizer", tokenizer_run]
+    flags += ["--checkpoint-every", "2", "--output-root", tmp_path / "fits", "--run-name", "stopped"]
+    run = tmp_path / "fits" / stage / "stopped"
+    process = start(f"pipelines.fit_{stage}", flags, tmp_path / "fit.log")
+    try:
+        wait_for(lambda: (run / "training_state.safetensors").exists(), process)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 130, (tmp_path / "fit.log").read_text()[-3000:]
+    finally:
+        process.kill()
+        process.wait()
+    assert (tmp_path / "fit.log").read_text().strip().splitlines()[-1] == "interrupted"
+    assert not lock_file(run).exists() and not list(run.rglob(".*.tmp"))
+    (fit_tokenizer if stage == "tokenizer" else fit_prior).main(["--resume", run])
+    assert (run / "results.json").is_file()
