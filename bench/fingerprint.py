@@ -7,7 +7,7 @@ pictures, and the evaluation's figures; two fingerprints compared file by file.
     python -m bench.fingerprint --compare /tmp/before /tmp/after
 
 The commands run from --repo (default: this checkout) with this Python, at OMP_NUM_THREADS=2: compare fingerprints
-made on one machine only (see docs/faults.md, "What is bit-identical"). training_state.safetensors is compared by its
+made on one machine only (see docs/reproducibility.md). training_state.safetensors is compared by its
 tensors, since its metadata also records things that are not results (the thread count).
 """
 
