@@ -24,10 +24,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def start(module, args, log):
-    """`python -m module args` started, its stderr to the file log (a pipe would fill with progress bars)."""
+    """`python -m module args` started, its stderr to the file log (a pipe would fill with progress bars). Ctrl-C
+    reaches it as at a terminal even where the tests run in the background (a shell's background jobs inherit
+    SIGINT ignored, and Python then keeps it ignored)."""
     with open(log, "w") as stderr:
         return subprocess.Popen([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, **ENV})
+                                stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, **ENV},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def staging(out):
