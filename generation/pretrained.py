@@ -28,8 +28,6 @@ def _shipped_generator():
 
 
 SHIPPED_GENERATOR = _shipped_generator()
-# What a shared run keeps besides its weights in use (the maps' meta.json carries the codes' usage histograms).
-KEPT_FILES = SHARED_FILES
 CARD, CARD_PICTURE = "README.md", "samples.png"  # a run's model card, and the samples it shows
 
 
@@ -64,10 +62,10 @@ def choose_tokenizer(name, output_root, shipped=None):
 
 
 def _export_run(source, target, weights=None):
-    """Copy into target the files of run folder source that KEPT_FILES names and its weights file in use (or the one
-    named), with results.json recording that file's SHA-256."""
+    """Copy into target the files of run folder source that SHARED_FILES names and its weights file in use (or the
+    one named), with results.json recording that file's SHA-256."""
     weights = weights_file(source, weights)
-    for name in (*KEPT_FILES, weights):
+    for name in (*SHARED_FILES, weights):
         if (source / name).is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / name, target / name)
@@ -88,7 +86,7 @@ def _name_carried_tokenizer(folder):
 
 
 def export_generator(prior_dir, out, overwrite=False, weights=None, card=False):
-    """A prior run as a generator to ship or upload: out/ gets the prior's files (KEPT_FILES and the weights it
+    """A prior run as a generator to ship or upload: out/ gets the prior's files (SHARED_FILES and the weights it
     samples with, or the weights file named) and out/tokenizer/ its tokenizer's, and nothing else (no training
     state, no maps). card: also its model card, README.md, the run's own with its samples picture when it has one,
     else one written from the run's files (generation.card). Written whole or not at all; returns out."""

@@ -108,5 +108,6 @@ def train_prior(run, run_dir, train_maps, test_maps, accelerator, resume):
         accelerator.print(f"test {results['test_bits_per_token']:.4f} bits per token, "
                           f"{results['test_bits_per_image']:.2f} bits per image -> {run_dir}")
 
+
 if __name__ == "__main__":
     cli.run(main)

@@ -110,6 +110,7 @@ def train_tokenizer(run, run_dir, vqvae, model, train_set, test_set, accelerator
         accelerator.print(f"test MSE {test['mse']:.5f}, PSNR {test['psnr']:.2f} dB, perplexity "
                           f"{test['perplexity']:.1f}, codes used {100 * test['codes_used']:.1f}% -> {run_dir}")
 
+
 def dump_again(run_dir, batch_size=None):
     """--dump-only: the maps of a finished run written again from its weights (at its own batch size unless told)."""
     run = TokenizerRun.load(run_dir)

@@ -148,10 +148,14 @@ class NoRoomError(OSError):
         return NoRoomError(self.errno, f"{self.message}; {advice}")
 
 
+def nearest_existing(path):
+    """path, or the nearest of its parents that exists: where a path yet to be made would be made."""
+    return next(p for p in (Path(path), *Path(path).parents) if p.exists())
+
+
 def no_room(code, path, needed=None, left="nothing of it was written"):
     """The NoRoomError of an errno in NO_ROOM met while writing path."""
-    existing = next(p for p in (Path(path), *Path(path).parents) if p.exists())
-    stats = os.statvfs(existing)
+    stats = os.statvfs(nearest_existing(path))
     needs = f"{needed:,} bytes, " if needed else ""
     if code == errno.EFBIG:
         cause, advice = "over this process's file-size limit", "raise the limit (ulimit -f), or write elsewhere"
@@ -395,7 +399,7 @@ def check_output_folder(path, overwrite=False, inputs=()):
 def check_disk_space(folder, needed, files, what, advice):
     """A one-line ValueError when `files` new files holding `needed` bytes in all (of `what`) cannot fit in the
     file system of folder (made if need be): its free bytes (each file takes at least one block) or free inodes."""
-    existing = next(p for p in (Path(folder), *Path(folder).parents) if p.exists())
+    existing = nearest_existing(folder)
     stats = os.statvfs(existing)
     free, free_files = stats.f_bavail * stats.f_frsize, stats.f_favail
     needed = max(needed, files * stats.f_frsize)
@@ -517,14 +521,11 @@ def new_run_dir(root, stage, name=None):
 def check_can_write_in(path):
     """A one-line ValueError, before any work is done, when nothing could be written in the folder path (made if
     need be): the nearest existing path on its way is a file, or a folder this process may not write into."""
-    path = Path(path)
-    for existing in (path, *path.parents):
-        if existing.exists():
-            if not existing.is_dir():
-                raise ValueError(f"cannot write in {path}: {existing} is not a directory")
-            if not os.access(existing, os.W_OK | os.X_OK):
-                raise ValueError(f"cannot write in {path}: {existing} is not writable")
-            return
+    existing = nearest_existing(path)
+    if not existing.is_dir():
+        raise ValueError(f"cannot write in {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write in {path}: {existing} is not writable")
 
 
 def newest_run(root, stage, must_have=MODEL_WEIGHTS):
