@@ -106,3 +106,35 @@ def test_the_process_group_is_ended_on_the_way_out(outcome, tmp_path):
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+ENDS_TOGETHER = """
+import sys, time
+from pathlib import Path
+import torch
+from pipelines import cli
+
+rank, folder = int(sys.argv[1]), Path(sys.argv[2])
+torch.distributed.init_process_group("gloo", init_method=f"file://{folder / 'store'}", rank=rank, world_size=2)
+
+def main():
+    if rank == 0:  # the main process writes its files for a while after the others are done
+        time.sleep(1.5)
+        (folder / "main-done").write_text(str(time.time()))
+
+cli.run(main)
+(folder / f"rank{rank}-ended").write_text(str(time.time()))
+"""
+
+
+def test_the_processes_of_a_group_end_together_after_work_that_went_well(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    ranks = [subprocess.Popen([sys.executable, "-c", ENDS_TOGETHER, str(rank), str(tmp_path)], cwd=REPO)
+             for rank in (0, 1)]
+    assert [process.wait(timeout=120) for process in ranks] == [0, 0]
+    # No process tears the group down while another still works: the idle one ends after the main one's work.
+    assert float((tmp_path / "rank1-ended").read_text()) >= float((tmp_path / "main-done").read_text())
