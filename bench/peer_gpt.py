@@ -33,7 +33,7 @@ from bench.clock import set_learning_rate
 from prior.fit import read_maps_for
 from prior.generate import pick_tokens
 from pipelines import cli
-from prior.sampling import class_mix, schedule_values, settings_for
+from prior.sampling import class_mix, resolve_sampling, schedule_values
 from training.loop import WeightAverage, computes_in_bf16
 
 
@@ -195,7 +195,7 @@ def main(argv=None):
                "test_bits_per_token_raw_weights": test_bits(model, test_tokens, test_labels, codebook_size, autocast)}
     class_counts = np.bincount(train_labels.numpy(), minlength=num_classes)
     labels = class_mix(args.samples, class_counts)[:]
-    guidance = {name: value for name, value in settings_for(labels, **cli.sampling_settings(args)).items()
+    guidance = {name: value for name, value in resolve_sampling(labels, **cli.sampling_settings(args)).record().items()
                 if name.startswith("guidance_")}
     results["sampling"] = guidance
     for seed in args.seeds:

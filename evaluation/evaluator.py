@@ -28,7 +28,7 @@ from evaluation.reference import (ClassifierTrainConfig, as_floats, classifier_d
                                   predict)
 from evaluation.report import plot_curves, plot_mosaic, plot_usage, write_html
 from generation import ImageGenerator, ProgressBar, check_memory
-from prior.sampling import SETTINGS, ClassLabels, check_count
+from prior.sampling import SETTINGS, ClassLabels, SamplingConfig, check_count
 from store.images import DataConfig, load_images, read_image_collection
 from store.runs import (MAPS_FOLDER, META_FILE, METRICS_FILE, RESULTS_FILE, check_output_folder, file_sha256,
                         newest_run, output_lock, path_from, read_json, read_metrics, recorded_path, staged_folder,
@@ -292,8 +292,8 @@ def _report(out, runs, prior_dir, images, data_config, reference, inception_path
         "inception": None if inception_path is None else {"weights": where(inception_path),
                                                           "weights_sha256": file_sha256(inception_path)},
         "settings": {"n_samples": config.n_samples if runs.generator is not None else 0,
-                     "batch_size": config.batch_size, "seed": config.seed, **(runs.settings or {}),
-                     "label": config.label,
+                     "batch_size": config.batch_size, "seed": config.seed,
+                     **(runs.sampling.record() if runs.sampling else {}), "label": config.label,
                      "sampled_class_counts": None if runs.asked is None else runs.asked.counts(),
                      "features": config.features, "nearest_k": NEAREST_K,
                      "floor_train_images": len(measured.floor_picks),
@@ -308,11 +308,11 @@ def _report(out, runs, prior_dir, images, data_config, reference, inception_path
 @dataclass
 class _Runs:
     """What an evaluation reads: the tokenizer (None when scoring images made elsewhere), and with a prior its
-    generator, the class ids asked for (ClassLabels or None) and the sampling settings."""
+    generator, the class ids asked for (ClassLabels or None) and the SamplingConfig they are drawn with."""
     tokenizer: Tokenizer | None
     generator: ImageGenerator | None = None
     asked: ClassLabels | None = None
-    settings: dict | None = None
+    sampling: SamplingConfig | None = None
     tokenizer_dirs: tuple = ()  # every tokenizer run read (a prior's copy, a tokenizer run named beside it)
 
     @property
@@ -332,17 +332,17 @@ def _load_runs(prior_dir, tokenizer_dir, config, device):
     generator = ImageGenerator.load(prior_dir, device, config.prior_weights)
     if tokenizer_dir is not None:
         _check_same_tokenizer(prior_dir, generator, tokenizer_dir)
-    asked, settings = generator.request(config.n_samples, config.label,
+    asked, sampling = generator.request(config.n_samples, config.label,
                                         **{name: getattr(config, name) for name in SETTINGS})
     named = () if tokenizer_dir is None else (Path(tokenizer_dir),)
-    return _Runs(generator.tokenizer, generator, asked, settings, (generator.tokenizer.run_dir, *named))
+    return _Runs(generator.tokenizer, generator, asked, sampling, (generator.tokenizer.run_dir, *named))
 
 
 def _draw_samples(runs, config, progress, accelerator):
     """The samples' images (n, c, H, W) float on the CPU, drawn as sample draws them (the request resolved)."""
     bar = ProgressBar(desc="sample", unit="pos", leave=False, dynamic_ncols=True, disable=not progress)
     try:
-        batches = runs.generator.draw_batches(config.n_samples, runs.asked, runs.settings, seed=config.seed,
+        batches = runs.generator.draw_batches(config.n_samples, runs.asked, runs.sampling, seed=config.seed,
                                               batch_size=config.batch_size, progress=bar, accelerator=accelerator,
                                               decode=True)
         return torch.cat([images for _, _, images in batches])

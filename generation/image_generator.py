@@ -21,7 +21,7 @@ from generation.budget import check_memory
 from generation.pretrained import export_generator
 from prior import PriorRun
 from prior.generate import batch_progress
-from prior.sampling import SETTINGS, ClassLabels, check_count, resolve_labels, settings_for
+from prior.sampling import SETTINGS, ClassLabels, check_count, resolve_labels, resolve_sampling
 from store.hub import run_folder
 from store.pictures import as_uint8
 from store.runs import MODEL_WEIGHTS, TOKENIZER_COPY, check_output_folder, recorded_path, weights_file
@@ -162,13 +162,13 @@ class ImageGenerator:
         return batch_size * (prior_bytes + decoder_bytes + self.bytes_per_sample())
 
     def request(self, n: int, label=None, **settings) -> tuple:
-        """(labels (ClassLabels of n) or None, generate()'s settings) for a user's request: label None is the
-        training split's class mix for a conditional prior, "none" its no-label draw, a class id or name that class
+        """(labels (ClassLabels of n) or None, the SamplingConfig generate() takes) for a user's request, resolved
+        once here (prior.sampling.resolve_sampling) and passed down whole: label None is the training split's class mix for a conditional prior, "none" its no-label draw, a class id or name that class
         for all n, and a list or tensor of n ids or names one class per sample; settings are SamplingConfig's fields
         (prior.sampling.SETTINGS: temperature, guidance_scale and their schedules, ...), those left out or None
         taking its defaults; an unknown one is a ValueError."""
         labels = resolve_labels(label, n, self.run.class_names, self.run.class_counts)
-        return labels, settings_for(labels, **settings)
+        return labels, resolve_sampling(labels, **settings)
 
     def completion(self, image, n: int, keep_rows: int | None = None) -> dict:
         """What sample() and draw_batches() take to complete an image n times: {"prefix": its tokens expanded to n
@@ -181,26 +181,26 @@ class ImageGenerator:
 
     def sample_tokens(self, n: int, label=None, *, seed: int | None = None, generator: torch.Generator | None = None,
                       batch_size: int = 64, progress=None, **kwargs) -> tuple:
-        """(tokens (n, h, w[, depth]), the labels asked for (ClassLabels) or None, the settings used), drawn as
+        """(tokens (n, h, w[, depth]), the labels asked for (ClassLabels) or None, the SamplingConfig used), drawn as
         `python -m pipelines.sample` draws them. seed (default 0) or generator (a torch.Generator the draw's seed is
         taken from, so that its state decides the samples). kwargs: the sampling settings of request(), and what
         goes to prior.generate: sampler, prefix, keep_rows."""
-        labels, settings = self.request(n, label, **{name: kwargs.pop(name) for name in SETTINGS if name in kwargs})
-        return self.draw(n, labels, settings, seed=seed_of(seed, generator), batch_size=batch_size, progress=progress,
-                         **kwargs), labels, settings
+        labels, sampling = self.request(n, label, **{name: kwargs.pop(name) for name in SETTINGS if name in kwargs})
+        return self.draw(n, labels, sampling, seed=seed_of(seed, generator), batch_size=batch_size, progress=progress,
+                         **kwargs), labels, sampling
 
-    def draw(self, n, labels, settings, **kwargs):
+    def draw(self, n, labels, sampling, **kwargs):
         """The tokens of a request() already resolved, all n at once: draw_batches' tokens joined (refused in one
         line when n of them, and their images, could not be held)."""
         check_count(n)
         check_memory(2 * n * self.bytes_per_sample(), f"{n} samples held at once",
                      "draw fewer, or take them batch by batch (draw_batches)")
-        batches = [tokens for _, tokens, _ in self.draw_batches(n, labels, settings, **kwargs)]
+        batches = [tokens for _, tokens, _ in self.draw_batches(n, labels, sampling, **kwargs)]
         if isinstance(batches[0], tuple):
             return tuple(torch.cat(level) for level in zip(*batches))
         return torch.cat(batches)
 
-    def draw_batches(self, n, labels, settings, *, seed=0, batch_size=64, progress=None, accelerator=None,
+    def draw_batches(self, n, labels, sampling, *, seed=0, batch_size=64, progress=None, accelerator=None,
                      decode=False, **kwargs):
         """Yield (start, tokens, images or None) for each batch of a request() already resolved, in order, so that a
         caller can write them as they come and hold one batch. Batch k is prior.generate with a generator seeded
@@ -228,7 +228,7 @@ class ImageGenerator:
             generator = torch.Generator(device=self.device).manual_seed(batch_seed)
             tokens = prior.generate(self.model, stop - start, labels=rows(labels, start, stop, 1), generator=generator,
                                     progress=batch_progress(progress, len(done), mine),
-                                    prefix=rows(prefix, start, stop, 1 + grid_ndim), **settings, **kwargs)
+                                    prefix=rows(prefix, start, stop, 1 + grid_ndim), sampling=sampling, **kwargs)
             done.append(start)
             images = None
             if decode:  # in float32, as decode() does, whatever autocast the caller samples under

@@ -21,7 +21,8 @@ from prior import sampling
 from store.images import fit_image
 from store.pictures import mosaic_array
 
-ANY_CLASS, NO_LABEL = "any class (the training mix)", "no label (unguided)"
+# The menu entries besides the class names: what a choice means is prior.sampling's rule (resolve_labels).
+ANY_CLASS, NO_LABEL_CHOICE = "any class (the training mix)", "no label (unguided)"
 
 
 def build_parser():
@@ -43,11 +44,11 @@ def build_parser():
 def label_choices(generator):
     """The class menu: the training mix, each class by name, and "no label" for a conditional prior."""
     names = list(generator.run.class_names or [])
-    return [ANY_CLASS, *names, NO_LABEL] if names and generator.model.config.num_classes else [ANY_CLASS]
+    return [ANY_CLASS, *names, NO_LABEL_CHOICE] if names and generator.model.config.num_classes else [ANY_CLASS]
 
 
 def _label(choice):
-    return None if choice in (None, ANY_CLASS) else sampling.NO_LABEL if choice == NO_LABEL else choice
+    return None if choice in (None, ANY_CLASS) else sampling.NO_LABEL if choice == NO_LABEL_CHOICE else choice
 
 
 def _guidance(generator, label, schedule, start, end, unguided):

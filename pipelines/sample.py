@@ -83,7 +83,7 @@ def write_samples(args, out, generator, prior_dir, accelerator, precision, load_
     if args.complete:
         original = read_image(args.complete, *tokenizer.image_shape[:2]).to(device)
         completion = generator.completion(original, n, args.keep_rows)
-    labels, settings = generator.request(n, args.label, **cli.sampling_settings(args))
+    labels, sampling = generator.request(n, args.label, **cli.sampling_settings(args))
 
     main_process = accelerator.is_main_process
     bar = ProgressBar(desc="sample", unit="pos", dynamic_ncols=True, disable=not main_process)
@@ -93,7 +93,7 @@ def write_samples(args, out, generator, prior_dir, accelerator, precision, load_
     with accelerator.autocast():
         # Each batch is drawn, decoded and written (by the main process) before the next one: memory stays flat in
         # --n. The first is drawn before the output folder is made: a setting generate() refuses writes nothing.
-        batches = generator.draw_batches(n, labels, settings, seed=args.seed, batch_size=batch_size, progress=bar,
+        batches = generator.draw_batches(n, labels, sampling, seed=args.seed, batch_size=batch_size, progress=bar,
                                          accelerator=accelerator, decode=True, sampler=args.sampler, **completion)
         try:
             first = next(batches)
@@ -133,7 +133,7 @@ def write_samples(args, out, generator, prior_dir, accelerator, precision, load_
             "mixed_precision": precision.mixed_precision, "label": args.label,
             "label_name": None if labels is None or args.label is None else run.class_names[int(labels[0:1][0])],
             "class_counts": None if labels is None else labels.counts(),
-            **settings, "sampler": args.sampler, "complete": args.complete, "npz": args.npz,
+            **sampling.record(), "sampler": args.sampler, "complete": args.complete, "npz": args.npz,
             "keep_rows": completion.get("keep_rows", 0), "seconds": seconds,
             "grids_per_s": n / max(seconds["sample"], 1e-9)})
     print(f"{n} samples in {seconds['sample']:.2f} s ({n / max(seconds['sample'], 1e-9):.0f} grids/s, decoded) "

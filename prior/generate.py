@@ -27,8 +27,8 @@ from einops import rearrange
 
 from prior.layers import as_map, bias_at, bias_of_position
 from prior.model import TwoLevelPrior
-from prior.sampling import (ClassLabels, check_count, check_first, check_schedule, describe_schedule, is_int, is_real,
-                            schedule_values, settings_for)
+from prior.sampling import (ClassLabels, SamplingConfig, check_count, check_first, check_schedule, describe_schedule,
+                            is_int, is_real, resolve_sampling, schedule_values)
 
 SAMPLERS = ("naive", "cached")
 
@@ -227,22 +227,25 @@ def _check_tokens(name, tokens, codebook_size):
                          f"{tokens.min().item()}..{tokens.max().item()}")
 
 
-def check_args(model, n, labels, temperature, temperature_schedule, top_k, top_p, guidance_scale, guidance_schedule,
-               guidance_from, prefix, keep_rows, sampler, progress, generator, batch_size, condition):
-    """generate()'s arguments, its settings resolved: raise one ValueError for the first bad one; return labels (n,)
-    or None, prefix (n, *token_shape) or None, and condition (n, *condition_shape) or None."""
+def check_args(model, n, labels, sampling, prefix, keep_rows, sampler, progress, generator, batch_size, condition):
+    """generate()'s arguments: raise one ValueError for the first bad one; return labels (n,) or None, prefix
+    (n, *token_shape) or None, and condition (n, *condition_shape) or None."""
     config = model.config
     h, k, classes, shape = config.grid_height, config.codebook_size, config.num_classes, config.token_shape
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
     check_count(n, batch_size)
-    check_schedule("temperature", temperature, "temperature_schedule", temperature_schedule, low=0, low_open=True)
+    if not isinstance(sampling, SamplingConfig):
+        raise ValueError(f"sampling must be a SamplingConfig (prior.sampling) or None, got {type(sampling).__name__}")
+    check_schedule("temperature", sampling.temperature, "temperature_schedule", sampling.temperature_schedule, low=0,
+                   low_open=True)
+    top_k, top_p = sampling.top_k, sampling.top_p
     if top_k is not None and (not is_int(top_k) or not 1 <= top_k <= k):
         raise ValueError(f"top_k must be an integer in 1..{k} (the codebook size) or None, got {top_k!r}")
     if top_p is not None and (not is_real(top_p) or not 0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
-    check_schedule("guidance_scale", guidance_scale, "guidance_schedule", guidance_schedule)
-    check_first("guidance_from", guidance_from)
+    check_schedule("guidance_scale", sampling.guidance_scale, "guidance_schedule", sampling.guidance_schedule)
+    check_first("guidance_from", sampling.guidance_from)
     if labels is not None:
         if not classes:
             raise ValueError("labels given to an unconditional prior (num_classes = 0)")
@@ -256,13 +259,12 @@ def check_args(model, n, labels, temperature, temperature_schedule, top_k, top_p
         if labels.min() < 0 or labels.max() >= classes:
             raise ValueError(f"labels must be class ids in 0..{classes - 1}, got values "
                              f"{labels.min().item()}..{labels.max().item()}")
-    if _guidance(config, guidance_scale, guidance_schedule, guidance_from).ne(1).any():
+    if _guidance(config, sampling).ne(1).any():
+        guidance = describe_schedule(sampling.guidance_scale, sampling.guidance_schedule, sampling.guidance_from)
         if not classes:
-            raise ValueError("guidance_scale must be 1 for an unconditional prior, got "
-                             + describe_schedule(guidance_scale, guidance_schedule, guidance_from))
+            raise ValueError(f"guidance_scale must be 1 for an unconditional prior, got {guidance}")
         if labels is None:
-            raise ValueError(f"guidance_scale {describe_schedule(guidance_scale, guidance_schedule, guidance_from)} "
-                             "needs labels to guide towards")
+            raise ValueError(f"guidance_scale {guidance} needs labels to guide towards")
     if not is_int(keep_rows) or not 0 <= keep_rows <= h:
         raise ValueError(f"keep_rows must be an integer in 0..{h} (the grid height), got {keep_rows!r}")
     if keep_rows and prefix is None:
@@ -286,32 +288,26 @@ def check_args(model, n, labels, temperature, temperature_schedule, top_k, top_p
     return labels, prefix, condition
 
 
-def _guidance(config, guidance_scale, guidance_schedule, guidance_from):
+def _guidance(config, sampling):
     """The guidance scale at each position of the grid (h * w,), float64."""
-    return schedule_values(guidance_scale, guidance_schedule, config.grid_height * config.grid_width, guidance_from)
+    return schedule_values(sampling.guidance_scale, sampling.guidance_schedule, config.grid_height * config.grid_width,
+                           sampling.guidance_from)
 
 
 @torch.no_grad()
-def generate(model, n: int, *, labels=None, temperature: float | tuple[float, float] | None = None,
-             temperature_schedule: str | None = None, top_k: int | None = None, top_p: float | None = None,
-             guidance_scale: float | tuple[float, float] | None = None, guidance_schedule: str | None = None,
-             guidance_from: int | float | None = None, prefix=None, keep_rows: int = 0, sampler: str = "cached",
-             generator: torch.Generator | None = None, batch_size: int | None = None, progress=None,
-             condition: torch.Tensor | None = None) -> torch.Tensor | tuple:
+def generate(model, n: int, *, labels=None, sampling: SamplingConfig | None = None, prefix=None, keep_rows: int = 0,
+             sampler: str = "cached", generator: torch.Generator | None = None, batch_size: int | None = None,
+             progress=None, condition: torch.Tensor | None = None) -> torch.Tensor | tuple:
     """Sample n token grids (n, grid_height, grid_width[, depth]) from a Prior, on the model's device: the one
     generation entry point (every sampler, setting and batch size goes through here, and is checked once).
 
     labels: an int, (n,) class ids in 0..num_classes - 1 or ClassLabels, for a conditional prior; None samples it
-        with "no label". guidance_scale s: logits = uncond + s * (cond - uncond), the classifier-free guidance of
-        Ho & Salimans 2022; s = 1 is plain conditional sampling. s is one number, or (start, end) along
-        guidance_schedule ("linear" or "cosine") over the grid's positions in raster order; positions before
-        guidance_from (a position, or a fraction of the grid in (0, 1)) take s = 1 (prior.sampling.SamplingConfig
-        says more).
-    temperature divides the logits (one number, or (start, end) along temperature_schedule); top_k keeps the k
-        likeliest tokens; top_p keeps the smallest set of likeliest tokens whose mass reaches top_p (nucleus
-        sampling). Filters apply after guidance.
-    Settings left None take SamplingConfig's defaults (prior/sampling.py), guidance only where labels are given:
-        generate() draws what `python -m pipelines.sample` draws.
+        with "no label".
+    sampling: how logits become tokens (prior.sampling.SamplingConfig: temperature, top_k, top_p, and the
+        classifier-free guidance of Ho & Salimans 2022, logits = uncond + s * (cond - uncond), its scale s one
+        number or a schedule along the grid's positions), used as it is; None: the defaults as
+        `python -m pipelines.sample` resolves them (resolve_sampling: guidance only where labels are given).
+        Filters apply after guidance.
     prefix (n, *token_shape) or token_shape and keep_rows R: the first R rows are copied from prefix and only
         the rest is sampled; prefix rows from R on are not read. Schedules still count positions from the grid's
         start: with the same random numbers, completing a draw's own first rows gives that draw back.
@@ -324,34 +320,33 @@ def generate(model, n: int, *, labels=None, temperature: float | tuple[float, fl
         or one map for all n.
 
     A TwoLevelPrior gives (top grids, bottom grids): the top grids first, then the bottom grids conditioned on
-    them, with the same labels and settings (each grid runs the schedules over its own positions); prefix is then
+    them, with the same labels and sampling (each grid runs the schedules over its own positions); prefix is then
     a pair (top, bottom) and keep_rows counts bottom rows (the top keeps the rows those cover whole).
     """
-    settings = settings_for(labels, temperature=temperature, temperature_schedule=temperature_schedule, top_k=top_k,
-                            top_p=top_p, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
-                            guidance_from=guidance_from)
+    if sampling is None:
+        sampling = resolve_sampling(labels)
     if isinstance(model, TwoLevelPrior):
-        return _generate_two_levels(model, n, labels=labels, prefix=prefix, keep_rows=keep_rows, sampler=sampler,
-                                    generator=generator, batch_size=batch_size, progress=progress,
-                                    condition=condition, **settings)
-    labels, prefix, condition = check_args(model, n, labels, prefix=prefix, keep_rows=keep_rows, sampler=sampler,
-                                            progress=progress, generator=generator, batch_size=batch_size,
-                                            condition=condition, **settings)
+        return _generate_two_levels(model, n, labels=labels, sampling=sampling, prefix=prefix, keep_rows=keep_rows,
+                                    sampler=sampler, generator=generator, batch_size=batch_size, progress=progress,
+                                    condition=condition)
+    labels, prefix, condition = check_args(model, n, labels, sampling, prefix=prefix, keep_rows=keep_rows,
+                                            sampler=sampler, progress=progress, generator=generator,
+                                            batch_size=batch_size, condition=condition)
     config = model.config
     positions = config.grid_height * config.grid_width
-    temperatures = schedule_values(settings["temperature"], settings["temperature_schedule"], positions)
-    scales = _guidance(config, settings["guidance_scale"], settings["guidance_schedule"], settings["guidance_from"])
-    top_k, top_p = settings["top_k"], settings["top_p"]
+    temperatures = schedule_values(sampling.temperature, sampling.temperature_schedule, positions)
+    scales = _guidance(config, sampling)
     batch_size = batch_size or n
     batches = math.ceil(n / batch_size)
     grids = []
     for first, start in enumerate(range(0, n, batch_size)):
         size = min(batch_size, n - start)
         report = batch_progress(progress, first, batches)
+        rows = slice(start, start + size)
         grids.append(_generate_batch(
-            model, size, None if labels is None else labels[start:start + size],
-            None if prefix is None else prefix[start:start + size], keep_rows, temperatures, top_k, top_p,
-            scales, sampler, generator, report, None if condition is None else condition[start:start + size]))
+            model, size, None if labels is None else labels[rows], None if prefix is None else prefix[rows],
+            keep_rows, temperatures, sampling.top_k, sampling.top_p, scales, sampler, generator, report,
+            None if condition is None else condition[rows]))
     return torch.cat(grids)
 
 
@@ -363,7 +358,7 @@ def batch_progress(progress, batch, batches):
     return lambda done, total: progress(batch * total + done, batches * total)
 
 
-def _generate_two_levels(model, n, *, prefix, keep_rows, progress, condition, **settings):
+def _generate_two_levels(model, n, *, prefix, keep_rows, progress, condition, **arguments):
     if condition is not None:
         raise ValueError("a two-level prior conditions its bottom grids on the top grids it writes: no condition")
     if prefix is not None and (not isinstance(prefix, (tuple, list)) or len(prefix) != 2):
@@ -373,7 +368,7 @@ def _generate_two_levels(model, n, *, prefix, keep_rows, progress, condition, **
     top_keep = keep_rows * top_config.grid_height // config.grid_height if isinstance(keep_rows, int) else keep_rows
     if progress is not None and not callable(progress):
         raise ValueError(f"progress must be a callable progress(done, total) or None, got {progress!r}")
-    size = settings["batch_size"] or n
+    size = arguments["batch_size"] or n
     # (The arguments themselves are checked by each level's generate(); a bad n or batch size stops there.)
     batches = math.ceil(n / size) if is_int(n) and n > 0 and is_int(size) and size > 0 else 0
     top_positions = batches * (top_config.grid_height - top_keep) * top_config.grid_width
@@ -382,9 +377,9 @@ def _generate_two_levels(model, n, *, prefix, keep_rows, progress, condition, **
     def report(offset):
         return None if progress is None else (lambda done, _: progress(offset + done, total))
 
-    top = generate(model.top, n, prefix=top_prefix, keep_rows=top_keep, progress=report(0), **settings)
+    top = generate(model.top, n, prefix=top_prefix, keep_rows=top_keep, progress=report(0), **arguments)
     bottom = generate(model.bottom, n, prefix=bottom_prefix, keep_rows=keep_rows, progress=report(top_positions),
-                      condition=top, **settings)
+                      condition=top, **arguments)
     return top, bottom
 
 

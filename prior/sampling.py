@@ -9,7 +9,7 @@ from the sweeps in BENCHMARKS.md ("Sample quality: the levers", "Guidance along 
 
 import math
 import numbers
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
@@ -48,8 +48,12 @@ class SamplingConfig:
     guidance_schedule: str = "constant"
     guidance_from: int | float = 0.4
 
+    def record(self):
+        """The settings as sample.json and report.json record them (describe_settings reads them back)."""
+        return asdict(self)
 
-# The settings generate() takes, each a field of SamplingConfig.
+
+# The names of the sampling settings: SamplingConfig's fields.
 SETTINGS = tuple(f.name for f in fields(SamplingConfig))
 
 
@@ -242,15 +246,16 @@ def _class_id(label, names):
     return index
 
 
-def settings_for(labels, defaults=None, **chosen):
-    """The settings generate() samples with (SETTINGS): chosen values (None = not chosen) over the defaults
-    (SamplingConfig's: the one home of the defaults, from the command line down to generate()); guidance only where
-    there are labels to guide towards (an explicit guidance_scale without labels is left for generate() to refuse).
+def resolve_sampling(labels, defaults=None, **chosen):
+    """The SamplingConfig a request samples with, resolved once (by the command, or ImageGenerator.request) and
+    handed whole to generate(): the chosen settings (None = not chosen) over the defaults (SamplingConfig's, the one
+    home of the defaults); guidance only where there are labels to guide towards (an explicit guidance_scale without
+    labels is left for generate() to refuse).
 
     A guidance_scale chosen without guidance_from guides from the first position (the default's interval belongs to
-    the default's scale: --guidance-scale 1.5 is 1.5 everywhere, as it always was). A pair (start, end) chosen
-    without its schedule takes the default ramp (linear where the default is constant); one number is constant
-    whatever the schedule says. Unknown names: one ValueError.
+    the default's scale: a chosen scale of 1.5 is 1.5 everywhere). A pair (start, end) chosen without its schedule
+    takes the default ramp (linear where the default is constant); one number is constant whatever the schedule
+    says. Unknown names: one ValueError.
     """
     unknown = sorted(set(chosen) - set(SETTINGS))
     if unknown:
@@ -266,4 +271,4 @@ def settings_for(labels, defaults=None, **chosen):
             settings[schedule] = "constant"
         elif chosen.get(name) is not None and chosen.get(schedule) is None:
             settings[schedule] = getattr(defaults, schedule) if getattr(defaults, schedule) != "constant" else "linear"
-    return settings
+    return SamplingConfig(**settings)

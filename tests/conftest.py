@@ -227,6 +227,16 @@ def seeded(seed=1):
     return torch.Generator().manual_seed(seed)
 
 
+def generate(model, n, **kwargs):
+    """prior.generate with the sampling settings named one by one (guidance_scale=2.0, ...), resolved into the
+    SamplingConfig it takes as ImageGenerator.request resolves a user's (prior.sampling.resolve_sampling)."""
+    from prior import generate as prior_generate
+    from prior.sampling import SETTINGS, resolve_sampling
+
+    chosen = {name: kwargs.pop(name) for name in SETTINGS if name in kwargs}
+    return prior_generate(model, n, sampling=resolve_sampling(kwargs.get("labels"), **chosen), **kwargs)
+
+
 def conditioned_prior(arch, num_classes=0, h=7, w=7, top=(4, 4), seed=0):
     """A small untrained prior conditioned on a token map (a two-level run's bottom prior), and maybe on classes."""
     from prior import Prior, PriorConfig

@@ -23,6 +23,7 @@ from PIL import Image
 
 import prior
 from prior import Prior, TwoLevelPrior
+from prior.sampling import SamplingConfig
 from conftest import TINY_PRIOR, TINY_TOKENIZER, make_fashion_dir, run_module
 from pipelines import fit_prior, fit_tokenizer
 from store.index_maps import read_index_maps, read_plain_tokens
@@ -519,7 +520,8 @@ LIBRARY_CASES = [
     ("sample-tokenizer-changed", _retrained_pair, lambda p: sample_images(p, 2), "changed since the prior"),
     ("sample-older-run-tokenizer-changed", _retrained_pair_of_an_older_run, lambda p: sample_images(p, 2),
      "changed since the prior"),
-    ("prior-sample-top-k-zero", _shared_prior, lambda p: prior.generate(Prior.load(p), 2, top_k=0), "top_k"),
+    ("prior-sample-top-k-zero", _shared_prior,
+     lambda p: prior.generate(Prior.load(p), 2, sampling=SamplingConfig(top_k=0)), "top_k"),
     ("sample-more-than-memory", _shared_prior, lambda p: sample_images(p, 10**10), "would take about"),
     ("sample-seed-past-64-bits", _shared_prior, lambda p: sample_images(p, 2, seed=2**64),
      r"seed must be an integer from 0 to 2\*\*64 - 1"),

@@ -42,8 +42,8 @@ def test_every_contender_trains_for_its_seconds_and_is_measured(fashion_dir, tmp
             "learning_rate"] == float(rate)
     # Every prior is sampled with the guidance `sample` uses by default, the peer too.
     import torch
-    from prior.sampling import SamplingConfig, settings_for
-    default = json.loads(json.dumps(settings_for(torch.tensor([0]), SamplingConfig())))
+    from prior.sampling import SamplingConfig, resolve_sampling
+    default = json.loads(json.dumps(resolve_sampling(torch.tensor([0]), SamplingConfig()).record()))
     for name, prior in summary["priors"].items():
         assert prior["sampling"] == {key: value for key, value in default.items() if key.startswith("guidance_")}, name
     assert summary["priors"]["pixelsnail"]["parameters"] > summary["priors"]["ours"]["parameters"]

@@ -21,14 +21,14 @@ def generator(prior_run):
 
 def test_the_page_work_draws_mosaics_of_samples_and_of_an_uploaded_pictures_tokens(generator):
     choices = demo.label_choices(generator)
-    assert choices[0] == demo.ANY_CLASS and choices[-1] == demo.NO_LABEL
+    assert choices[0] == demo.ANY_CLASS and choices[-1] == demo.NO_LABEL_CHOICE
     assert choices[1:-1] == list(generator.run.class_names)
     four = demo.sample_mosaic(generator, choices[1], "constant", 1, 2.0, 0, 3, 4)
     assert four.dtype == np.uint8 and four.ndim == 3 and four.shape[2] == 3 and four.std() > 0
     # The same request is the same mosaic; another seed another one; a class by name as `sample --label` takes it.
     assert np.array_equal(four, demo.sample_mosaic(generator, choices[1], "constant", 1, 2.0, 0, 3, 4))
     assert not np.array_equal(four, demo.sample_mosaic(generator, choices[1], "constant", 1, 2.0, 0, 4, 4))
-    assert demo.sample_mosaic(generator, demo.NO_LABEL, "constant", 1, 2.0, 0, 0, 1).shape[:2] < four.shape[:2]
+    assert demo.sample_mosaic(generator, demo.NO_LABEL_CHOICE, "constant", 1, 2.0, 0, 0, 1).shape[:2] < four.shape[:2]
     # The training mix is guided by the page's scale, as `sample` guides it, and along the page's schedule.
     assert not np.array_equal(demo.sample_mosaic(generator, demo.ANY_CLASS, "constant", 1, 1.0, 0, 0, 4),
                               demo.sample_mosaic(generator, demo.ANY_CLASS, "constant", 1, 4.0, 0, 0, 4))

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_CLASSIFIER_FLAGS, TINY_PRIOR, run_in_process, run_module
 from evaluation.report import FIGURES
 from pipelines import evaluate, fit_prior
-from prior.sampling import SETTINGS, SamplingConfig, describe_settings, settings_for
+from prior.sampling import SETTINGS, SamplingConfig, describe_settings, resolve_sampling
 from store.images import DataConfig, load_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -66,7 +66,7 @@ def test_evaluate_writes_a_report_of_a_prior_and_of_a_tokenizer_alone(tokenizer_
     assert "recall of samples" in html and "Inception" not in html.split("<table>")[1]  # no Inception rows
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report.")], "staging folder left behind"
     # Drawn as `sample` draws with no flags: SamplingConfig's settings, recorded and said on the page.
-    expected = json.loads(json.dumps(settings_for(torch.tensor([0]), SamplingConfig())))
+    expected = json.loads(json.dumps(resolve_sampling(torch.tensor([0]), SamplingConfig()).record()))
     assert {name: report["settings"][name] for name in SETTINGS} == expected
     assert f"Sampled with {escape(describe_settings(report['settings']))}." in html
 

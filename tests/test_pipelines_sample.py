@@ -7,7 +7,7 @@ from PIL import Image
 
 from conftest import run_in_process, run_module, synthetic_images
 from pipelines import sample
-from prior.sampling import SETTINGS, SamplingConfig, settings_for
+from prior.sampling import SETTINGS, SamplingConfig, resolve_sampling
 from store.index_maps import read_index_maps
 from store.runs import WEIGHTS_HASHES, read_json, weights_hashes, write_json
 from tokenizer import Tokenizer
@@ -109,7 +109,7 @@ def test_guidance_schedules_are_flags_recorded_in_sample_json_and_drawn_as_the_l
     assert (constant["guidance_scale"], constant["guidance_schedule"]) == (2.0, "constant")
     assert run_cli(["--prior", prior_run, "--n", 4, "--out", tmp_path / "default"], capsys)[0] == 0
     default = json.loads((tmp_path / "default" / "sample.json").read_text())
-    expected = json.loads(json.dumps(settings_for(torch.tensor([0]), SamplingConfig())))
+    expected = json.loads(json.dumps(resolve_sampling(torch.tensor([0]), SamplingConfig()).record()))
     assert {name: default[name] for name in SETTINGS} == expected
     assert not np.array_equal(tokens_of(tmp_path / "default"), tokens_of(tmp_path / "ramp"))
 

@@ -6,8 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import prior
-from conftest import conditioned_prior, seeded, small_prior
-from prior import generate
+from conftest import conditioned_prior, generate, seeded, small_prior
 from prior.generate import pick_tokens
 from prior.model import ARCHS
 

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import (TINY_TOKENIZER, conditioned_prior, from_offsets, logits_and_embedding, masked_offsets,
-                      minkowski_sum, wake_attention)
+                      minkowski_sum, wake_attention, generate)
 from generation import ImageGenerator
 from pipelines import fit_prior, fit_tokenizer, sample
-from prior import Prior, PriorConfig, generate
+from prior import Prior, PriorConfig
 from store.index_maps import read_index_maps
 from tokenizer import Tokenizer
 

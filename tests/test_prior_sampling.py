@@ -1,14 +1,14 @@
 """prior.sampling: what a sampling call draws when told nothing (the training mix of classes, the chosen settings)."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from conftest import seeded, small_prior
-from prior import generate
+from conftest import generate, seeded, small_prior
 from prior.sampling import (NO_LABEL, SamplingConfig, check_first, check_schedule, class_mix, describe_schedule,
-                            first_position, resolve_labels, schedule_values, settings_for)
+                            first_position, resolve_labels, resolve_sampling, schedule_values)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 NAMES = ["a", "b", "c"]
@@ -59,34 +59,36 @@ def test_settings_take_the_defaults_and_guide_only_where_there_are_labels():
     labels = torch.tensor([0, 1])
     plain = {"temperature": 0.9, "temperature_schedule": "constant", "top_k": None, "top_p": None,
              "guidance_scale": 2.0, "guidance_schedule": "constant", "guidance_from": 0}
-    assert settings_for(labels, defaults) == plain
-    assert settings_for(None, defaults)["guidance_scale"] == 1.0
-    assert settings_for(None, defaults, guidance_scale=3.0)["guidance_scale"] == 3.0  # generate() refuses it
-    assert settings_for(labels, defaults, temperature=1.2, top_k=5) == {**plain, "temperature": 1.2, "top_k": 5}
+    assert resolve_sampling(labels, defaults) == SamplingConfig(**plain)
+    assert resolve_sampling(None, defaults).guidance_scale == 1.0
+    assert resolve_sampling(None, defaults, guidance_scale=3.0).guidance_scale == 3.0  # generate() refuses it
+    chosen = resolve_sampling(labels, defaults, temperature=1.2, top_k=5)
+    assert chosen == SamplingConfig(**{**plain, "temperature": 1.2, "top_k": 5})
     with pytest.raises(ValueError, match="unknown sampling setting 'guidance'"):
-        settings_for(labels, defaults, guidance=2.0)
+        resolve_sampling(labels, defaults, guidance=2.0)
 
 
 def test_a_schedule_follows_what_was_chosen_of_it():
     ramp = SamplingConfig(guidance_scale=(1.0, 2.5), guidance_schedule="cosine", guidance_from=3)
     labels = torch.tensor([0, 1])
-    assert settings_for(labels, ramp)["guidance_schedule"] == "cosine"
+    assert resolve_sampling(labels, ramp).guidance_schedule == "cosine"
     # A pair alone takes the default's ramp; one number alone is constant, whatever the default's shape.
-    assert settings_for(labels, ramp, guidance_scale=(1.0, 3.0))["guidance_schedule"] == "cosine"
-    assert settings_for(labels, ramp, guidance_scale=2.0)["guidance_schedule"] == "constant"
+    assert resolve_sampling(labels, ramp, guidance_scale=(1.0, 3.0)).guidance_schedule == "cosine"
+    assert resolve_sampling(labels, ramp, guidance_scale=2.0).guidance_schedule == "constant"
     constant = SamplingConfig(guidance_scale=2.0, guidance_schedule="constant")
-    assert settings_for(labels, constant, guidance_scale=(1.0, 3.0))["guidance_schedule"] == "linear"
-    assert settings_for(labels, ramp, guidance_schedule="linear")["guidance_schedule"] == "linear"
-    assert settings_for(labels, ramp, temperature=(1.0, 0.8))["temperature_schedule"] == "linear"
+    assert resolve_sampling(labels, constant, guidance_scale=(1.0, 3.0)).guidance_schedule == "linear"
+    assert resolve_sampling(labels, ramp, guidance_schedule="linear").guidance_schedule == "linear"
+    assert resolve_sampling(labels, ramp, temperature=(1.0, 0.8)).temperature_schedule == "linear"
     # The default's interval belongs to the default's scale: a scale chosen alone guides from the first position.
     interval = SamplingConfig(guidance_scale=3.0, guidance_from=0.4)
-    assert settings_for(labels, interval)["guidance_from"] == 0.4
-    assert settings_for(labels, interval, guidance_scale=1.5)["guidance_from"] == 0
-    assert settings_for(labels, interval, guidance_scale=1.5, guidance_from=5)["guidance_from"] == 5
-    assert settings_for(labels, interval, guidance_from=0.2) == {**settings_for(labels, interval), "guidance_from": 0.2}
+    assert resolve_sampling(labels, interval).guidance_from == 0.4
+    assert resolve_sampling(labels, interval, guidance_scale=1.5).guidance_from == 0
+    assert resolve_sampling(labels, interval, guidance_scale=1.5, guidance_from=5).guidance_from == 5
+    assert resolve_sampling(labels, interval, guidance_from=0.2) == dataclasses.replace(
+        resolve_sampling(labels, interval), guidance_from=0.2)
     # No labels: nothing to guide towards, so no guidance at all, wherever it would start.
-    unguided = settings_for(None, ramp)
-    assert (unguided["guidance_scale"], unguided["guidance_schedule"], unguided["guidance_from"]) == (
+    unguided = resolve_sampling(None, ramp)
+    assert (unguided.guidance_scale, unguided.guidance_schedule, unguided.guidance_from) == (
         1.0, "constant", 0)
 
 
@@ -164,3 +166,24 @@ def test_generate_told_nothing_samples_with_the_one_set_of_defaults():
                            generate(model, 4, labels=labels, generator=seeded(), guidance_scale=1.0))
     assert torch.equal(generate(model, 4, generator=seeded()), generate(model, 4, generator=seeded(),
                                                                          guidance_scale=1.0))
+
+
+def test_generate_takes_one_sampling_config_used_as_it_is():
+    """The settings travel as one SamplingConfig, resolved once above generate() (command -> config -> generate):
+    generate() uses it as it is, a two-level prior hands it to both levels, and settings named one by one are
+    not generate()'s arguments."""
+    import prior
+
+    model = small_prior("gated", num_classes=3)
+    labels = torch.tensor([0, 1, 2, 1])
+    chosen = SamplingConfig(temperature=0.8, guidance_scale=2.0, guidance_from=0)
+    # As given: its guidance_from 0 stays (a resolve of a chosen scale gives the same).
+    assert torch.equal(prior.generate(model, 4, labels=labels, sampling=chosen, generator=seeded()),
+                       generate(model, 4, labels=labels, temperature=0.8, guidance_scale=2.0, generator=seeded()))
+    later = dataclasses.replace(chosen, guidance_from=0.5)
+    assert not torch.equal(prior.generate(model, 4, labels=labels, sampling=chosen, generator=seeded()),
+                           prior.generate(model, 4, labels=labels, sampling=later, generator=seeded()))
+    with pytest.raises(TypeError):
+        prior.generate(model, 4, labels=labels, guidance_scale=2.0)
+    with pytest.raises(ValueError, match="sampling must be a SamplingConfig"):
+        prior.generate(model, 4, labels=labels, sampling={"guidance_scale": 2.0})
