@@ -34,7 +34,8 @@ from prior.fit import read_maps_for
 from prior.generate import pick_tokens
 from pipelines import cli
 from prior.sampling import class_mix, resolve_sampling, schedule_values
-from training.loop import WeightAverage, computes_in_bf16
+from training.config import computes_in_bf16
+from training.state import WeightAverage
 
 
 def gpt(codebook_size, num_classes, positions, layers, width, heads):
@@ -128,8 +129,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     train_maps, test_maps = read_maps_for(args.tokenizer)
     meta = train_maps.meta
-    codebook_size, grid = meta["codebook_size"], (meta["grid_height"], meta["grid_width"])
-    num_classes = len(meta["class_names"])
+    codebook_size, grid = meta.codebook_size, (meta.grid_height, meta.grid_width)
+    num_classes = len(meta.class_names)
     train_tokens = torch.from_numpy(np.asarray(train_maps.maps).astype(np.int64))
     train_labels = torch.from_numpy(np.asarray(train_maps.labels).astype(np.int64))
     test_tokens = torch.from_numpy(np.asarray(test_maps.maps).astype(np.int64))

@@ -7,7 +7,7 @@ class-conditional sample shows the class it was asked for. Figures made with one
 each other only: the reference classifier is trained once per data set and reused.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch.nn as nn
 
@@ -20,14 +20,14 @@ def conv_block(in_channels, out_channels, pool):
 
 @dataclass
 class ClassifierConfig:
-    image_channels: int = field(default=1, metadata={"help": "channels of the images: 1 or 3"})
-    image_size: int = field(default=28, metadata={"help": "height and width of the images, a multiple of 4"})
-    num_classes: int = field(default=10, metadata={"help": "classes of the data set"})
+    image_channels: int = 1
+    image_size: int = 28
+    num_classes: int = 10
     # 16, 32, 64 channels: one convolution per resolution is what lets two epochs of 60,000 images fit in about a
     # minute on two CPU cores (two per resolution at twice the width cost ~8x and gain ~1 point of accuracy).
-    width: int = field(default=16, metadata={"help": "channels of the first block; the next two have 2x and 4x"})
+    width: int = 16
     # 128 features: enough to separate ten classes, few enough that 10,000 samples give a stable covariance.
-    feature_dim: int = field(default=128, metadata={"help": "dimensions of the penultimate features"})
+    feature_dim: int = 128
 
     def __post_init__(self):
         if self.image_size % 4 or self.image_size <= 0:

@@ -30,6 +30,7 @@ from evaluation.report import plot_curves, plot_mosaic, plot_usage, write_html
 from generation import ImageGenerator, ProgressBar, check_memory
 from prior.sampling import SETTINGS, ClassLabels, SamplingConfig, check_count
 from store.images import DataConfig, load_images, read_image_collection
+from store.index_maps import read_maps_meta
 from store.runs import (MAPS_FOLDER, META_FILE, METRICS_FILE, RESULTS_FILE, check_output_folder, file_sha256,
                         newest_run, output_lock, path_from, read_json, read_metrics, recorded_path, staged_folder,
                         weights_file, write_json)
@@ -52,6 +53,12 @@ PRIOR_PANELS = [("loss (nats per token)", "step", [("loss", "train")], False),
                 ("bits per token", "epoch", [("bits_per_token", "train"), ("test_bits_per_token", "test")], False)]
 
 
+def _inputs(runs, output_root, data_config, images, config):
+    """What an evaluation reads, which its output folder may never be, lie inside or hold."""
+    inception = (config.inception_weights or cached_weights_path()) if config.features == "inception" else None
+    return [*runs.directories(), classifier_dir(output_root, data_config), *data_config.sources(), images, inception]
+
+
 def _figures_of_results(path, keys):
     """The named figures of a run's results.json, None for those it lacks (or when it is missing)."""
     results = read_json(path) if Path(path).exists() else {}
@@ -60,10 +67,10 @@ def _figures_of_results(path, keys):
 
 def _usage_histograms(tokenizer_dir):
     """The test split's usage histogram as a list of levels (one level unless residual), or None if not dumped."""
-    meta_path = Path(tokenizer_dir) / MAPS_FOLDER / META_FILE
-    if not meta_path.exists():
+    maps_dir = Path(tokenizer_dir) / MAPS_FOLDER
+    if not (maps_dir / META_FILE).exists():
         return None
-    histogram = read_json(meta_path).get("splits", {}).get("test", {}).get("usage_histogram")
+    histogram = read_maps_meta(maps_dir).splits.get("test", {}).get("usage_histogram")
     if not histogram:
         return None
     return histogram if isinstance(histogram[0], list) else [histogram]
@@ -125,7 +132,7 @@ class EvaluationConfig:
         check_count(self.n_samples, self.batch_size)
         check_seed(self.seed)
         if self.features not in FEATURES:
-            raise ValueError(f"features must be one of {', '.join(FEATURES)}, not {self.features!r}")
+            raise ValueError(f"`features` must be one of {', '.join(FEATURES)}, not {self.features!r}")
 
 
 def evaluate(prior_dir=None, tokenizer_dir=None, config=None, *, images=None, data_config=None,
@@ -162,10 +169,7 @@ def evaluate(prior_dir=None, tokenizer_dir=None, config=None, *, images=None, da
     if inception:
         check_installed()
     if out is not None:  # before any work (a download of the Inception weights too), and never over what is read
-        check_output_folder(out, overwrite, inputs=[*runs.directories(), classifier_dir(output_root, data_config),
-                                                    *data_config.sources(), images,
-                                                    (config.inception_weights or cached_weights_path()) if inception
-                                                    else None])
+        check_output_folder(out, overwrite, inputs=_inputs(runs, output_root, data_config, images, config))
     # A second evaluation writing the same folder is refused here, before any work.
     with output_lock(out, out is not None and main_process):
         inception_path = inception_weights(config.inception_weights, progress) if inception else None
@@ -210,7 +214,7 @@ def _load_data(runs, config, data_config, prior_dir, images, progress, accelerat
         feature_dim = (config.classifier or ClassifierConfig()).feature_dim
         check_memory(config.n_samples * (2 * runs.generator.bytes_per_sample() + 4 * feature_dim),
                      f"{config.n_samples} samples with their tokens, images and features",
-                     "evaluate fewer (n_samples, --n-samples)")
+                     "evaluate fewer (`n_samples`)")
         started = time.perf_counter()
         samples = _draw_samples(runs, config, progress, accelerator)
         seconds["sample_and_decode"] = time.perf_counter() - started

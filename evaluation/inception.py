@@ -55,7 +55,7 @@ def inception_weights(path=None, progress=True):
         raise ValueError(f"the Inception weights {INCEPTION_WEIGHTS_NAME} are not on this machine and could not be "
                          f"downloaded ({str(error).splitlines()[0] if str(error) else type(error).__name__}): put "
                          f"the file from {INCEPTION_WEIGHTS_URL} in {cached.parent}/ or give its path with "
-                         "--inception-weights") from None
+                         "`inception_weights`") from None
     return cached
 
 

@@ -15,56 +15,7 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
 from prior.sampling import describe_settings
-
-# (key in report["figures"], what it is, how to read it); the page's table follows this order.
-FIGURES = [
-    ("classifier_test_accuracy", "classifier accuracy, test split", "the reference classifier's own quality"),
-    ("fd_train_vs_test", "Frechet distance, train vs test", "the floor: two real samples of the data set"),
-    ("fd_reconstructions_vs_test", "Frechet distance, reconstructions vs test", "lower is better; floor above"),
-    ("reconstruction_mse", "reconstruction MSE (test)", "pixels in [0, 1]"),
-    ("reconstruction_psnr", "reconstruction PSNR (test, dB)", "higher is better"),
-    ("classifier_accuracy_on_reconstructions", "classifier accuracy on reconstructions",
-     "against the test labels; close to the test accuracy when class detail survives"),
-    ("fd_samples_vs_test", "Frechet distance, samples vs test",
-     "lower is better; the reconstructions' distance is about the best samples can reach"),
-    ("fd_samples_over_reconstructions", "samples' distance / reconstructions' distance",
-     "how far the prior is from what its tokenizer can draw; 1 is a perfect prior"),
-    ("classifier_accuracy_on_samples", "classifier accuracy on samples",
-     "against the label asked for (class-conditional priors)"),
-    ("precision", "precision of samples (k = 3)",
-     "fidelity: the share of samples inside the test images' manifold (Kynkaanniemi et al. 2019)"),
-    ("recall", "recall of samples (k = 3)", "diversity: the share of test images inside the samples' manifold"),
-    ("density", "density of samples (k = 3)",
-     "fidelity: test images' balls holding a sample, on average, over k; 1 for real images (Naeem et al. 2020)"),
-    ("coverage", "coverage of samples (k = 3)", "diversity: the share of test images whose ball holds a sample"),
-    ("reconstructions_precision", "precision, reconstructions vs test",
-     "what the tokenizer allows: the test images decoded from their tokens"),
-    ("reconstructions_recall", "recall, reconstructions vs test", ""),
-    ("reconstructions_density", "density, reconstructions vs test", ""),
-    ("reconstructions_coverage", "coverage, reconstructions vs test", ""),
-    ("train_precision", "precision, train vs test", "the floor of the four: as many training images as samples"),
-    ("train_recall", "recall, train vs test", ""),
-    ("train_density", "density, train vs test", ""),
-    ("train_coverage", "coverage, train vs test", ""),
-    ("copies_samples", "samples nearer a training image than any test image is",
-     "copies of the training set? compare with the next line"),
-    ("copies_test", "test images nearer a training image than any other test image is",
-     "the yardstick: what a generator of new images from the data's distribution scores"),
-    ("inception_fid_train_vs_test", "FID (Inception-v3), train vs test",
-     "the floor, as many training images as samples; the standard protocol (torch-fidelity)"),
-    ("inception_fid_reconstructions_vs_test", "FID (Inception-v3), reconstructions vs test", "lower is better"),
-    ("inception_fid_samples_vs_test", "FID (Inception-v3), samples vs test", "lower is better"),
-    ("inception_kid_samples_vs_test", "KID (Inception-v3), samples vs test", "lower is better; unbiased"),
-    ("inception_precision", "precision of samples, Inception-v3 features", ""),
-    ("inception_recall", "recall of samples, Inception-v3 features", ""),
-    ("inception_density", "density of samples, Inception-v3 features", ""),
-    ("inception_coverage", "coverage of samples, Inception-v3 features", ""),
-    ("prior_test_bits_per_token", "prior bits per token (test)", "from the prior run's results.json"),
-    ("prior_test_bits_per_image", "prior bits per image (test)", "from the prior run's results.json"),
-    ("codebook_perplexity_test", "codebook perplexity (test)", "of the test split's tokens"),
-    ("codes_used_test", "codes used (test)", "fraction of the codebook the test split uses"),
-]
-
+from store.figures import FIGURES, format_figure
 
 def _new_figure(width, height):
     figure = Figure(figsize=(width, height), layout="constrained")
@@ -159,10 +110,11 @@ def _subject(runs):
 def write_html(path, report, pictures):
     """report.html: the runs, the table of figures, then each picture (file name, caption) that was drawn."""
     figures, runs = report["figures"], report["runs"]
-    # Inception's figures are rows only when asked for (--features inception).
-    rows = "\n".join(f"<tr><td>{html.escape(label)}</td><td class=num>{_format(figures.get(key))}</td>"
-                     f"<td>{html.escape(note)}</td></tr>" for key, label, note in FIGURES
-                     if not key.startswith("inception_") or report.get("inception"))
+    # Inception's figures are rows only when asked for (features "inception").
+    rows = "\n".join(f"<tr><td>{html.escape(figure.name)}</td>"
+                     f"<td class=num>{html.escape(format_figure(figure, figures.get(figure.key)))}</td>"
+                     f"<td>{html.escape(figure.reading)}</td></tr>" for figure in FIGURES
+                     if not figure.key.startswith("inception_") or report.get("inception"))
     per_class = report.get("per_class_sample_accuracy") or {}
     class_rows = "\n".join(f"<tr><td>{html.escape(name)}</td><td class=num>{_format(value)}</td></tr>"
                            for name, value in per_class.items())

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from prior import PriorRun
 from prior.sampling import describe_settings
+from store.figures import FIGURES, format_figure
 from store.runs import CONFIG_FILE, RESULTS_FILE, TOKENIZER_COPY, WEIGHTS_HASHES, file_sha256, read_json, weights_file
 from tokenizer.run import TokenizerRun
 
@@ -18,28 +19,6 @@ LIBRARY = "vqprior"
 # The Hub's id of a data set this project reads by name (a folder of the user's own has none).
 HUB_DATASETS = {"fashion-mnist": "zalando-datasets/fashion_mnist", "mnist": "ylecun/mnist",
                 "cifar10": "uoft-cs/cifar10"}
-# (report.json figure, the card's name for it, format): the figures a card lists when its evaluations hold them.
-FIGURES = [("fd_samples_vs_test", "sample Frechet distance to test (reference classifier features)", ".3f"),
-           ("fd_reconstructions_vs_test", "reconstruction Frechet distance to test", ".3f"),
-           ("fd_train_vs_test", "train-vs-test Frechet distance (the floor)", ".3f"),
-           ("fd_samples_over_reconstructions", "samples over reconstructions", ".2f"),
-           ("precision", "precision of samples (fidelity; k = 3, classifier features)", ".3f"),
-           ("recall", "recall of samples (diversity)", ".3f"),
-           ("density", "density of samples (fidelity; about 1 for real images)", ".3f"),
-           ("coverage", "coverage of samples (diversity)", ".3f"),
-           ("copies_samples", "samples nearer a training image than any test image is", ".1%"),
-           ("copies_test", "test images nearer a training image than any other test image is (the yardstick)",
-            ".1%"),
-           ("inception_fid_samples_vs_test", "FID, samples vs test (Inception-v3)", ".3f"),
-           ("inception_fid_reconstructions_vs_test", "FID, reconstructions vs test (Inception-v3)", ".3f"),
-           ("classifier_accuracy_on_samples", "reference classifier's accuracy on samples (class asked for)", ".1%"),
-           ("classifier_accuracy_on_reconstructions", "reference classifier's accuracy on reconstructions", ".1%"),
-           ("reconstruction_mse", "test MSE (pixels in [0, 1])", ".5f"),
-           ("reconstruction_psnr", "test PSNR (dB)", ".2f"),
-           ("prior_test_bits_per_token", "prior test bits per token", ".4f"),
-           ("codes_used_test", "codes used on test", ".1%")]
-
-
 def _runs(run_dir):
     """(the PriorRun or None, its folder or None, the TokenizerRun, its folder) of a prior run folder (carrying its
     tokenizer) or a tokenizer run folder."""
@@ -60,10 +39,11 @@ def _results(folder):
 def _figure_rows(reports):
     """Markdown table rows: one per figure the reports hold, one column per report."""
     rows = []
-    for key, name, spec in FIGURES:
-        values = [report["figures"].get(key) for report in reports]
+    for figure in (figure for figure in FIGURES if figure.on_card):
+        values = [report["figures"].get(figure.key) for report in reports]
         if any(v is not None for v in values):
-            rows.append(f"| {name} | " + " | ".join("-" if v is None else format(v, spec) for v in values) + " |")
+            rows.append(f"| {figure.name} | " + " | ".join("-" if v is None else format_figure(figure, v)
+                                                           for v in values) + " |")
     return rows
 
 

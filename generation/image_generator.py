@@ -163,10 +163,11 @@ class ImageGenerator:
 
     def request(self, n: int, label=None, **settings) -> tuple:
         """(labels (ClassLabels of n) or None, the SamplingConfig generate() takes) for a user's request, resolved
-        once here (prior.sampling.resolve_sampling) and passed down whole: label None is the training split's class mix for a conditional prior, "none" its no-label draw, a class id or name that class
-        for all n, and a list or tensor of n ids or names one class per sample; settings are SamplingConfig's fields
-        (prior.sampling.SETTINGS: temperature, guidance_scale and their schedules, ...), those left out or None
-        taking its defaults; an unknown one is a ValueError."""
+        once here (prior.sampling.resolve_sampling) and passed down whole. label None is the training split's class
+        mix for a conditional prior, "none" its no-label draw, a class id or name that class for all n, and a list or
+        tensor of n ids or names one class per sample; settings are SamplingConfig's fields (prior.sampling.SETTINGS:
+        temperature, guidance_scale and their schedules, ...), those left out or None taking its defaults; an
+        unknown one is a ValueError."""
         labels = resolve_labels(label, n, self.run.class_names, self.run.class_counts)
         return labels, resolve_sampling(labels, **settings)
 

@@ -6,6 +6,7 @@ maps' meta.json, with its model card (README.md). A command given no run takes t
 generator only when there is none.
 """
 
+import dataclasses
 import shutil
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 from generation.card import model_card
 from prior import PriorRun
 from store.hub import run_folder
+from store.index_maps import read_maps_meta, record_index_maps
 from store.runs import (CONFIG_FILE, MAPS_FOLDER, META_FILE, RESULTS_FILE, SHARED_FILES, TOKENIZER_COPY,
                         WEIGHTS_HASHES, newest_run, read_json, staged_folder, tokenizer_run_of, weights_file,
                         weights_hashes, write_json)
@@ -80,9 +82,9 @@ def _name_carried_tokenizer(folder):
     config = read_json(folder / CONFIG_FILE)
     config["tokenizer"]["run"] = TOKENIZER_COPY
     write_json(folder / CONFIG_FILE, config)
-    meta_path = folder / TOKENIZER_COPY / MAPS_FOLDER / META_FILE
-    if meta_path.is_file():
-        write_json(meta_path, {**read_json(meta_path), "tokenizer_run": TOKENIZER_COPY})
+    maps_dir = folder / TOKENIZER_COPY / MAPS_FOLDER
+    if (maps_dir / META_FILE).is_file():
+        record_index_maps(maps_dir, {}, dataclasses.replace(read_maps_meta(maps_dir), tokenizer_run=TOKENIZER_COPY))
 
 
 def export_generator(prior_dir, out, overwrite=False, weights=None, card=False):

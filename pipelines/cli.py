@@ -4,6 +4,7 @@ dataclasses become flags here; and the one error boundary, where a user's mistak
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import time
 import typing
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from pipelines.flag_help import CHOICES, HELP
 from prior.sampling import NO_LABEL, SCHEDULES, SETTINGS, SamplingConfig, check_first, describe_schedule
 from store.images import DEBIAN_FASHION_MNIST_DIR, DataConfig
 from training import MAX_SEED, TrainConfig
@@ -74,8 +76,8 @@ def _int_in(text, low, high, what):
 
 
 def add_config_flags(parser, config_cls, title, skip=(), only=None, defaults=None):
-    """One --kebab-case flag per dataclass field (only those named in `only`, if given), with the field's metadata
-    help and its default.
+    """One --kebab-case flag per dataclass field (only those named in `only`, if given), with its help and choices
+    (pipelines.flag_help) and the field's default.
 
     defaults: {field: value} for a command whose defaults differ from the dataclass's (the prior trains longer).
     """
@@ -86,23 +88,27 @@ def add_config_flags(parser, config_cls, title, skip=(), only=None, defaults=Non
         if f.name in skip or (only is not None and f.name not in only):
             continue
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
+        help_text = HELP[config_cls][f.name]
         kind = hints[f.name]
         default = defaults.get(f.name, f.default)
         if kind is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
                                help=help_text)
         else:
-            choices = f.metadata.get("choices")
+            choices = CHOICES.get(config_cls, {}).get(f.name)
             group.add_argument(flag, dest=f.name, type=kind, default=default, choices=choices,
                                help=f"{help_text} (default: {default})")
     return group
 
 
+def config_values(config_cls, args, skip=()):
+    """The values of config_cls's fields among args (add_config_flags' flags), but those in skip."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)
+            if hasattr(args, f.name) and f.name not in skip}
+
+
 def config_from_args(config_cls, args, **overrides):
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if hasattr(args, f.name)}
-    values.update(overrides)
-    return config_cls(**values)
+    return config_cls(**{**config_values(config_cls, args), **overrides})
 
 
 def add_renamed_flag(parser, former, now):
@@ -255,15 +261,16 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def run(main):
+def run(main, parser=None):
     """Call main(); a ValueError or OSError from bad input, or memory that ran out, becomes one line on stderr and
-    exit status 2. Under torchrun the process group is ended on the way out, whatever happened: after work that
-    went well, once every process has finished its own (end_processes)."""
+    exit status 2, in the command's words (in_flags: parser, the command's own, names its flags). Under torchrun the
+    process group is ended on the way out, whatever happened: after work that went well, once every process has
+    finished its own (end_processes)."""
     try:
         main()
         end_processes(finished=True)
     except (ValueError, OSError) as error:
-        fail(one_line(error) or type(error).__name__)
+        fail(in_flags(one_line(error) or type(error).__name__, parser))
     except (MemoryError, RuntimeError) as error:
         if not ran_out_of_memory(error):
             raise
@@ -294,6 +301,15 @@ def ran_out_of_memory(error):
     OutOfMemoryError, or the RuntimeError of torch's CPU allocator."""
     return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or any(
         phrase in str(error) for phrase in ("can't allocate memory", "out of memory"))
+
+
+def in_flags(message, parser):
+    """A library's error in a command's words: the libraries name an argument or config field in backticks
+    (`image_size`), and each becomes the flag of parser that sets it (--image-size), or the bare name where the
+    command has no such flag. The one place where the libraries' words meet the flags."""
+    flags = {action.dest: action.option_strings[0] for action in (parser._actions if parser else ())
+             if action.option_strings}
+    return re.sub(r"`(\w+)`", lambda name: flags.get(name[1], name[1]), message)
 
 
 def one_line(error):

@@ -19,7 +19,7 @@ from pathlib import Path
 from generation.pretrained import choose_tokenizer
 from pipelines import cli
 from store.images import DATASETS, SPLITS, DataConfig, load_images
-from store.index_maps import IndexMapWriter, record_index_maps, sources_text, write_sources
+from store.index_maps import sources_text, write_sources, writing_maps
 from store.runs import check_output_folder, output_lock, path_from, staged_folder
 from store.sequences import SequenceLayout, SequenceWriter
 from tokenizer import Tokenizer
@@ -84,27 +84,24 @@ def main(argv=None):
         sources = {name: sources_text(data.paths) for name, data in splits.items()} if folder_source else {}
 
         main_process = accelerator.is_main_process
-        started = time.perf_counter()
+        meta = dataclasses.replace(
+            tokenizer.map_metadata(dataset, splits[names[0]].class_names),
+            source={"images": path_from(out, images_path) if folder_source else args.images,
+                    "data": dataclasses.asdict(data_config), "batch_size": args.batch_size},
+            sequences=None if layout is None else layout.describe())
+        counts = {name: len(data) for name, data in splits.items()}
         extra = None if layout is None else {"sequences": (layout.dtype, (layout.length,))}
-        with staged_folder(out, args.overwrite) if main_process else contextlib.nullcontext() as folder:
-            entries = {}
+        started = time.perf_counter()
+        with staged_folder(out, args.overwrite) if main_process else contextlib.nullcontext() as folder, \
+                writing_maps(folder, meta, counts, extra) if main_process else contextlib.nullcontext({}) as writers:
             for name, data in splits.items():
-                with IndexMapWriter(folder, name, len(data), tokenizer.token_shape, tokenizer.codebook_size,
-                                    tokenizer.level_shapes.get("top"), extra) if main_process \
-                        else contextlib.nullcontext() as writer:
-                    sink = writer if layout is None or writer is None else SequenceWriter(writer, layout)
-                    counts, _ = encode_split(tokenizer, data, args.batch_size, False, f"encode {name}", sink,
-                                             accelerator)
-                if main_process:
-                    entries[name] = writer.entry(level_usage_stats(counts))
+                writer = writers.get(name)
+                sink = writer if layout is None or writer is None else SequenceWriter(writer, layout)
+                usage, _ = encode_split(tokenizer, data, args.batch_size, False, f"encode {name}", sink, accelerator)
+                if writer is not None:
+                    writer.details.update(level_usage_stats(usage))
                     if name in sources:  # row i of the tokens is the image on line i
-                        entries[name].update(write_sources(folder, name, sources[name]))
-            if main_process:
-                metadata = tokenizer.map_metadata(dataset, splits[names[0]].class_names)
-                metadata.update(source={"images": path_from(out, images_path) if folder_source else args.images,
-                                        "data": dataclasses.asdict(data_config), "batch_size": args.batch_size},
-                                sequences=None if layout is None else layout.describe())
-                record_index_maps(folder, entries, metadata)
+                        writer.details.update(write_sources(folder, name, sources[name]))
         if main_process:
             seconds, total = time.perf_counter() - started, sum(len(data) for data in splits.values())
             counted = ", ".join(f"{len(data)}" + ("" if name == FOLDER_SPLIT else f" {name}")
@@ -115,4 +112,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, build_parser())

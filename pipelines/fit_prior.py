@@ -66,7 +66,7 @@ def main(argv=None):
     accelerator = make_accelerator(train_config)
     train_maps, test_maps = read_maps_for(tokenizer_dir)
     if args.resume:  # the maps it was trained on, still
-        if train_maps.meta["weights_sha256"] != run.tokenizer.weights_sha256:
+        if train_maps.meta.weights_sha256 != run.tokenizer.weights_sha256:
             raise ValueError(f"prior run {args.resume} was trained on maps of other tokenizer weights than those now "
                              f"in {tokenizer_dir} (SHA-256 differs): start a new prior run")
         if (run.top is not None) != (train_maps.levels == 2):
@@ -110,4 +110,4 @@ def train_prior(run, run_dir, train_maps, test_maps, accelerator, resume):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, build_parser())

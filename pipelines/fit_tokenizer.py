@@ -17,8 +17,8 @@ from store.images import DataConfig, ImageDataset, load_images
 from store.runs import check_resumable, output_lock, remove_stale_temporaries, save_run_weights
 from tokenizer import TokenizerConfig, TokenizerRun
 from tokenizer.encoding import dump
-from tokenizer.fit import (check_discriminator_start, save_reconstructions, tokenizer_step, tokenizer_weights,
-                           trained_module)
+from tokenizer.fit import (check_discriminator_start, new_tokenizer_run, save_reconstructions, tokenizer_step,
+                           tokenizer_weights, trained_module)
 from tokenizer.losses import TokenizerLossConfig
 from tokenizer.model import build_tokenizer_model
 from tokenizer.run import DUMP_BATCH_SIZE
@@ -64,14 +64,9 @@ def main(argv=None):
     train_set = load_images(data_config, "train", lazy=True)
     test_set = load_images(data_config, "test", lazy=True)
     if not args.resume:
-        channels, height, width = train_set.images.shape[1:]
-        if height != width:
-            raise ValueError(f"images must be square, these are {height}x{width}: use folder: with --image-size")
-        # Encoding in batches of another size can flip a near-tie's token: a run dumps as it was started to.
-        run = TokenizerRun(
-            model=cli.config_from_args(TokenizerConfig, args, image_channels=channels, image_size=height),
-            train=train_config, data=data_config, loss=cli.config_from_args(TokenizerLossConfig, args),
-            dump_batch_size=DUMP_BATCH_SIZE if args.dump_batch_size is None else args.dump_batch_size)
+        model = cli.config_values(TokenizerConfig, args, skip=DERIVED_FROM_DATA)
+        run = new_tokenizer_run(train_set, train_config, data_config, cli.config_from_args(TokenizerLossConfig, args),
+                                args.dump_batch_size, **model)
     check_one_batch(len(train_set), run.train)
     check_discriminator_start(run.loss, run.train, len(train_set), accelerator.num_processes)
     # The model is built before the run directory is made: flags it cannot be built from leave nothing behind.
@@ -123,4 +118,4 @@ def dump_again(run_dir, batch_size=None):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, build_parser())

@@ -23,7 +23,7 @@ from generation import ImageGenerator, ProgressBar, check_memory
 from generation.pretrained import choose_prior
 from pipelines import cli
 from store.images import read_image
-from store.index_maps import IndexMapWriter, record_index_maps, smallest_uint_dtype
+from store.index_maps import smallest_uint_dtype, writing_maps
 from store.pictures import NpzImageWriter, save_mosaic, save_pngs
 from store.runs import check_disk_space, check_output_folder, output_lock, path_from, staged_folder, write_json
 from training import TrainConfig, make_accelerator
@@ -101,9 +101,8 @@ def write_samples(args, out, generator, prior_dir, accelerator, precision, load_
             bar.close()
             raise
     with staged_folder(out, args.overwrite) if main_process else contextlib.nullcontext() as folder:
-        with (IndexMapWriter(folder / "tokens", "samples", n, tokenizer.token_shape, tokenizer.codebook_size,
-                             tokenizer.level_shapes.get("top")) if main_process
-              else contextlib.nullcontext()) as writer, \
+        with (writing_maps(folder / "tokens", tokenizer.map_metadata("samples", run.class_names), {"samples": n})
+              if main_process else contextlib.nullcontext({})) as writers, \
                 (NpzImageWriter(folder / "samples.npz", n, *tokenizer.image_shape[1:]) if main_process and args.npz
                  else contextlib.nullcontext()) as npz, accelerator.autocast():
             if main_process:
@@ -112,7 +111,7 @@ def write_samples(args, out, generator, prior_dir, accelerator, precision, load_
                 for start, tokens, images in itertools.chain([first], batches):
                     written = time.perf_counter()
                     if main_process:
-                        write_batch(folder, writer, start, tokens, images, labels)
+                        write_batch(folder, writers["samples"], start, tokens, images, labels)
                         if npz is not None:
                             npz.write(images)
                         shown.append(images[:max(0, args.mosaic - sum(len(s) for s in shown))])
@@ -125,19 +124,24 @@ def write_samples(args, out, generator, prior_dir, accelerator, precision, load_
         # With --complete the original comes first.
         save_mosaic(folder / "grid.png", torch.cat(shown if original is None else [original.float().cpu() / 255,
                                                                                     *shown]))
-        record_index_maps(folder / "tokens", {"samples": writer.entry()},
-                          tokenizer.map_metadata("samples", run.class_names))
-        write_json(folder / "sample.json", {
-            "prior_run": path_from(out, prior_dir), "tokenizer_run": path_from(out, tokenizer.run_dir),
-            "n": n, "batch_size": batch_size, "seed": args.seed, "device": str(device),
-            "mixed_precision": precision.mixed_precision, "label": args.label,
-            "label_name": None if labels is None or args.label is None else run.class_names[int(labels[0:1][0])],
-            "class_counts": None if labels is None else labels.counts(),
-            **sampling.record(), "sampler": args.sampler, "complete": args.complete, "npz": args.npz,
-            "keep_rows": completion.get("keep_rows", 0), "seconds": seconds,
-            "grids_per_s": n / max(seconds["sample"], 1e-9)})
+        write_json(folder / "sample.json", _record(args, out, generator, prior_dir, precision, device, labels,
+                                                   sampling, completion, seconds))
     print(f"{n} samples in {seconds['sample']:.2f} s ({n / max(seconds['sample'], 1e-9):.0f} grids/s, decoded) "
           f"-> {out}/grid.png")
+
+
+def _record(args, out, generator, prior_dir, precision, device, labels, sampling, completion, seconds):
+    """sample.json: what was drawn, from which runs, how, and in how many seconds."""
+    n, class_names = args.n_samples, generator.run.class_names
+    return {
+        "prior_run": path_from(out, prior_dir), "tokenizer_run": path_from(out, generator.tokenizer.run_dir),
+        "n": n, "batch_size": args.batch_size, "seed": args.seed, "device": str(device),
+        "mixed_precision": precision.mixed_precision, "label": args.label,
+        "label_name": None if labels is None or args.label is None else class_names[int(labels[0:1][0])],
+        "class_counts": None if labels is None else labels.counts(),
+        **sampling.record(), "sampler": args.sampler, "complete": args.complete, "npz": args.npz,
+        "keep_rows": completion.get("keep_rows", 0), "seconds": seconds,
+        "grids_per_s": n / max(seconds["sample"], 1e-9)}
 
 
 def check_room(generator, args, out):
@@ -164,4 +168,4 @@ def write_batch(folder, writer, start, tokens, images, labels):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, build_parser())

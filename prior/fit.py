@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from prior.run import PriorRun, TokenizerReference
 from store.images import SPLITS
 from store.index_maps import read_index_maps
-from store.runs import MODEL_WEIGHTS, file_sha256, weights_file
+from store.runs import MAPS_FOLDER, MODEL_WEIGHTS, file_sha256, weights_file
 
 CONDITIONS = ("auto", "none", "class")
 # From BENCHMARKS.md ("Sample quality: the levers"): "no label" this fraction of the time, for guidance.
@@ -27,10 +27,11 @@ def read_maps_for(tokenizer_dir):
     if not weights.exists():
         raise ValueError(f"tokenizer run {tokenizer_dir} has no {MODEL_WEIGHTS}")
     weights_sha256 = file_sha256(weights)
-    splits = [read_index_maps(Path(tokenizer_dir) / "maps", split) for split in SPLITS]
-    if any(maps.meta["weights_sha256"] != weights_sha256 for maps in splits):
+    splits = [read_index_maps(Path(tokenizer_dir) / MAPS_FOLDER, split) for split in SPLITS]
+    if any(maps.meta.weights_sha256 != weights_sha256 for maps in splits):
         raise ValueError(f"the index maps in {tokenizer_dir}/maps were made by other weights than "
-                         f"{weights} (SHA-256 differs): run fit_tokenizer --dump-only {tokenizer_dir}")
+                         f"{weights} (SHA-256 differs): dump them again with "
+                         f"python -m pipelines.fit_tokenizer --dump-only {tokenizer_dir}")
     return splits
 
 
@@ -44,33 +45,32 @@ def new_prior_run(tokenizer_dir, train_maps, model, train, condition="auto", lab
     when there are two or more; label_dropout: the fraction of "no label" steps (None: DEFAULT_LABEL_DROPOUT when
     conditional). A choice the maps cannot take is one ValueError."""
     if condition not in CONDITIONS:
-        raise ValueError(f"condition must be one of {', '.join(CONDITIONS)}, not {condition!r}")
+        raise ValueError(f"`condition` must be one of {', '.join(CONDITIONS)}, not {condition!r}")
     if label_dropout is not None and not 0 <= label_dropout < 1:
-        raise ValueError(f"--label-dropout must lie in [0, 1), not {label_dropout}")
+        raise ValueError(f"`label_dropout` must lie in [0, 1), not {label_dropout}")
     if label_dropout and condition == "none":
-        raise ValueError("--label-dropout needs class conditioning (--condition class or auto)")
+        raise ValueError("`label_dropout` needs class conditioning (`condition` class or auto)")
     meta = train_maps.meta
-    num_classes = len(meta.get("class_names") or []) if condition != "none" else 0
+    num_classes = len(meta.class_names or []) if condition != "none" else 0
     if condition == "class" and num_classes < 2:
-        raise ValueError(f"--condition class needs labelled maps; {tokenizer_dir} has {num_classes} class(es)")
+        raise ValueError(f"`condition` class needs labelled maps; {tokenizer_dir} has {num_classes} class(es)")
     if num_classes < 2:
         num_classes = 0  # auto on maps of one class: unconditional
     if not num_classes and label_dropout:
-        raise ValueError(f"--label-dropout needs class conditioning; the maps of {tokenizer_dir} have no classes")
-    shape = dict(codebook_size=meta["codebook_size"], num_classes=num_classes, depth=meta.get("depth", 1))
+        raise ValueError(f"`label_dropout` needs class conditioning; the maps of {tokenizer_dir} have no classes")
+    shape = dict(codebook_size=meta.codebook_size, num_classes=num_classes, depth=meta.depth)
     top = None
     if train_maps.levels == 2:  # VQ-VAE-2: a top prior, and the bottom prior conditioned on the top maps
-        top = dataclasses.replace(model, grid_height=meta["top_grid_height"], grid_width=meta["top_grid_width"],
-                                  **shape)
-        shape.update(condition_codebook_size=meta["codebook_size"], condition_height=meta["top_grid_height"],
-                     condition_width=meta["top_grid_width"])
+        top = dataclasses.replace(model, grid_height=meta.top_grid_height, grid_width=meta.top_grid_width, **shape)
+        shape.update(condition_codebook_size=meta.codebook_size, condition_height=meta.top_grid_height,
+                     condition_width=meta.top_grid_width)
     return PriorRun(
-        top=top, model=dataclasses.replace(model, grid_height=meta["grid_height"], grid_width=meta["grid_width"],
+        top=top, model=dataclasses.replace(model, grid_height=meta.grid_height, grid_width=meta.grid_width,
                                            **shape),
         train=train, tokenizer=TokenizerReference(run=str(Path(tokenizer_dir).resolve()),
-                                                  weights_sha256=meta["weights_sha256"]),
+                                                  weights_sha256=meta.weights_sha256),
         label_dropout=(DEFAULT_LABEL_DROPOUT if label_dropout is None else label_dropout) if num_classes else 0.0,
-        eval_batch_size=eval_batch_size, class_names=meta.get("class_names") if num_classes else None,
+        eval_batch_size=eval_batch_size, class_names=meta.class_names if num_classes else None,
         class_counts=np.bincount(np.asarray(train_maps.labels), minlength=num_classes).tolist()
         if num_classes else None)
 

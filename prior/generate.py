@@ -27,8 +27,9 @@ from einops import rearrange
 
 from prior.layers import as_map, bias_at, bias_of_position
 from prior.model import TwoLevelPrior
-from prior.sampling import (ClassLabels, SamplingConfig, check_count, check_first, check_schedule, describe_schedule,
-                            is_int, is_real, resolve_sampling, schedule_values)
+from prior.sampling import (ClassLabels, SamplingConfig, check_count, describe_schedule, is_int, resolve_sampling,
+                            schedule_values)
+from store.index_maps import check_token_range
 
 SAMPLERS = ("naive", "cached")
 
@@ -48,7 +49,8 @@ class _Naive:
 
 class _CachedGated:
     """Cached state per gated block: the last p + 1 rows of its vertical input, the current row of its
-    horizontal input, and the vertical stack's contribution to the current row.
+    horizontal input, and the vertical stack's contribution to the current row; the blocks step themselves
+    (GatedBlock.row_step, position_step) on these.
 
     The vertical stack of row i is only needed from row i + 1 on, so it runs a whole row at a time once row i
     is complete; the horizontal stack runs one position at a time, on (b, c) vectors. Rows are cached
@@ -61,9 +63,7 @@ class _CachedGated:
         cond = model.conditioning(labels, condition, b)
         # (vertical, horizontal) per block: per sample (b, 2c), or per position (b, 2c, h, w) with a condition map.
         self.biases = [block.cond_bias(cond) for block in self.blocks]
-        # Taps up to the centre only (the ones right of it are masked to zero), as one matrix per block.
-        self.h_weights = [rearrange(block.h_conv.masked_weight()[..., : block.pad + 1], "o c 1 k -> o (k c)")
-                          for block in self.blocks]
+        self.h_matrices = [block.h_conv.causal_matrix() for block in self.blocks]
         new = model.embed.weight.new_zeros
         self.v_windows, self.h_rows, self.v_to_h = [], [], []
         for block in self.blocks:
@@ -79,9 +79,8 @@ class _CachedGated:
         out = 0.0
         for n, block in enumerate(self.blocks):
             window = self.h_rows[n][:, j : j + block.pad + 1]  # (b, p + 1, c), position (i, j) last
-            h_pre = F.linear(window.flatten(1), self.h_weights[n], block.h_conv.bias)  # (b, 2c)
-            h, skip = block.horizontal_out(h_pre, self.v_to_h[n][:, j], window[:, -1],
-                                           bias_of_position(self.biases[n][1], i, j))
+            h, skip = block.position_step(window, self.h_matrices[n], self.v_to_h[n][:, j],
+                                          bias_of_position(self.biases[n][1], i, j))
             out = out + skip
             if n + 1 < len(self.blocks):
                 self.h_rows[n + 1][:, self.blocks[n + 1].pad + j] = h
@@ -98,17 +97,16 @@ class _CachedGated:
         for n, block in enumerate(self.blocks):
             p = block.pad
             self.v_windows[n] = torch.cat([self.v_windows[n][:, :, 1:], F.pad(v, (p, p))], dim=2)
-            v_pre = block.v_conv(self.v_windows[n])  # (b, 2c, 1, w)
-            # Shifted down: it joins the horizontal stack of the next row.
-            self.v_to_h[n] = rearrange(block.v_to_h(v_pre), "b c 1 w -> b w c")
-            v = block.vertical_out(v_pre, as_map(bias_at(self.biases[n][0], slice(self.row, self.row + 1),
-                                                          slice(None))))
+            # v_to_h: shifted down, it joins the horizontal stack of the next row.
+            self.v_to_h[n], v = block.row_step(self.v_windows[n], as_map(bias_at(
+                self.biases[n][0], slice(self.row, self.row + 1), slice(None))))
         self.row += 1
 
 
 class _CachedPixelCNN:
     """Cached state: the input of every masked convolution over the whole grid, padded above and at the sides,
-    channels last so that the window a position reads is a few contiguous runs per sample.
+    channels last so that the window a position reads is a few contiguous runs per sample; the blocks step
+    themselves (ResidualBlock.step, CausalSelfAttention.step) with the convolutions run on these windows.
 
     A masked kxk convolution at (i, j) only reads rows i - p..i, so a window of p + 1 cached rows and the
     kernel's top p + 1 rows give its output at one position, or, with whole rows, at every position of those
@@ -123,8 +121,8 @@ class _CachedPixelCNN:
         self.biases = [block.cond_bias(cond) for block in self.blocks]
         self.convs = [model.stem] + [block.conv for block in self.blocks]
         self.pads = [conv.kernel_size[0] // 2 for conv in self.convs]
-        self.weights = [conv.masked_weight()[:, :, : p + 1] for conv, p in zip(self.convs, self.pads)]
-        self.matrices = [rearrange(weight, "o c u v -> o (u v c)") for weight in self.weights]
+        self.weights = [conv.causal_weight() for conv in self.convs]
+        self.matrices = [conv.causal_matrix() for conv in self.convs]
         self.inputs = [model.embed.weight.new_zeros(b, height + p, width + 2 * p, conv.in_channels)
                        for conv, p in zip(self.convs, self.pads)]
         # pixelsnail: the keys and values of every position so far, per attention block.
@@ -140,25 +138,25 @@ class _CachedPixelCNN:
         """Body output on rows r0..r1-1 x columns c0..c1-1, all of whose inputs before them are cached:
         a map (b, c, r1 - r0, c1 - c0), or a vector (b, c) when the rectangle is a single position."""
         one = (r1 - r0, c1 - c0) == (1, 1)
-        x = None
-        for n, (conv, p, cache) in enumerate(zip(self.convs, self.pads, self.inputs)):
-            if n:
-                block, bias = self.blocks[n - 1], self.biases[n - 1]
-                y = block.reduce(x)
-                pattern = "b c -> b 1 1 c" if one else "b c h w -> b h w c"
-                cache[:, r0 + p : r1 + p, c0 + p : c1 + p] = rearrange(y, pattern)
-            window = cache[:, r0 : r1 + p, c0 : c1 + 2 * p]
-            if one:
-                y = F.linear(window.flatten(1), self.matrices[n], conv.bias)
-            else:
-                y = F.conv2d(rearrange(window, "b h w c -> b c h w"), self.weights[n], conv.bias)
-            if n:
-                x = block.finish(x, y, bias_of_position(bias, r0, c0) if one
-                                 else as_map(bias_at(bias, slice(r0, r1), slice(c0, c1))))
-                if n - 1 in self.attention_caches:
-                    x = self._attend(n - 1, x, r0, c0, one)
-            else:
-                x = y
+
+        def convolve(n):
+            """Masked convolution n (0: the stem, whose input is cached already) on the rectangle: its input y
+            there joins the cache, and it runs on the window of cached inputs it reads."""
+            def run(y=None):
+                conv, p, cache = self.convs[n], self.pads[n], self.inputs[n]
+                if y is not None:
+                    cache[:, r0 + p : r1 + p, c0 + p : c1 + p] = rearrange(y, "b c -> b 1 1 c" if one
+                                                                           else "b c h w -> b h w c")
+                window = cache[:, r0 : r1 + p, c0 : c1 + 2 * p]
+                return conv.at_position(window, self.matrices[n]) if one else conv.over_rows(window, self.weights[n])
+            return run
+
+        x = convolve(0)()
+        for n, (block, bias) in enumerate(zip(self.blocks, self.biases)):
+            x = block.step(x, convolve(n + 1), bias_of_position(bias, r0, c0) if one
+                           else as_map(bias_at(bias, slice(r0, r1), slice(c0, c1))))
+            if n in self.attention_caches:
+                x = self._attend(n, x, r0, c0, one)
         return x
 
     def _attend(self, n, x, r0, c0, one):
@@ -221,10 +219,22 @@ def _grids(name, value, n, shape):
     return value
 
 
-def _check_tokens(name, tokens, codebook_size):
-    if tokens.numel() and (tokens.min() < 0 or tokens.max() >= codebook_size):
-        raise ValueError(f"{name} tokens must be in 0..{codebook_size - 1} (the codebook), got values "
-                         f"{tokens.min().item()}..{tokens.max().item()}")
+def _checked_labels(labels, n, classes):
+    """labels (an int, (n,) ids or ClassLabels) as (n,) class ids of a prior of `classes` classes, or one
+    ValueError."""
+    if not classes:
+        raise ValueError("labels given to an unconditional prior (num_classes = 0)")
+    labels = labels[:] if isinstance(labels, ClassLabels) else torch.as_tensor(labels)
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
+    if labels.dim() == 0:
+        labels = labels.expand(n)
+    if labels.shape != (n,):
+        raise ValueError(f"labels must be an int or have shape ({n},), got shape {tuple(labels.shape)}")
+    if labels.min() < 0 or labels.max() >= classes:
+        raise ValueError(f"labels must be class ids in 0..{classes - 1}, got values "
+                         f"{labels.min().item()}..{labels.max().item()}")
+    return labels
 
 
 def check_args(model, n, labels, sampling, prefix, keep_rows, sampler, progress, generator, batch_size, condition):
@@ -233,45 +243,25 @@ def check_args(model, n, labels, sampling, prefix, keep_rows, sampler, progress,
     config = model.config
     h, k, classes, shape = config.grid_height, config.codebook_size, config.num_classes, config.token_shape
     if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
+        raise ValueError(f"`sampler` must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
     check_count(n, batch_size)
     if not isinstance(sampling, SamplingConfig):
         raise ValueError(f"sampling must be a SamplingConfig (prior.sampling) or None, got {type(sampling).__name__}")
-    check_schedule("temperature", sampling.temperature, "temperature_schedule", sampling.temperature_schedule, low=0,
-                   low_open=True)
-    top_k, top_p = sampling.top_k, sampling.top_p
-    if top_k is not None and (not is_int(top_k) or not 1 <= top_k <= k):
-        raise ValueError(f"top_k must be an integer in 1..{k} (the codebook size) or None, got {top_k!r}")
-    if top_p is not None and (not is_real(top_p) or not 0 < top_p <= 1):
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
-    check_schedule("guidance_scale", sampling.guidance_scale, "guidance_schedule", sampling.guidance_schedule)
-    check_first("guidance_from", sampling.guidance_from)
-    if labels is not None:
-        if not classes:
-            raise ValueError("labels given to an unconditional prior (num_classes = 0)")
-        labels = labels[:] if isinstance(labels, ClassLabels) else torch.as_tensor(labels)
-        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-            raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
-        if labels.dim() == 0:
-            labels = labels.expand(n)
-        if labels.shape != (n,):
-            raise ValueError(f"labels must be an int or have shape ({n},), got shape {tuple(labels.shape)}")
-        if labels.min() < 0 or labels.max() >= classes:
-            raise ValueError(f"labels must be class ids in 0..{classes - 1}, got values "
-                             f"{labels.min().item()}..{labels.max().item()}")
+    sampling.check(k)
+    labels = None if labels is None else _checked_labels(labels, n, classes)
     if _guidance(config, sampling).ne(1).any():
         guidance = describe_schedule(sampling.guidance_scale, sampling.guidance_schedule, sampling.guidance_from)
         if not classes:
-            raise ValueError(f"guidance_scale must be 1 for an unconditional prior, got {guidance}")
+            raise ValueError(f"`guidance_scale` must be 1 for an unconditional prior, got {guidance}")
         if labels is None:
-            raise ValueError(f"guidance_scale {guidance} needs labels to guide towards")
+            raise ValueError(f"`guidance_scale` {guidance} needs labels to guide towards")
     if not is_int(keep_rows) or not 0 <= keep_rows <= h:
-        raise ValueError(f"keep_rows must be an integer in 0..{h} (the grid height), got {keep_rows!r}")
+        raise ValueError(f"`keep_rows` must be an integer in 0..{h} (the grid height), got {keep_rows!r}")
     if keep_rows and prefix is None:
-        raise ValueError(f"keep_rows = {keep_rows} needs a prefix to keep the rows of")
+        raise ValueError(f"`keep_rows` = {keep_rows} needs a prefix to keep the rows of")
     if prefix is not None:
         prefix = _grids("prefix", prefix, n, shape)
-        _check_tokens("prefix", prefix[:, :keep_rows], k)
+        check_token_range("the prefix's kept rows", prefix[:, :keep_rows], k)
     if progress is not None and not callable(progress):
         raise ValueError(f"progress must be a callable progress(done, total) or None, got {progress!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -284,7 +274,7 @@ def check_args(model, n, labels, sampling, prefix, keep_rows, sampler, progress,
             raise ValueError(f"this prior is conditioned on a token map: pass condition of shape ({n}, "
                              f"{', '.join(map(str, condition_shape))})")
         condition = _grids("condition", condition, n, condition_shape)
-        _check_tokens("condition", condition, config.condition_codebook_size)
+        check_token_range("the condition maps", condition, config.condition_codebook_size)
     return labels, prefix, condition
 
 

@@ -9,10 +9,11 @@ to the plain spatial masks.
 MaskedConv2d follows van den Oord et al. 2016a, "Pixel Recurrent Neural Networks"; GatedBlock follows
 van den Oord et al. 2016b, "Conditional Image Generation with PixelCNN Decoders".
 
-Every block keeps its spatial convolutions apart from what comes after them (`vertical_out`,
-`horizontal_out`, `finish`), so that the cached sampler in prior/generate.py can run the convolutions on the
-few cached positions it needs and share the rest of the block with `forward`. That rest is pointwise, and works
-on maps (b, c, h, w) and on single positions (b, c) alike.
+Every block is written here once, for both ways of running it: `forward` on whole grids, and the steps the
+cached sampler of prior/generate.py takes (GatedBlock.row_step and position_step, ResidualBlock.step,
+CausalSelfAttention.step), where a masked convolution reads a window of cached past inputs
+(MaskedConv2d.at_position, over_rows) instead of the grid. What follows a convolution is pointwise, and works on
+maps (b, c, h, w) and on single positions (b, c) alike; the sampler only keeps the caches.
 """
 
 import torch
@@ -77,6 +78,27 @@ class MaskedConv2d(nn.Conv2d):
 
     def forward(self, x):
         return F.conv2d(x, self.masked_weight(), self.bias, padding=self.padding)
+
+    def causal_weight(self):
+        """The masked kernel less the taps that are zero at every position: the rows below the centre (with one
+        row, the columns right of it). Its window of inputs is all in the past: what a cached sampler keeps."""
+        if self.kernel_size[0] == 1:
+            return self.masked_weight()[..., : self.kernel_size[1] // 2 + 1]
+        return self.masked_weight()[:, :, : self.kernel_size[0] // 2 + 1]
+
+    def causal_matrix(self):
+        """causal_weight() as one matrix (out, taps x in) over a window held channels last."""
+        return rearrange(self.causal_weight(), "o c u v -> o (u v c)")
+
+    def at_position(self, window, matrix):
+        """The output (b, out) at one position, from the inputs of its causal window (b, u, v, in), channels last;
+        matrix: causal_matrix(), taken once per sampling."""
+        return F.linear(window.flatten(1), matrix, self.bias)
+
+    def over_rows(self, window, weight):
+        """The output (b, out, rows, w) on whole rows, from the causal window of their inputs (b, rows + u - 1,
+        w + v - 1, in), channels last; weight: causal_weight(), taken once per sampling."""
+        return F.conv2d(rearrange(window, "b h w c -> b c h w"), weight, self.bias)
 
 
 def gate(x):
@@ -197,6 +219,20 @@ class GatedBlock(nn.Module):
         h_out, skip = self.horizontal_out(self.h_conv(h), shift_down(self.v_to_h(v_pre)), h, h_bias)
         return self.vertical_out(v_pre, v_bias), h_out, skip
 
+    def row_step(self, v_window, bias):
+        """The vertical stack on one row i, from its inputs on rows i - p..i (b, c, p + 1, w + 2p), zeros at the
+        sides: (what it gives the horizontal stack of row i + 1, (b, w, 2c) channels last, and its output (b, c,
+        1, w), the next block's vertical input). bias: the row's vertical conditioning bias, as a map."""
+        v_pre = self.v_conv(v_window)
+        return rearrange(self.v_to_h(v_pre), "b c 1 w -> b w c"), self.vertical_out(v_pre, bias)
+
+    def position_step(self, h_window, h_matrix, v_to_h, bias):
+        """The horizontal stack at one position (i, j), from its inputs at columns j - p..j of row i (b, p + 1, c),
+        channels last, h_matrix (h_conv.causal_matrix()) and what row i - 1's vertical stack gives position j (b,
+        2c): (the next block's horizontal input, the skip output), each (b, c)."""
+        h_pre = self.h_conv.at_position(h_window, h_matrix)
+        return self.horizontal_out(h_pre, v_to_h, h_window[:, -1], bias)
+
 
 class ResidualBlock(nn.Module):
     """The residual block of the original PixelCNN: 1x1 down to half the channels, a type B masked kxk, 1x1 up.
@@ -218,12 +254,14 @@ class ResidualBlock(nn.Module):
         """(b, inner) or per position (b, inner, h, w), or 0.0 without conditioning."""
         return 0.0 if self.cond is None or cond is None else project(self.cond, cond)
 
-    def finish(self, x, y, bias):
-        """The block's output from its input x and the masked convolution's output y."""
-        return x + self.expand(y + bias)
+    def step(self, x, convolve, bias):
+        """The block on x, a map (b, c, h, w) or one position (b, c), with convolve(y) in the place of the masked
+        convolution of its reduced input y: the convolution itself, or a cached sampler's over its window of past
+        inputs."""
+        return x + self.expand(convolve(self.reduce(x)) + bias)
 
     def forward(self, x, cond=None):
-        return self.finish(x, self.conv(self.reduce(x)), as_map(self.cond_bias(cond)))
+        return self.step(x, self.conv, as_map(self.cond_bias(cond)))
 
 
 class CausalSelfAttention(nn.Module):

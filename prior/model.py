@@ -15,7 +15,7 @@ codebook at every position, each computed from the positions before it in raster
 PixelCNN orders R, G, B: level g is predicted from every earlier position and from levels 0..g-1 here.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,68 +33,52 @@ ARCHS = ("gated", "pixelcnn", "pixelsnail")
 class PriorConfig:
     # pixelcnn is the default: on 7x7 grids it learns more per epoch and runs faster per step than gated, whose
     # missing blind spot cannot pay where a 7x7 first layer already sees most of the past (BENCHMARKS.md).
-    arch: str = field(default="pixelcnn", metadata={
-        "help": "body of the prior: 'gated' (Gated PixelCNN, no blind spot), 'pixelcnn' (original, blind spot) or "
-                "'pixelsnail' (pixelcnn with causal self-attention blocks between its residual blocks)",
-        "choices": ARCHS})
-    codebook_size: int = field(default=512, metadata={
-        "help": "number of distinct tokens, the tokenizer's codebook size; the prior predicts one of these"})
-    grid_height: int = field(default=7, metadata={
-        "help": "rows of the token grids the prior is trained on and samples"})
-    grid_width: int = field(default=7, metadata={
-        "help": "columns of the token grids the prior is trained on and samples"})
-    embed_dim: int = field(default=64, metadata={
-        "help": "width of the token embedding the first layer reads"})
-    hidden_channels: int = field(default=112, metadata={
-        "help": "channels of every hidden layer (gated blocks use twice this before their gates)"})
+    arch: str = "pixelcnn"  # one of ARCHS: gated, pixelcnn or pixelsnail (the module's docstring)
+    codebook_size: int = 512  # the tokenizer's: the prior predicts one of these per position
+    grid_height: int = 7  # the token grids' shape, from the maps the prior trains on
+    grid_width: int = 7
+    embed_dim: int = 64
+    hidden_channels: int = 112  # gated blocks use twice this before their gates
     # Each layer widens the reach by kernel // 2: 3 + 7 * 1 = 10 >= 6 covers a 7x7 grid before each position (less
     # pixelcnn's blind spot); the default prior trains ~990 grids/s in bf16 on 2 CPU cores (~65 s an epoch of 60k).
-    num_layers: int = field(default=8, metadata={
-        "help": "masked layers: the type-A first layer plus num_layers - 1 type-B blocks"})
-    first_kernel_size: int = field(default=7, metadata={
-        "help": "odd kernel size (>= 3) of the type-A first layer, which sees the neighbours of each position"})
-    kernel_size: int = field(default=3, metadata={
-        "help": "odd kernel size of the type-B layers after the first"})
-    attention_every: int = field(default=2, metadata={
-        "help": "pixelsnail: a causal self-attention block after every this many residual blocks"})
-    attention_heads: int = field(default=4, metadata={
-        "help": "pixelsnail: heads of each attention block (hidden_channels must be a multiple)"})
-    num_classes: int = field(default=0, metadata={
-        "help": "classes to condition on; 0 = unconditional, > 0 adds a 'no label' class for classifier-free guidance"})
-    depth: int = field(default=1, metadata={
-        "help": "tokens per position (a residual quantizer's levels), modelled as ordered channel groups"})
+    num_layers: int = 8
+    first_kernel_size: int = 7
+    kernel_size: int = 3
+    attention_every: int = 2  # pixelsnail: an attention block after every this many residual blocks
+    attention_heads: int = 4
+    num_classes: int = 0  # 0: unconditional; else one more embedding row, "no label", for classifier-free guidance
+    depth: int = 1  # tokens per position (a residual quantizer's levels), ordered channel groups
     # A map of tokens to condition on (the top map of a two-level tokenizer, for its bottom prior); 0: none.
-    condition_codebook_size: int = field(default=0, metadata={
-        "help": "codebook size of the token map the prior is conditioned on (0: no such map)"})
-    condition_height: int = field(default=0, metadata={"help": "rows of the token map conditioned on"})
-    condition_width: int = field(default=0, metadata={"help": "columns of the token map conditioned on"})
+    condition_codebook_size: int = 0
+    condition_height: int = 0
+    condition_width: int = 0
 
     def __post_init__(self):
         if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {', '.join(ARCHS)}; got {self.arch!r}")
+            raise ValueError(f"`arch` must be one of {', '.join(ARCHS)}; got {self.arch!r}")
         for name in ("codebook_size", "grid_height", "grid_width", "embed_dim", "hidden_channels", "num_layers",
                      "depth"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
         if self.arch != "gated" and self.hidden_channels < 2:
-            raise ValueError(f"hidden_channels must be >= 2 for arch {self.arch!r} (its residual blocks halve it), "
+            raise ValueError(f"`hidden_channels` must be >= 2 for arch {self.arch!r} (its residual blocks halve it), "
                              f"got {self.hidden_channels}")
         if self.arch == "pixelsnail":
             if self.depth > 1:
                 raise ValueError("arch 'pixelsnail' models one token per position (depth 1): its attention would mix "
                                  "the levels of a position")
             if self.attention_every < 1 or self.attention_heads < 1:
-                raise ValueError(f"attention_every and attention_heads must be >= 1, got {self.attention_every} "
+                raise ValueError(f"`attention_every` and `attention_heads` must be >= 1, got {self.attention_every} "
                                  f"and {self.attention_heads}")
             if self.hidden_channels % self.attention_heads:
-                raise ValueError(f"hidden_channels must be a multiple of attention_heads, got "
+                raise ValueError(f"`hidden_channels` must be a multiple of `attention_heads`, got "
                                  f"{self.hidden_channels} and {self.attention_heads}")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd and >= 1, got {self.kernel_size}")
+            raise ValueError(f"`kernel_size` must be odd and >= 1, got {self.kernel_size}")
         if self.first_kernel_size < 3 or self.first_kernel_size % 2 == 0:
-            raise ValueError(f"first_kernel_size must be odd and >= 3, got {self.first_kernel_size}")
+            raise ValueError(f"`first_kernel_size` must be odd and >= 3, got {self.first_kernel_size}")
         if self.num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0 (0 = unconditional), got {self.num_classes}")
+            raise ValueError(f"`num_classes` must be >= 0 (0 = unconditional), got {self.num_classes}")
         if self.condition_codebook_size and (self.condition_codebook_size < 2 or self.condition_height < 1
                                              or self.condition_width < 1):
             raise ValueError("a conditioning map needs a codebook size >= 2 and a positive height and width, got "
@@ -102,7 +86,7 @@ class PriorConfig:
         # Every level needs channels of its own in every layer (the pixelcnn blocks halve the width inside).
         group = self.depth * (1 if self.arch == "gated" else 2)
         if self.hidden_channels % group:
-            raise ValueError(f"hidden_channels must be a multiple of {group} for depth {self.depth} "
+            raise ValueError(f"`hidden_channels` must be a multiple of {group} for depth {self.depth} "
                              f"and arch {self.arch!r}, got {self.hidden_channels}")
 
     @property

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-# What --label takes to sample a conditional prior with "no label" (the unconditional half of guidance).
+# What a label may be to sample a conditional prior with "no label" (the unconditional half of guidance).
 NO_LABEL = "none"
 # How a setting given as (start, end) goes from its start at the first position to its end at the last.
 SCHEDULES = ("constant", "linear", "cosine")
@@ -52,6 +52,18 @@ class SamplingConfig:
         """The settings as sample.json and report.json record them (describe_settings reads them back)."""
         return asdict(self)
 
+    def check(self, codebook_size):
+        """One ValueError for the first setting that a prior of codebook_size tokens cannot sample with."""
+        check_schedule("temperature", self.temperature, "temperature_schedule", self.temperature_schedule, low=0,
+                       low_open=True)
+        if self.top_k is not None and (not is_int(self.top_k) or not 1 <= self.top_k <= codebook_size):
+            raise ValueError(f"`top_k` must be an integer in 1..{codebook_size} (the codebook size) or None, got "
+                             f"{self.top_k!r}")
+        if self.top_p is not None and (not is_real(self.top_p) or not 0 < self.top_p <= 1):
+            raise ValueError(f"`top_p` must be in (0, 1] or None, got {self.top_p!r}")
+        check_schedule("guidance_scale", self.guidance_scale, "guidance_schedule", self.guidance_schedule)
+        check_first("guidance_from", self.guidance_from)
+
 
 # The names of the sampling settings: SamplingConfig's fields.
 SETTINGS = tuple(f.name for f in fields(SamplingConfig))
@@ -71,7 +83,7 @@ def first_position(first, positions):
 def check_first(name, first):
     """One ValueError for a first position that is neither an integer >= 0 nor a fraction in (0, 1)."""
     if not (is_int(first) and first >= 0 or is_real(first) and not is_int(first) and 0 < first < 1):
-        raise ValueError(f"{name} must be a position (an integer >= 0) or a fraction of the grid in (0, 1), got "
+        raise ValueError(f"`{name}` must be a position (an integer >= 0) or a fraction of the grid in (0, 1), got "
                          f"{first!r}")
 
 
@@ -97,14 +109,14 @@ def check_schedule(name, value, schedule_name, schedule, low=-math.inf, low_open
     """One ValueError for a setting `name` that is not a finite number (above low) or a pair (start, end) of them,
     or a pair with the constant schedule (named schedule_name). One number is flat along any schedule."""
     if schedule not in SCHEDULES:
-        raise ValueError(f"{schedule_name} must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        raise ValueError(f"`{schedule_name}` must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     ends = tuple(value) if is_ramp(value) else (value,)
     above = f" > {low:g}" if low_open else "" if low == -math.inf else f" >= {low:g}"
     if len(ends) not in (1, 2) or not all(
             is_real(x) and math.isfinite(x) and (x > low if low_open else x >= low) for x in ends):
-        raise ValueError(f"{name} must be a finite number{above} or a pair (start, end) of them, got {value!r}")
+        raise ValueError(f"`{name}` must be a finite number{above} or a pair (start, end) of them, got {value!r}")
     if schedule == "constant" and len(ends) == 2:
-        raise ValueError(f"{name} {ends[0]:g}:{ends[1]:g} changes along the grid: give {schedule_name} linear or "
+        raise ValueError(f"`{name}` {ends[0]:g}:{ends[1]:g} changes along the grid: give `{schedule_name}` linear or "
                          "cosine, or one number for a constant")
 
 
@@ -138,9 +150,9 @@ def is_int(x):
 def check_count(n, batch_size=None):
     """One ValueError for a number of grids that is not a positive integer, or such a batch size (None: all n)."""
     if not is_int(n) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+        raise ValueError(f"`n` must be a positive integer, got {n!r}")
     if batch_size is not None and (not is_int(batch_size) or batch_size < 1):
-        raise ValueError(f"batch size must be positive, not {batch_size!r}")
+        raise ValueError(f"`batch_size` must be positive, not {batch_size!r}")
 
 
 class ClassLabels:

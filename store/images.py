@@ -15,7 +15,7 @@ import tempfile
 import urllib.request
 import warnings
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,21 +48,11 @@ DATASETS = ("fashion-mnist", "mnist", "cifar10")
 
 @dataclass
 class DataConfig:
-    dataset: str = field(default="fashion-mnist", metadata={
-        "help": "fashion-mnist (Debian's files, offline), mnist or cifar10 (downloaded to --data-dir), "
-                "or folder:PATH (any folder of images; every tenth file, sorted by path, is the test split)"})
-    data_dir: str = field(default="data", metadata={
-        "help": "where mnist and cifar10 are downloaded to, and fashion-mnist when --fashion-mnist-dir does not hold "
-                "it (into DATA_DIR/fashion-mnist)"})
-    image_size: int = field(default=0, metadata={
-        "help": "resize every image to this size, square (0: as they are needed: to train, the data set's own size, "
-                "28 for folders; to encode, the size the tokenizer takes)"})
-    fashion_mnist_dir: str = field(default=DEBIAN_FASHION_MNIST_DIR, metadata={
-        "help": "the folder of the Fashion-MNIST .gz files (train-images-idx3-ubyte.gz ...); where it does not hold "
-                "them, they are downloaded once into DATA_DIR/fashion-mnist"})
-    fashion_mnist_mirror: str = field(default="", metadata={
-        "help": "the address Fashion-MNIST's files are downloaded from, a folder URL (default: torchvision's "
-                "mirror); the files are checked against torchvision's MD5 sums whatever the address"})
+    dataset: str = "fashion-mnist"
+    data_dir: str = "data"
+    image_size: int = 0
+    fashion_mnist_dir: str = DEBIAN_FASHION_MNIST_DIR
+    fashion_mnist_mirror: str = ""
 
     def sources(self):
         """The paths reading this data set reads: its folder, or where its files are kept."""
@@ -107,7 +97,7 @@ def load_images(config, split, lazy=False, channels=None):
     """
     name = config.dataset
     if config.image_size < 0:
-        raise ValueError(f"--image-size must be positive (or 0: the data set's own size), not {config.image_size}")
+        raise ValueError(f"`image_size` must be positive (or 0: the data set's own size), not {config.image_size}")
     if name == "fashion-mnist":
         return resized(_read_fashion_mnist(download_fashion_mnist(config), split), config.image_size)
     if name in DATASETS:  # the others, through torchvision
@@ -145,7 +135,7 @@ def _holds_fashion_mnist(directory):
 
 
 def fashion_mnist_folder(config):
-    """The folder Fashion-MNIST is read from: --fashion-mnist-dir when it holds the four files (Debian's package puts
+    """The folder Fashion-MNIST is read from: fashion_mnist_dir when it holds the four files (Debian's package puts
     them in its default), else DATA_DIR/fashion-mnist, where download_fashion_mnist puts them."""
     directory = Path(config.fashion_mnist_dir)
     return directory if _holds_fashion_mnist(directory) else Path(config.data_dir) / "fashion-mnist"
@@ -180,7 +170,7 @@ def download_fashion_mnist(config, progress=True):
         raise ValueError(f"Fashion-MNIST is not in {config.fashion_mnist_dir} and could not be downloaded into "
                          f"{folder} ({' '.join(str(error).split())}): install Debian's package "
                          "('apt-get install -y dataset-fashion-mnist'), or put its four .gz files in a folder and "
-                         "name it with --fashion-mnist-dir") from None
+                         "name it as `fashion_mnist_dir`") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder

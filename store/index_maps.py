@@ -10,13 +10,13 @@ import contextlib
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from store.runs import META_FILE, atomic_path, file_sha256, read_json, write_json
+from store.runs import META_FILE, atomic_path, file_sha256, write_json
 
 
 def smallest_uint_dtype(codebook_size):
@@ -24,6 +24,78 @@ def smallest_uint_dtype(codebook_size):
         if codebook_size - 1 <= np.iinfo(dtype).max:
             return dtype
     return np.uint64
+
+
+def check_token_range(name, tokens, codebook_size, first=0):
+    """The one token-range check: a one-line ValueError when tokens (a numpy array or a torch tensor) hold a value
+    outside first..first + codebook_size - 1 (the codebook's ids, shifted by first where a format offsets them)."""
+    if tokens.size if isinstance(tokens, np.ndarray) else tokens.numel():
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < first or high >= first + codebook_size:
+            raise ValueError(f"{name} hold tokens {low}..{high}, outside the codebook's "
+                             f"{first}..{first + codebook_size - 1}")
+
+
+@dataclass
+class MapsMeta:
+    """meta.json of a folder of index maps: what its tokens are (codebook, grid, levels), what made them (the
+    tokenizer's weights, the data set) and each split's files. read_maps_meta is its one reader and
+    record_index_maps its one writer; Tokenizer.map_metadata says what a tokenizer's maps are."""
+    codebook_size: int
+    grid_height: int
+    grid_width: int
+    weights_sha256: str  # of the tokenizer weights that made the maps: a prior checks it against its tokenizer's
+    depth: int = 1  # tokens per position (a residual quantizer's levels): the maps' trailing axis when > 1
+    levels: int = 1  # 2: a two-level tokenizer's top maps lie beside, <split>_top_maps.npy
+    top_grid_height: int | None = None
+    top_grid_width: int | None = None
+    top_codebook_size: int | None = None
+    quantizer: str | None = None
+    dataset: str | None = None
+    class_names: list | None = None
+    tokenizer_run: str | None = None  # the run by its folder's name: no folder of the machine that made them
+    source: dict | None = None  # pipelines.encode: what was encoded, and how
+    sequences: dict | None = None  # the flat layout of the maps' sequences, where pipelines.encode wrote them
+    # {split: {"maps": {"file", "sha256"}, "labels": ..., "count": n, and the split's statistics}}
+    splits: dict = field(default_factory=dict)
+
+    REQUIRED = ("codebook_size", "grid_height", "grid_width", "weights_sha256", "splits")
+
+    @property
+    def token_shape(self):
+        """One map's shape: (h, w), or (h, w, depth)."""
+        return (self.grid_height, self.grid_width) + ((self.depth,) if self.depth > 1 else ())
+
+    @property
+    def top_shape(self):
+        """One top map's shape with two levels, else None."""
+        if self.levels != 2:
+            return None
+        return (self.top_grid_height, self.top_grid_width) + ((self.depth,) if self.depth > 1 else ())
+
+    @property
+    def level_shapes(self):
+        """The maps' shape per level, top first."""
+        return [self.token_shape] if self.levels != 2 else [self.top_shape, self.token_shape]
+
+
+def read_maps_meta(directory):
+    """The MapsMeta of a folder of index maps; a missing, unreadable or incomplete meta.json is one ValueError.
+    Keys it does not know (written by a later version) are left out."""
+    meta_path = Path(directory) / META_FILE
+    if not meta_path.exists():
+        raise ValueError(f"no index maps in {directory} (meta.json missing): a tokenizer run makes them "
+                         "(python -m pipelines.fit_tokenizer, or --dump-only RUN for a run without them)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{meta_path} is not valid JSON") from None
+    missing = [key for key in MapsMeta.REQUIRED if key not in meta]
+    if not missing and meta.get("levels", 1) == 2:
+        missing = [key for key in ("top_grid_height", "top_grid_width") if meta.get(key) is None]
+    if missing:
+        raise ValueError(f"{meta_path} lacks metadata: {', '.join(missing)}")
+    return MapsMeta(**{f.name: meta[f.name] for f in fields(MapsMeta) if f.name in meta})
 
 
 class IndexMapWriter:
@@ -49,6 +121,7 @@ class IndexMapWriter:
         self.kinds.update({kind: (np.dtype(dtype), tuple(shape)) for kind, (dtype, shape) in (extra or {}).items()})
         self.extra_kinds = set(extra or {})
         self.written, self.files, self._handles, self._digests = 0, {}, {}, {}
+        self.details = {}  # what meta.json records of the split beside its files and count (statistics, sources)
 
     def __enter__(self):
         self._stack = contextlib.ExitStack()
@@ -111,35 +184,44 @@ class IndexMapWriter:
                           for kind, digest in self._digests.items()}
         return False
 
-    def entry(self, split_stats=None):
-        """This split's entry in meta.json: its files, their SHA-256, the count and any statistics."""
-        return {**self.files, "count": self.count, **(split_stats or {})}
+    def entry(self):
+        """This split's entry in meta.json: its files, their SHA-256, the count and its details."""
+        return {**self.files, "count": self.count, **self.details}
 
 
-def record_index_maps(directory, entries, metadata):
-    """Write meta.json (last, after the files it describes): metadata and each split's entry {split: entry}."""
+def record_index_maps(directory, entries, meta):
+    """Write meta.json (last, after the files it describes): meta (a MapsMeta) with each split's entry {split:
+    entry} added to the splits a meta.json there names already."""
     meta_path = Path(directory) / META_FILE
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    meta.update({k: v for k, v in metadata.items() if k != "split_stats"})
-    meta.setdefault("splits", {}).update(entries)
-    write_json(meta_path, meta)
+    splits = read_maps_meta(directory).splits if meta_path.exists() else {}
+    write_json(meta_path, asdict(replace(meta, splits={**splits, **meta.splits, **entries})))
 
 
-def write_index_maps(directory, split, maps, labels, metadata, top=None):
-    """Write one split: maps (n, h, w) or (n, h, w, depth) ints, labels (n,), for two levels the top maps, and
-    the split's entry in meta.json (last)."""
-    maps = np.asarray(maps)
-    top_shape = None if top is None else np.asarray(top).shape[1:]
-    with IndexMapWriter(directory, split, len(maps), maps.shape[1:], metadata["codebook_size"], top_shape) as writer:
-        writer.write(maps, labels, top)
-    record_index_maps(directory, {split: writer.entry(metadata.get("split_stats"))}, metadata)
+@contextlib.contextmanager
+def writing_maps(directory, meta, counts, extra=None):
+    """The one sequence that writes index maps: an IndexMapWriter per split ({split: count}) of meta's grid,
+    codebook and levels, yielded as {split: writer}; once the block ends well every file is renamed into place,
+    then meta.json, naming them with each writer's details, is written last. A failure leaves the old maps whole.
+    extra: other per-image arrays written beside the maps (IndexMapWriter)."""
+    with contextlib.ExitStack() as files:
+        writers = {split: files.enter_context(IndexMapWriter(directory, split, count, meta.token_shape,
+                                                             meta.codebook_size, meta.top_shape, extra))
+                   for split, count in counts.items()}
+        yield writers
+    record_index_maps(directory, {split: writer.entry() for split, writer in writers.items()}, meta)
+
+
+def write_index_maps(directory, split, maps, labels, meta, top=None):
+    """Write one split at once: maps (n, *meta.token_shape) ints, labels (n,), for two levels the top maps."""
+    with writing_maps(directory, meta, {split: len(maps)}) as writers:
+        writers[split].write(maps, labels, top)
 
 
 @dataclass
 class IndexMaps:
     maps: np.ndarray  # (n, h, w) or (n, h, w, depth) unsigned ints, memory-mapped
     labels: np.ndarray  # (n,) int64
-    meta: dict
+    meta: MapsMeta
     top: np.ndarray | None = None  # (n, h', w'[, depth]) a two-level tokenizer's top maps, memory-mapped
 
     @property
@@ -161,49 +243,30 @@ def recorded_file(directory, entry, check_hash=True):
 def read_index_maps(directory, split, check_hashes=True):
     """Load one split memory-mapped; every inconsistency is a one-line ValueError."""
     directory = Path(directory)
-    meta_path = directory / META_FILE
-    if not meta_path.exists():
-        raise ValueError(f"no index maps in {directory} (meta.json missing): run fit_tokenizer or its --dump-only")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ValueError(f"{meta_path} is not valid JSON") from None
-    required = ("codebook_size", "grid_height", "grid_width", "weights_sha256", "splits")
-    missing = [k for k in required if k not in meta]
-    if missing:
-        raise ValueError(f"{meta_path} lacks metadata: {', '.join(missing)}")
-    if split not in meta["splits"]:
-        raise ValueError(f"{meta_path} has no {split!r} split")
-    entry = meta["splits"][split]
-    two_levels = meta.get("levels", 1) == 2
-    if two_levels and not all(k in meta for k in ("top_grid_height", "top_grid_width")):
-        raise ValueError(f"{meta_path} lacks metadata: top_grid_height, top_grid_width")
+    meta = read_maps_meta(directory)
+    if split not in meta.splits:
+        raise ValueError(f"{directory / META_FILE} has no {split!r} split")
+    entry = meta.splits[split]
     arrays = {}
-    for kind in ("maps", "labels", "top_maps") if two_levels else ("maps", "labels"):
+    for kind in ("maps", "labels", "top_maps") if meta.levels == 2 else ("maps", "labels"):
         if kind not in entry:
-            raise ValueError(f"{meta_path} names no {kind} file for the {split!r} split")
+            raise ValueError(f"{directory / META_FILE} names no {kind} file for the {split!r} split")
         path = recorded_file(directory, entry[kind], check_hashes)
         try:
             arrays[kind] = np.load(path, mmap_mode="r", allow_pickle=False)
         except ValueError as error:
             raise ValueError(f"index-map file {path} is unreadable: {error}") from None
-    maps, labels = arrays["maps"], arrays["labels"]
-    depth = meta.get("depth", 1)
-    levels = [(maps, (meta["grid_height"], meta["grid_width"]), "")]
-    if two_levels:
-        levels.append((arrays["top_maps"], (meta["top_grid_height"], meta["top_grid_width"]), "top "))
-    for array, grid, name in levels:
-        expected = grid + ((depth,) if depth > 1 else ())
+    labels = arrays["labels"]
+    for (kind, array), expected in zip([(kind, arrays[kind]) for kind in ("top_maps", "maps") if kind in arrays],
+                                       meta.level_shapes):
+        name = f"{'top ' if kind == 'top_maps' else ''}index maps in {directory}"
         if array.shape[1:] != expected or len(labels) != len(array):
-            raise ValueError(f"{name}index maps in {directory} have shape {array.shape}, "
-                             f"expected (n, {', '.join(map(str, expected))}) with {len(labels)} labels")
+            raise ValueError(f"{name} have shape {array.shape}, expected (n, {', '.join(map(str, expected))}) with "
+                             f"{len(labels)} labels")
         if array.dtype.kind != "u":
-            raise ValueError(f"{name}index maps in {directory} have dtype {array.dtype}, expected an unsigned "
-                             "integer type")
-        if len(array) and int(array.max()) >= meta["codebook_size"]:
-            raise ValueError(f"{name}index maps in {directory} hold token {int(array.max())}, "
-                             f"past the codebook size {meta['codebook_size']}")
-    return IndexMaps(maps, labels, meta, arrays.get("top_maps"))
+            raise ValueError(f"{name} have dtype {array.dtype}, expected an unsigned integer type")
+        check_token_range(name, array, meta.codebook_size)
+    return IndexMaps(arrays["maps"], labels, meta, arrays.get("top_maps"))
 
 
 class MapDataset(torch.utils.data.Dataset):
@@ -244,7 +307,7 @@ def write_sources(directory, split, data):
 def read_sources(directory, split):
     """The image paths of a split that pipelines.encode wrote from a folder, row for row, checked against the hash
     meta.json records."""
-    entry = read_index_maps(directory, split).meta["splits"][split].get("sources")
+    entry = read_index_maps(directory, split).meta.splits[split].get("sources")
     if entry is None:
         raise ValueError(f"the {split!r} split of {directory} lists no sources (it was not encoded from a folder)")
     return recorded_file(directory, entry).read_bytes().decode("utf-8", "surrogateescape").splitlines()
@@ -277,9 +340,7 @@ def read_plain_tokens(path, shape, codebook_size, name="token file"):
     if tokens.shape[1:] != tuple(shape) or tokens.ndim != 1 + len(shape):
         raise ValueError(f"{name} {path} has shape {tokens.shape}, the tokenizer takes "
                          f"(n, {', '.join(map(str, shape))})")
-    if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= codebook_size):
-        raise ValueError(f"{name} {path} holds tokens {int(tokens.min())}..{int(tokens.max())}, outside the "
-                         f"codebook's 0..{codebook_size - 1}")
+    check_token_range(f"{name} {path}", tokens, codebook_size)
     return tokens
 
 
@@ -294,11 +355,8 @@ def read_token_levels(path, level_shapes, codebook_size, weights_sha256, split=N
     if not path.exists():
         raise ValueError(f"token file or folder {path} does not exist")
     folder = path if path.is_dir() else path.parent
-    meta_path = folder / META_FILE
-    if path.is_dir() and not meta_path.exists():
-        raise ValueError(f"no index maps in {folder} (meta.json missing)")
     # The splits of the maps folder the tokens are, or lie in; a plain .npy has none.
-    splits = read_json(meta_path).get("splits", {}) if meta_path.exists() else {}
+    splits = read_maps_meta(folder).splits if path.is_dir() or (folder / META_FILE).exists() else {}
     if not path.is_dir():  # one of a maps folder's files: which split is it?
         split = next((name for name, entry in splits.items() if entry.get("maps", {}).get("file") == path.name), None)
     if split is not None or path.is_dir():
@@ -306,10 +364,10 @@ def read_token_levels(path, level_shapes, codebook_size, weights_sha256, split=N
             raise ValueError("top maps go with a plain .npy; a folder of index maps holds its own top maps")
         if split is None:
             if len(splits) != 1:
-                raise ValueError(f"{folder} holds the splits {', '.join(splits) or 'none'}: choose one with --split")
+                raise ValueError(f"{folder} holds the splits {', '.join(splits) or 'none'}: choose one (`split`)")
             split = next(iter(splits))
         maps = read_index_maps(folder, split)
-        if maps.meta["weights_sha256"] != weights_sha256:
+        if maps.meta.weights_sha256 != weights_sha256:
             raise ValueError(f"the maps in {folder} were made by other tokenizer weights than the tokenizer's "
                              "(SHA-256 differs)")
         return ([maps.maps] if maps.top is None else [maps.top, maps.maps]), f"{folder} ({split})"
@@ -319,7 +377,7 @@ def read_token_levels(path, level_shapes, codebook_size, weights_sha256, split=N
             raise ValueError("top maps given for a tokenizer with one level of codes")
         return [bottom], str(path)
     if not top_path:
-        raise ValueError("the tokenizer has two levels of codes: give the top maps too (--top-tokens)")
+        raise ValueError("the tokenizer has two levels of codes: give the top maps too (`top_path`)")
     top = read_plain_tokens(top_path, level_shapes["top"], codebook_size, "top token file")
     if len(top) != len(bottom):
         raise ValueError(f"{len(top)} top maps and {len(bottom)} bottom maps: they must pair row for row")

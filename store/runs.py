@@ -36,7 +36,7 @@ from tqdm import tqdm
 # beside them:
 MODEL_WEIGHTS = "model.safetensors"
 AVERAGED_WEIGHTS = "model_ema.safetensors"
-CONFIG_FILE = "config.json"  # the resolved config: every knob of the run, what --resume and loading read
+CONFIG_FILE = "config.json"  # the resolved config: every knob of the run, what a resumed run and loading read
 RESULTS_FILE = "results.json"  # the figures it finished with, and the SHA-256 of its weights files
 METRICS_FILE = "metrics.jsonl"  # a line per log window and evaluation: the training curves
 STATE_FILE = "training_state.safetensors"  # weights, optimizer and random state at the last checkpoint
@@ -372,7 +372,7 @@ def load_state_strict(model, state, path):
         raise ValueError(f"weights in {path} do not fit the model in its config.json ({first[-1].strip()})") from None
 
 
-def refuse_existing(path, overwrite=False, exists="pass --overwrite or another --out"):
+def refuse_existing(path, overwrite=False, exists="pass `overwrite`, or another `out`"):
     """A one-line ValueError (with the advice `exists`) when path exists and is not to be overwritten."""
     if Path(path).exists() and not overwrite:
         raise ValueError(f"{path} exists already: {exists}")
@@ -389,9 +389,9 @@ def check_output_folder(path, overwrite=False, inputs=()):
         read = Path(source).resolve()
         if out == read or read in out.parents or out in read.parents:
             relation = "is" if out == read else "lies inside" if read in out.parents else "holds"
-            raise ValueError(f"--out {path} {relation} {source}, which this command reads: choose another --out")
+            raise ValueError(f"`out` {path} {relation} {source}, which is read: choose another `out`")
     if Path(path).exists() and not Path(path).is_dir():
-        raise ValueError(f"--out {path} is a file, not a folder: choose another --out")
+        raise ValueError(f"`out` {path} is a file, not a folder: choose another `out`")
     refuse_existing(path, overwrite)
     check_can_write_in(Path(path).parent)
 
@@ -409,7 +409,7 @@ def check_disk_space(folder, needed, files, what, advice):
 
 
 @contextlib.contextmanager
-def staged_folder(path, overwrite=False, exists="pass --overwrite or another --out"):
+def staged_folder(path, overwrite=False, exists="pass `overwrite`, or another `out`"):
     """Yield an empty temporary folder beside path; when the block succeeds it takes an ordinary folder's mode and
     is renamed onto path, so path is never seen half-written. An existing path is refused (with the advice
     `exists`) before and after the block, unless overwrite, when it is replaced."""
@@ -490,11 +490,11 @@ def output_lock(path, hold=True):
 
 def create_run_dir(run_dir, config, copies=None):
     """Make run_dir with config.json inside, atomically: a run killed while starting leaves no directory behind
-    (rerun the same command), and every run directory there is holds the config that --resume needs.
+    (rerun the same command), and every run directory there is holds the config that resuming it needs.
 
     copies: {path inside the run: a file to copy there}, for files the run carries from elsewhere (a file that does
     not exist is left out)."""
-    with staged_folder(run_dir, exists="pass --resume to continue it, or another name") as staging:
+    with staged_folder(run_dir, exists="pass `resume` to continue it, or another name") as staging:
         for inside, source in (copies or {}).items():
             if Path(source).is_file():
                 (staging / inside).parent.mkdir(parents=True, exist_ok=True)
@@ -508,7 +508,7 @@ def new_run_dir(root, stage, name=None):
     check_can_write_in(parent)
     if name:
         if (parent / name).exists():
-            raise ValueError(f"run {parent / name} exists already: pass --resume to continue it, or another name")
+            raise ValueError(f"run {parent / name} exists already: pass `resume` to continue it, or another name")
         return parent / name
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir, suffix = parent / stamp, 1

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from store.index_maps import read_index_maps, recorded_file, smallest_uint_dtype
+from store.index_maps import check_token_range, read_index_maps, recorded_file, smallest_uint_dtype
 
 
 @dataclass(frozen=True)
@@ -20,9 +20,9 @@ class SequenceLayout:
 
     def __post_init__(self):
         if not isinstance(self.vocab_offset, int) or self.vocab_offset < 0:
-            raise ValueError(f"--vocab-offset must be a non-negative integer, not {self.vocab_offset!r}")
+            raise ValueError(f"`vocab_offset` must be a non-negative integer, not {self.vocab_offset!r}")
         if self.vocab_end - 1 > np.iinfo(np.uint64).max:
-            raise ValueError(f"--vocab-offset {self.vocab_offset} puts token ids past 2**64")
+            raise ValueError(f"`vocab_offset` {self.vocab_offset} puts token ids past 2**64")
 
     @property
     def begin_id(self):
@@ -47,15 +47,13 @@ class SequenceLayout:
 
     @classmethod
     def of_maps(cls, meta):
-        """The layout that meta.json of a maps folder describes under "sequences" (pipelines.encode --sequences)."""
-        described = meta.get("sequences")
+        """The layout that the MapsMeta of a maps folder describes under "sequences" (what
+        `python -m pipelines.encode --sequences` writes)."""
+        described = meta.sequences
         if not described:
-            raise ValueError("these index maps have no sequences beside them (encode them with --sequences)")
-        depth = (meta.get("depth", 1),) if meta.get("depth", 1) > 1 else ()
-        shapes = [(meta["grid_height"], meta["grid_width"], *depth)]
-        if meta.get("levels", 1) == 2:
-            shapes.insert(0, (meta["top_grid_height"], meta["top_grid_width"], *depth))
-        return cls(meta["codebook_size"], tuple(shapes), described["vocab_offset"], described["begin_id"] is not None)
+            raise ValueError("these index maps have no sequences beside them (encode them with `sequences`)")
+        return cls(meta.codebook_size, tuple(meta.level_shapes), described["vocab_offset"],
+                   described["begin_id"] is not None)
 
     def describe(self):
         """What meta.json records of the sequences."""
@@ -86,11 +84,8 @@ class SequenceLayout:
             if (sequences[:, 0] != self.begin_id).any() or (sequences[:, -1] != self.end_id).any():
                 raise ValueError(f"every sequence must begin with id {self.begin_id} and end with id {self.end_id}")
             sequences = sequences[:, 1:-1]
+        check_token_range("the sequences", sequences, self.codebook_size, first=self.vocab_offset)
         tokens = sequences.astype(np.int64) - self.vocab_offset
-        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.codebook_size):
-            last = self.vocab_offset + self.codebook_size - 1
-            raise ValueError(f"sequence tokens must lie in {self.vocab_offset}..{last}"
-                             f" (offset {self.vocab_offset}, {self.codebook_size} codes)")
         levels, start = [], 0
         for shape in self.level_shapes:
             size = int(np.prod(shape))
@@ -114,10 +109,10 @@ class SequenceWriter:
 
 def read_sequences(directory, split):
     """(the split's sequences (n, length), memory-mapped, checked against their recorded SHA-256; their
-    SequenceLayout) of a folder that pipelines.encode --sequences wrote."""
+    SequenceLayout) of a folder that `python -m pipelines.encode --sequences` wrote."""
     index_maps = read_index_maps(directory, split)
     layout = SequenceLayout.of_maps(index_maps.meta)
-    entry = index_maps.meta["splits"][split].get("sequences")
+    entry = index_maps.meta.splits[split].get("sequences")
     if entry is None:
         raise ValueError(f"meta.json of {directory} names no sequences for the {split!r} split")
     path = recorded_file(directory, entry)

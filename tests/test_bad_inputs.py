@@ -165,7 +165,7 @@ class Case:
 
 TOK, PRIOR, SAMPLE, EVAL = "pipelines.fit_tokenizer", "pipelines.fit_prior", "pipelines.sample", "pipelines.evaluate"
 ENCODE, DECODE = "pipelines.encode", "pipelines.decode"
-READS = "which this command reads: choose another --out"  # an --out over an input, with or without --overwrite
+READS = "which is read: choose another --out"  # an --out over an input, with or without --overwrite
 
 
 def tok_args(d, *extra):
@@ -317,7 +317,7 @@ COMMAND_CASES = [
          lambda w, d: sample_args(w, d, "--n", "0")),
     Case("sample-negative-temperature", SAMPLE, "temperature must be a finite number > 0",
          lambda w, d: sample_args(w, d, "--temperature", "-0.5")),
-    Case("sample-top-k-above-codebook", SAMPLE, "top_k must be an integer in 1..32",
+    Case("sample-top-k-above-codebook", SAMPLE, "--top-k must be an integer in 1..32",
          lambda w, d: sample_args(w, d, "--top-k", "33")),
     Case("sample-out-under-a-file", SAMPLE, "not a directory",
          lambda w, d: [*sample_args(w, d), "--out", a_file(d) / "sub"]),
@@ -509,14 +509,14 @@ LIBRARY_CASES = [
     ("load-tensors-pickle", copy_of("prior", pickled="training_state.safetensors"),
      lambda run: load_tensors(run / "training_state.safetensors"), "not a readable safetensors"),
     ("read-maps-without-meta", lambda w, d: d, lambda folder: read_index_maps(folder, "train"), "meta.json missing"),
-    ("sample-n-zero", _shared_prior, lambda p: sample_images(p, 0), "n must be a positive integer"),
+    ("sample-n-zero", _shared_prior, lambda p: sample_images(p, 0), "`n` must be a positive integer"),
     ("sample-negative-temperature", _shared_prior, lambda p: sample_images(p, 2, temperature=-1.0),
-     "temperature must be a finite number > 0"),
+     "`temperature` must be a finite number > 0"),
     ("sample-top-k-above-codebook", _shared_prior, lambda p: sample_images(p, 2, top_k=33),
-     r"top_k must be an integer in 1\.\.32"),
+     r"`top_k` must be an integer in 1\.\.32"),
     ("sample-unknown-label", _shared_prior, lambda p: sample_images(p, 2, label="Spaceship"), "unknown label"),
     ("sample-batch-size-zero", _shared_prior, lambda p: sample_images(p, 2, batch_size=0),
-     "batch size must be positive"),
+     "`batch_size` must be positive"),
     ("sample-tokenizer-changed", _retrained_pair, lambda p: sample_images(p, 2), "changed since the prior"),
     ("sample-older-run-tokenizer-changed", _retrained_pair_of_an_older_run, lambda p: sample_images(p, 2),
      "changed since the prior"),
@@ -524,7 +524,7 @@ LIBRARY_CASES = [
      lambda p: prior.generate(Prior.load(p), 2, sampling=SamplingConfig(top_k=0)), "top_k"),
     ("sample-more-than-memory", _shared_prior, lambda p: sample_images(p, 10**10), "would take about"),
     ("sample-seed-past-64-bits", _shared_prior, lambda p: sample_images(p, 2, seed=2**64),
-     r"seed must be an integer from 0 to 2\*\*64 - 1"),
+     r"`seed` must be an integer from 0 to 2\*\*64 - 1"),
     ("evaluate-more-samples-than-memory", _shared_prior,
      lambda p: evaluate(p, config=EvaluationConfig(n_samples=10**10), progress=False), "would take about"),
     ("read-plain-tokens-of-a-npz", lambda w, d: token_file(d, "t.npz", a=np.zeros(3), b=np.ones(3)),

@@ -91,13 +91,31 @@ def test_the_shipped_generators_figures_in_the_documents_are_its_cards():
         cells = re.search(rf"^\| {re.escape(label)} \| ([^|]+) \| ([^|]+) \|$", card, flags=re.M).groups()
         return [cell.strip() for cell in cells]
 
-    sample_fd = [f"{float(v):.2f}" for v in row("sample Frechet distance to test (reference classifier features)")]
-    reconstruction_fd = f"{float(row('reconstruction Frechet distance to test')[0]):.2f}"
-    floor = row("train-vs-test Frechet distance (the floor)")[0]
-    accuracy = row("reference classifier's accuracy on samples (class asked for)")
+    sample_fd = [f"{float(v):.2f}" for v in row("Frechet distance, samples vs test")]
+    reconstruction_fd = f"{float(row('Frechet distance, reconstructions vs test')[0]):.2f}"
+    floor = row("Frechet distance, train vs test")[0]
+    accuracy = row("classifier accuracy on samples")
     sharing = (REPO / "docs" / "sharing.md").read_text().replace("\n", " ")
     quoted = re.search(r"distance of ([\d.]+) / ([\d.]+) to the test split .*?against ([\d.]+) for its "
                        r"reconstructions and ([\d.]+) for the training split itself; ([\d.]+%) / ([\d.]+%) of them",
                        sharing)
     assert quoted, "docs/sharing.md no longer quotes the shipped generator's figures where this test reads them"
     assert list(quoted.groups()) == [*sample_fd, reconstruction_fd, floor, *accuracy]
+    benchmarks = (REPO / "BENCHMARKS.md").read_text()
+    shipped = re.search(r"^\| sample Frechet distance \(constant 1\.5 on this machine: [^|]*\| \*\*([\d.]+)\*\* \| "
+                        r"\*\*([\d.]+)\*\* \|$", benchmarks, flags=re.M)
+    assert shipped and list(shipped.groups()) == row("Frechet distance, samples vs test"), "BENCHMARKS.md differs"
+    assert f"{sample_fd[0]} / {sample_fd[1]} on the shipped generator" in benchmarks.replace("\n", " ")
+
+
+def test_every_benchmark_table_says_its_run():
+    """Each table of BENCHMARKS.md is dated: a `Run:` line before it gives its command, commit, date, machine and
+    seconds."""
+    lines = (REPO / "BENCHMARKS.md").read_text().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("|") and not lines[i - 1].startswith("|")]
+    assert len(starts) > 20
+    for start in starts:
+        run = lines[start - 2]
+        assert run.startswith("Run: ") and lines[start - 1] == "", (start + 1, lines[start])
+        assert re.search(r"commits? [0-9a-f]{7}", run) and re.search(r"\b2026-\d\d-\d\d\b", run), run
+        assert "cores" in run and re.search(r"\d s\b|seconds", run), run

@@ -63,7 +63,7 @@ def test_library_goes_from_a_prior_run_to_images(prior_run):
     images, tokens = ImageGenerator.load(prior_run).sample(3, label="Bag", temperature=0.8, top_p=0.9)
     assert images.shape == (3, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
     assert tokens.shape == (3, 7, 7) and tokens.dtype == torch.int64
-    with pytest.raises(ValueError, match="n must be a positive integer"):
+    with pytest.raises(ValueError, match="`n` must be a positive integer"):
         ImageGenerator.load(prior_run).sample(0)
 
 

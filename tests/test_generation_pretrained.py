@@ -16,6 +16,7 @@ from generation.card import model_card
 from generation import ImageGenerator
 from generation.pretrained import SHIPPED_GENERATOR, choose_prior, choose_tokenizer, export_generator
 from pipelines import card, encode, sample
+from store.figures import FIGURES
 from store.runs import (AVERAGED_WEIGHTS, MODEL_WEIGHTS, TOKENIZER_COPY, WEIGHTS_HASHES, file_sha256, read_json,
                         weights_file, write_json)
 from tokenizer import Tokenizer
@@ -63,8 +64,9 @@ def test_the_shipped_card_holds_the_figures_of_the_shipped_files():
     assert "metrics:" in header
     prior_bits = read_json(SHIPPED_GENERATOR / "results.json")["test_bits_per_token"]
     tokenizer_mse = read_json(SHIPPED_GENERATOR / TOKENIZER_COPY / "results.json")["test_mse"]
-    assert f"| prior test bits per token | {prior_bits:.4f} | {prior_bits:.4f} |" in text
-    assert f"| test MSE (pixels in [0, 1]) | {tokenizer_mse:.5f} | {tokenizer_mse:.5f} |" in text
+    name = {figure.key: figure.name for figure in FIGURES}  # the card names each figure as the report page does
+    assert f"| {name['prior_test_bits_per_token']} | {prior_bits:.4f} | {prior_bits:.4f} |" in text
+    assert f"| {name['reconstruction_mse']} | {tokenizer_mse:.5f} | {tokenizer_mse:.5f} |" in text
     assert "| figure | seed 0 | seed 1 |" in text and "python -m bench.pretrained" in text
 
 

@@ -79,6 +79,50 @@ def test_the_error_boundary_turns_user_errors_and_exhausted_memory_into_one_line
     assert exit_.value.code == status and len(lines) == 1 and lines[0].startswith("error: ")
 
 
+def test_a_library_error_reads_in_library_words_and_a_command_error_in_flags(tmp_path, capsys):
+    """The libraries name an argument as the code does (`image_size`); the commands say the flag that sets it
+    (--image-size), through cli.in_flags alone, and a name that is no flag of the command stays a name."""
+    from tokenizer.model import TokenizerConfig
+
+    with pytest.raises(ValueError) as library:
+        TokenizerConfig(image_size=30, downsample=4)
+    assert "`image_size` 32" in str(library.value) and "another `downsample`" in str(library.value)
+    assert "--" not in str(library.value)
+    with pytest.raises(SystemExit):
+        cli.run(lambda: fit_tokenizer.main(["--image-size", "30", "--output-root", str(tmp_path)]),
+                fit_tokenizer.build_parser())
+    line = capsys.readouterr().err.strip()
+    assert "pass --image-size 32" in line and "another --downsample" in line and "`" not in line
+    assert not list(tmp_path.iterdir())  # refused before any run folder
+    parser = sample.build_parser()
+    assert cli.in_flags("`top_k` must be 1..16, `n_samples` too; `prefix` is no flag", parser) == \
+        "--top-k must be 1..16, --n too; prefix is no flag"
+    assert cli.in_flags("`top_k` must be 1..16", None) == "top_k must be 1..16"
+
+
+def test_every_config_flag_has_one_line_help_and_the_libraries_name_no_flag():
+    """Flag help lives with the flags (pipelines.flag_help), for every field of every config a command offers;
+    the libraries' files show a flag only inside a whole command line (a model card's `python -m ...`)."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from pipelines.flag_help import CHOICES, HELP
+
+    for config, texts in HELP.items():
+        assert set(texts) == {f.name for f in dataclasses.fields(config)}, config.__name__
+        assert all(text and "\n" not in text for text in texts.values()), config.__name__
+        assert set(CHOICES.get(config, {})) <= set(texts)
+    assert "gated" in HELP[fit_prior.PriorConfig]["arch"] and "pixelcnn" in HELP[fit_prior.PriorConfig]["arch"]
+    root = Path(__file__).resolve().parent.parent
+    named = [f"{path.relative_to(root)}:{number}" for package in ("store", "training", "tokenizer", "prior",
+                                                                    "generation", "evaluation")
+             for path in sorted((root / package).glob("*.py"))
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if re.search(r"(?<![\w-])--[a-z]", line) and "python -m pipelines." not in line]
+    assert not named
+
+
 def test_a_bug_is_not_hidden():
     def main():
         raise RuntimeError("shapes cannot be multiplied")

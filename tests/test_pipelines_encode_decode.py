@@ -54,11 +54,11 @@ def test_encode_of_a_folder_is_the_tokenizers_encode_row_for_row(tokenizer_run, 
     assert maps.maps.dtype == np.uint8 and maps.maps.shape == (25, 7, 7)
     assert np.array_equal(maps.maps.astype(np.int64), expected.numpy())
     assert maps.labels.tolist() == [int(line[len("kind")]) for line in lines]  # sub-folders are the classes
-    assert maps.meta["class_names"] == ["kind0", "kind1", "kind2"] and maps.meta["sequences"] is None
-    assert maps.meta["weights_sha256"] == tokenizer.weights_sha256
+    assert maps.meta.class_names == ["kind0", "kind1", "kind2"] and maps.meta.sequences is None
+    assert maps.meta.weights_sha256 == tokenizer.weights_sha256
     # What a library user reads back without a command: row i is the image on line i, checked against its hash.
     assert read_sources(out, "images") == lines
-    with pytest.raises(ValueError, match="encode them with --sequences"):
+    with pytest.raises(ValueError, match="encode them with `sequences`"):
         read_sequences(out, "images")
     (out / "images_sources.txt").write_text("\n".join(reversed(lines)) + "\n")
     with pytest.raises(ValueError, match="does not match its recorded SHA-256"):
@@ -87,7 +87,7 @@ def test_sequences_round_trip_to_the_maps(tokenizer_run, folder, tmp_path, capsy
     assert status == 0, err
     maps = read_index_maps(out, "images")
     sequences = np.load(out / "images_sequences.npy", allow_pickle=False)
-    described = maps.meta["sequences"]
+    described = maps.meta.sequences
     assert sequences.shape == (25, 49 + 2 * begin_end) == (25, described["length"])
     assert sequences.dtype == (np.uint16 if offset else np.uint8)
     layout = SequenceLayout(32, ((7, 7),), offset, begin_end)
@@ -99,7 +99,7 @@ def test_sequences_round_trip_to_the_maps(tokenizer_run, folder, tmp_path, capsy
     assert np.array_equal(body.astype(np.int64) - offset, maps.maps.reshape(25, -1))  # raster order
     if begin_end:
         assert (sequences[:, 0] == offset + 32).all() and (sequences[:, -1] == offset + 33).all()
-    entry = maps.meta["splits"]["images"]
+    entry = maps.meta.splits["images"]
     assert entry["sequences"]["file"] == "images_sequences.npy" and len(entry["sequences"]["sha256"]) == 64
 
 
@@ -174,7 +174,7 @@ def bad_token_files(tmp_path, tokenizer_run):
         (save("float.npy", np.zeros((2, 7, 7), np.float32)), "not integers"),
         (save("pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True), "not a readable .npy"),
         (tmp_path / "missing.npy", "does not exist"),
-        (tokenizer_run / "maps", "choose one with --split"),  # train and test
+        (tokenizer_run / "maps", "choose one (--split)"),  # train and test
     ]
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import TINY_CLASSIFIER_FLAGS, TINY_PRIOR, run_in_process, run_module
-from evaluation.report import FIGURES
+from store.figures import FIGURES
 from pipelines import evaluate, fit_prior
 from prior.sampling import SETTINGS, SamplingConfig, describe_settings, resolve_sampling
 from store.images import DataConfig, load_images
@@ -35,7 +35,7 @@ def test_evaluate_writes_a_report_of_a_prior_and_of_a_tokenizer_alone(tokenizer_
 
     report = json.loads((out / "report.json").read_text())
     figures = report["figures"]
-    assert set(figures) == {key for key, *_ in FIGURES}
+    assert set(figures) == {figure.key for figure in FIGURES}
     # Every figure but Inception's (asked for with --features inception).
     assert all((value is None) == key.startswith("inception_") for key, value in figures.items()), figures
     for prefix in ("", "train_"):  # the samples' and the floor's
@@ -97,7 +97,7 @@ def test_evaluate_writes_a_report_of_a_prior_and_of_a_tokenizer_alone(tokenizer_
     before = (out / "report.json").read_bytes()
     for extra, message in ((["--out", out], "exists already"),
                            (["--out", tmp_path / "x", "--n-samples", 0], "must be a positive integer, not 0"),
-                           (["--out", tmp_path / "x", "--top-k", 999], "top_k must be an integer in 1..32"),
+                           (["--out", tmp_path / "x", "--top-k", 999], "--top-k must be an integer in 1..32"),
                            (["--out", tmp_path / "x", "--prior", root / "prior" / "p", "--tokenizer", tmp_path],
                             "was trained for tokenizer")):
         status, _, errors = run_cli([*common, *extra], capsys)
@@ -158,5 +158,5 @@ def test_an_images_folder_is_never_written_into(fashion_dir, tmp_path, capsys):
     (tmp_path / "images").mkdir()
     status, _, errors = run_cli(["--samples", tmp_path / "images", "--out", tmp_path / "images" / "report",
                                  "--output-root", tmp_path], capsys)
-    assert status == 2 and "which this command reads" in errors[0]
+    assert status == 2 and "which is read: choose another --out" in errors[0]
     assert list((tmp_path / "images").iterdir()) == []

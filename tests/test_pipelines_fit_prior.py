@@ -8,7 +8,7 @@ import torch
 from prior import Prior
 from conftest import TINY_PRIOR, resume_matches_uninterrupted, run_module
 from pipelines import fit_prior
-from store.index_maps import MapDataset, read_index_maps, write_index_maps
+from store.index_maps import MapDataset, MapsMeta, read_index_maps, write_index_maps
 from store.runs import file_sha256, load_tensors, save_tensors, weights_file
 
 
@@ -119,7 +119,7 @@ def _corrupt(tokenizer_run, case):
 @pytest.mark.parametrize("case,message", [
     ("hash-mismatch", "made by other weights"),
     ("missing-metadata", "lacks metadata: codebook_size"),
-    ("token-past-codebook", "past the codebook size 32"),
+    ("token-past-codebook", "outside the codebook's 0..31"),
     ("truncated-file", "unreadable"),
     ("replaced-file", "does not match its recorded SHA-256"),
     ("no-maps", "meta.json missing"),
@@ -142,8 +142,8 @@ def test_the_prior_trains_from_the_memory_mapped_maps(tmp_path, monkeypatch, one
     (tokenizer_dir / "model.safetensors").write_bytes(b"weights")
     sha = file_sha256(tokenizer_dir / "model.safetensors")
     for split, n in (("train", 64), ("test", 16)):
-        write_index_maps(tokenizer_dir / "maps", split, rng.integers(0, 8, (n, 3, 3)), rng.integers(0, 2, n), {
-            "codebook_size": 8, "grid_height": 3, "grid_width": 3, "weights_sha256": sha, "class_names": ["a", "b"]})
+        write_index_maps(tokenizer_dir / "maps", split, rng.integers(0, 8, (n, 3, 3)), rng.integers(0, 2, n), MapsMeta(
+            codebook_size=8, grid_height=3, grid_width=3, weights_sha256=sha, class_names=["a", "b"]))
     seen = []
     original = MapDataset.__init__
 

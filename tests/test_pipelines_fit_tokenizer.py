@@ -31,9 +31,9 @@ def test_dumped_maps_round_trip_through_the_library(tokenizer_run, fashion_dir):
     tokenizer = Tokenizer.load(tokenizer_run)
     maps = read_index_maps(tokenizer_run / "maps", "test")
     assert maps.maps.dtype == np.uint8 and maps.maps.shape == (64, 7, 7)  # 32 codes fit in uint8
-    assert maps.meta["weights_sha256"] == tokenizer.weights_sha256
-    assert maps.meta["grid_height"] == 7 and maps.meta["codebook_size"] == 32
-    split = maps.meta["splits"]["test"]
+    assert maps.meta.weights_sha256 == tokenizer.weights_sha256
+    assert maps.meta.grid_height == 7 and maps.meta.codebook_size == 32
+    split = maps.meta.splits["test"]
     assert sum(split["usage_histogram"]) == 64 * 49
     assert 1 <= split["perplexity"] <= 32 and split["dead_codes"] == 32 - round(32 * split["codes_used"])
     images, labels = synthetic_images(64, seed=1)
@@ -70,7 +70,7 @@ def test_a_weight_average_is_what_the_tokenizer_encodes_with_from_the_dump_to_sa
     assert tokenizer.weights_sha256 == file_sha256(run_dir / "model_ema.safetensors")
     assert all(torch.equal(v, averaged[k]) for k, v in tokenizer.model.state_dict().items())
     maps = read_index_maps(run_dir / "maps", "test")
-    assert maps.meta["weights_sha256"] == tokenizer.weights_sha256
+    assert maps.meta.weights_sha256 == tokenizer.weights_sha256
     images = torch.from_numpy(synthetic_images(64, seed=1)[0]).permute(0, 3, 1, 2)
     assert torch.equal(tokenizer.encode(images), torch.from_numpy(maps.maps.astype(np.int64)))
     assert Tokenizer.load(run_dir, weights="model.safetensors").weights_sha256 == file_sha256(run_dir /

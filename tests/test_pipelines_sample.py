@@ -146,20 +146,20 @@ def _wrong_size_image(tmp_path):
 @pytest.mark.parametrize("case,extra,message", [
     ("n", ["--n", "0"], "argument --n/--num-samples/--n-samples: must be a positive integer, not 0"),
     ("temperature", ["--temperature", "-1"], "temperature"),
-    ("top-k", ["--top-k", "999"], "top_k must be an integer in 1..32"),
-    ("top-p", ["--top-p", "1.5"], "top_p"),
+    ("top-k", ["--top-k", "999"], "--top-k must be an integer in 1..32"),
+    ("top-p", ["--top-p", "1.5"], "--top-p must be in (0, 1]"),
     ("label-index", ["--label", "42"], "label 42 outside 0..9"),
     ("label-name", ["--label", "Spaceship"], "unknown label 'Spaceship'"),
     ("guidance-without-label", ["--label", "none", "--guidance-scale", "3"], "needs labels"),
     ("guidance-not-a-ramp", ["--guidance-scale", "1:2:3"], "argument --guidance-scale: must be a number or START:END"),
     ("guidance-ramp-constant", ["--guidance-scale", "1:3", "--guidance-schedule", "constant"],
-     "guidance_scale 1:3 changes along the grid"),
+     "--guidance-scale 1:3 changes along the grid: give --guidance-schedule"),
     ("guidance-schedule", ["--guidance-schedule", "steep"], "argument --guidance-schedule: invalid choice"),
     ("guidance-from", ["--guidance-from", "-2"], "argument --guidance-from: must be a position (an integer >= 0) or"),
     ("guidance-from-fraction", ["--guidance-from", "1.5"], "argument --guidance-from: must be a position"),
     ("temperature-ramp", ["--temperature", "1:0"], "temperature must be a finite number > 0"),
     ("keep-rows-alone", ["--keep-rows", "2"], "--keep-rows needs --complete"),
-    ("keep-rows-too-many", ["--complete", "IMAGE", "--keep-rows", "9"], "keep_rows must be an integer in 0..7"),
+    ("keep-rows-too-many", ["--complete", "IMAGE", "--keep-rows", "9"], "--keep-rows must be an integer in 0..7"),
     ("wrong-size-image", "WRONG_SIZE", "the tokenizer takes 28x28"),
     ("missing-image", ["--complete", "/nonexistent.png"], "cannot read image"),
     ("batch-size", ["--batch-size", "0"], "argument --batch-size: must be a positive integer, not 0"),
@@ -240,7 +240,7 @@ def test_the_largest_seed_samples_and_wraps_per_batch(prior_run, tmp_path, capsy
     assert status == 0, err
     _, tokens = ImageGenerator.load(prior_run).sample(3, seed=2**64 - 1)
     assert np.array_equal(tokens_of(tmp_path / "out"), tokens.numpy())
-    with pytest.raises(ValueError, match="seed must be an integer from 0 to 2\\*\\*64 - 1"):
+    with pytest.raises(ValueError, match="`seed` must be an integer from 0 to 2\\*\\*64 - 1"):
         ImageGenerator.load(prior_run).sample(3, seed=2**64)
 
 

@@ -265,48 +265,48 @@ def test_cached_work_stays_below_one_pass_with_guidance(arch):
 
 
 BAD = [
-    (dict(n=0), "n must be a positive integer"),
-    (dict(n=2.0), "n must be a positive integer"),
-    (dict(temperature=0), "temperature must be a finite number > 0"),
-    (dict(temperature=-1.0), "temperature must be a finite number > 0"),
-    (dict(temperature=float("nan")), "temperature must be a finite number > 0"),
-    (dict(top_k=0), r"top_k must be an integer in 1\.\.16"),
-    (dict(top_k=17), r"top_k must be an integer in 1\.\.16"),
-    (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
-    (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+    (dict(n=0), "`n` must be a positive integer"),
+    (dict(n=2.0), "`n` must be a positive integer"),
+    (dict(temperature=0), "`temperature` must be a finite number > 0"),
+    (dict(temperature=-1.0), "`temperature` must be a finite number > 0"),
+    (dict(temperature=float("nan")), "`temperature` must be a finite number > 0"),
+    (dict(top_k=0), r"`top_k` must be an integer in 1\.\.16"),
+    (dict(top_k=17), r"`top_k` must be an integer in 1\.\.16"),
+    (dict(top_p=0.0), r"`top_p` must be in \(0, 1\]"),
+    (dict(top_p=1.5), r"`top_p` must be in \(0, 1\]"),
     (dict(labels=1), "labels given to an unconditional prior"),
-    (dict(guidance_scale=2.0), "guidance_scale must be 1 for an unconditional prior"),
+    (dict(guidance_scale=2.0), "`guidance_scale` must be 1 for an unconditional prior"),
     (dict(conditional=True, labels=3), r"labels must be class ids in 0\.\.2"),
     (dict(conditional=True, labels=-1), r"labels must be class ids in 0\.\.2"),
     (dict(conditional=True, labels=torch.tensor([0, 1])), r"labels must be an int or have shape \(3,\)"),
     (dict(conditional=True, labels=torch.tensor([0.0, 1.0, 1.0])), "labels must be integer class ids"),
     (dict(conditional=True, guidance_scale=2.0), "needs labels"),
-    (dict(conditional=True, labels=1, guidance_scale=float("inf")), "guidance_scale must be a finite number"),
+    (dict(conditional=True, labels=1, guidance_scale=float("inf")), "`guidance_scale` must be a finite number"),
     (dict(guidance_scale=(1.0, 2.0), guidance_schedule="linear"),
-     "guidance_scale must be 1 for an unconditional prior, got linear 1 -> 2"),
-    (dict(conditional=True, guidance_scale=2.0, guidance_from=5), "guidance_scale 2 from position 5 needs labels"),
+     "`guidance_scale` must be 1 for an unconditional prior, got linear 1 -> 2"),
+    (dict(conditional=True, guidance_scale=2.0, guidance_from=5), "`guidance_scale` 2 from position 5 needs labels"),
     (dict(conditional=True, labels=1, guidance_scale=(1.0, 2.0), guidance_schedule="constant"),
      "changes along the grid"),
-    (dict(conditional=True, labels=1, guidance_scale=2.0, guidance_from=-1), "guidance_from must be a position"),
-    (dict(conditional=True, labels=1, guidance_scale=2.0, guidance_from=1.5), "guidance_from must be a position"),
+    (dict(conditional=True, labels=1, guidance_scale=2.0, guidance_from=-1), "`guidance_from` must be a position"),
+    (dict(conditional=True, labels=1, guidance_scale=2.0, guidance_from=1.5), "`guidance_from` must be a position"),
     (dict(conditional=True, labels=1, guidance_scale=(1.0, 2.0), guidance_schedule="steep"),
-     "guidance_schedule must be one of"),
-    (dict(temperature=(1.0, -0.5), temperature_schedule="linear"), "temperature must be a finite number > 0"),
-    (dict(keep_rows=8, prefix=torch.zeros(7, 7, dtype=torch.long)), r"keep_rows must be an integer in 0\.\.7"),
-    (dict(keep_rows=-1, prefix=torch.zeros(7, 7, dtype=torch.long)), r"keep_rows must be an integer in 0\.\.7"),
+     "`guidance_schedule` must be one of"),
+    (dict(temperature=(1.0, -0.5), temperature_schedule="linear"), "`temperature` must be a finite number > 0"),
+    (dict(keep_rows=8, prefix=torch.zeros(7, 7, dtype=torch.long)), r"`keep_rows` must be an integer in 0\.\.7"),
+    (dict(keep_rows=-1, prefix=torch.zeros(7, 7, dtype=torch.long)), r"`keep_rows` must be an integer in 0\.\.7"),
     (dict(keep_rows=2), "needs a prefix"),
     (dict(keep_rows=2, prefix=torch.zeros(7, 6, dtype=torch.long)), r"prefix must have shape \(3, 7, 7\)"),
     (dict(keep_rows=2, prefix=torch.zeros(2, 7, 7, dtype=torch.long)), r"prefix must have shape \(3, 7, 7\)"),
-    (dict(keep_rows=2, prefix=torch.full((7, 7), 16)), r"prefix tokens must be in 0\.\.15"),
-    (dict(keep_rows=2, prefix=torch.full((7, 7), -1)), r"prefix tokens must be in 0\.\.15"),
+    (dict(keep_rows=2, prefix=torch.full((7, 7), 16)), r"the prefix's kept rows hold tokens 16\.\.16, outside"),
+    (dict(keep_rows=2, prefix=torch.full((7, 7), -1)), r"kept rows hold tokens -1\.\.-1, outside the codebook's 0"),
     (dict(keep_rows=2, prefix=torch.zeros(7, 7)), "prefix must hold integer tokens"),
-    (dict(sampler="fast"), "sampler must be one of naive, cached"),
+    (dict(sampler="fast"), "`sampler` must be one of naive, cached"),
     (dict(progress="tqdm"), "progress must be a callable"),
     (dict(generator=0), "generator must be a torch.Generator"),
 ]
 
 
-@pytest.mark.parametrize("kwargs, message", BAD, ids=[m for _, m in BAD])
+@pytest.mark.parametrize("kwargs, message", BAD, ids=[m.replace('`', '') for _, m in BAD])
 def test_bad_arguments_raise_one_line_value_errors(kwargs, message):
     kwargs = dict(kwargs)
     model = small_prior(num_classes=3 if kwargs.pop("conditional", False) else 0)
@@ -328,7 +328,7 @@ def test_cached_equals_naive_for_a_prior_conditioned_on_a_token_map(arch):
         assert torch.equal(naive, cached), options
     grids = generate(model, 4, condition=top, generator=seeded())
     assert not torch.allclose(model(grids, None, top), model(grids, None, (top + 1) % 8)), "the condition is ignored"
-    with pytest.raises(ValueError, match=r"condition tokens must be in 0\.\.7"):
+    with pytest.raises(ValueError, match=r"the condition maps hold tokens 8\.\.8, outside the codebook's 0\.\.7"):
         generate(model, 2, condition=torch.full((3, 3), 8))
     with pytest.raises(ValueError, match=r"condition must have shape \(2, 3, 3\)"):
         generate(model, 2, condition=torch.zeros(2, 4, 4, dtype=torch.long))

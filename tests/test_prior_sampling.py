@@ -50,7 +50,7 @@ def test_labels_resolve_to_the_mix_no_label_or_one_class():
             resolve_labels(label, 2, **config)
     with pytest.raises(ValueError, match="needs a class-conditional prior"):
         resolve_labels("a", 2, None)
-    with pytest.raises(ValueError, match="n must be a positive integer"):
+    with pytest.raises(ValueError, match="`n` must be a positive integer"):
         resolve_labels(None, 0, **config)
 
 
@@ -115,17 +115,17 @@ def test_schedules_go_from_start_at_the_first_position_to_end_at_the_last():
 
 @pytest.mark.parametrize("first", [-1, 1.5, 1.0, 0.0, math.nan, "3", True])
 def test_a_first_position_is_a_position_or_a_fraction_of_the_grid(first):
-    with pytest.raises(ValueError, match="guidance_from must be a position \\(an integer >= 0\\) or a fraction"):
+    with pytest.raises(ValueError, match="`guidance_from` must be a position \\(an integer >= 0\\) or a fraction"):
         check_first("guidance_from", first)
 
 
 @pytest.mark.parametrize("args, message", [
-    (("guidance_scale", (1.0, 2.5), "guidance_schedule", "constant"), "changes along the grid: give guidance_schedule"),
-    (("guidance_scale", 2.0, "guidance_schedule", "exponential"), "guidance_schedule must be one of constant, linear"),
+    (("guidance_scale", (1.0, 2.5), "guidance_schedule", "constant"), "changes along the grid: give `guidance_sch"),
+    (("guidance_scale", 2.0, "guidance_schedule", "exponential"), "`guidance_schedule` must be one of constant"),
     (("guidance_scale", (1.0, 2.0, 3.0), "guidance_schedule", "linear"), "a pair \\(start, end\\)"),
-    (("guidance_scale", (1.0, math.inf), "guidance_schedule", "linear"), "guidance_scale must be a finite number"),
-    (("guidance_scale", "2", "guidance_schedule", "constant"), "guidance_scale must be a finite number"),
-    (("temperature", (1.0, 0.0), "temperature_schedule", "linear", 0, True), "temperature must be a finite number > 0"),
+    (("guidance_scale", (1.0, math.inf), "guidance_schedule", "linear"), "`guidance_scale` must be a finite number"),
+    (("guidance_scale", "2", "guidance_schedule", "constant"), "`guidance_scale` must be a finite number"),
+    (("temperature", (1.0, 0.0), "temperature_schedule", "linear", 0, True), "`temperature` must be a finite number"),
 ])
 def test_bad_schedules_are_one_line_errors(args, message):
     with pytest.raises(ValueError, match=message) as info:

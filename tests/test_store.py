@@ -16,7 +16,8 @@ from conftest import labelled_image_folder, npy_bytes, synthetic_images
 from store.images import (FASHION_MNIST_FILES, IMAGE_SUFFIXES, DataConfig, _image_files, load_images, read_image,
                           read_image_collection)
 from store.pictures import NpzImageWriter, save_pngs
-from store.index_maps import IndexMapWriter, MapDataset, read_index_maps, smallest_uint_dtype, write_index_maps
+from store.index_maps import (IndexMapWriter, MapDataset, MapsMeta, check_token_range, read_index_maps, read_maps_meta,
+                              smallest_uint_dtype, write_index_maps)
 from store.runs import (atomic_path, config_from_dict, create_run_dir, file_sha256, new_run_dir, newest_run,
                         staged_folder, write_json)
 
@@ -55,7 +56,7 @@ def test_a_staged_folder_appears_whole_or_not_at_all(tmp_path):
         (folder / "grid.png").write_bytes(b"whole")
     assert (out / "grid.png").read_bytes() == b"whole"
     assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
-    with pytest.raises(ValueError, match="exists already: pass --overwrite"):
+    with pytest.raises(ValueError, match="exists already: pass `overwrite`"):
         with staged_folder(out):
             pass
     with staged_folder(out, overwrite=True) as folder:
@@ -74,7 +75,7 @@ def test_a_run_directory_is_made_with_its_config_and_the_files_it_carries(tmp_pa
     assert json.loads((run_dir / "config.json").read_text()) == {"model": {}}
     assert (run_dir / "tokenizer" / "model.safetensors").read_bytes() == b"weights"
     assert not (run_dir / "tokenizer" / "results.json").exists()
-    with pytest.raises(ValueError, match="exists already: pass --resume"):
+    with pytest.raises(ValueError, match="exists already: pass `resume`"):
         create_run_dir(run_dir, {"model": {"other": 1}})
     assert json.loads((run_dir / "config.json").read_text()) == {"model": {}}
 
@@ -157,12 +158,21 @@ def test_index_maps_round_trip_memory_mapped_with_their_metadata_and_hashes(tmp_
                                                                              np.uint16, np.uint32]
     rng = np.random.default_rng(3)
     maps, labels = rng.integers(0, 300, (9, 3, 4)), rng.integers(0, 2, 9)
-    meta = {"codebook_size": 300, "grid_height": 3, "grid_width": 4, "weights_sha256": "abc", "class_names": ["a", "b"]}
+    meta = MapsMeta(codebook_size=300, grid_height=3, grid_width=4, weights_sha256="abc", class_names=["a", "b"])
     write_index_maps(tmp_path, "test", maps, labels, meta)
     read = read_index_maps(tmp_path, "test")
     assert isinstance(read.maps, np.memmap) and read.maps.dtype == np.uint16
     assert np.array_equal(read.maps, maps) and np.array_equal(read.labels, labels)
-    assert {k: read.meta[k] for k in meta} == meta and read.meta["splits"]["test"]["count"] == 9
+    assert dataclasses.replace(read.meta, splits={}) == meta and read.meta.splits["test"]["count"] == 9
+    # The one writer, the one reader: the file holds the record's fields, and a second split joins the first.
+    assert json.loads((tmp_path / "meta.json").read_text())["class_names"] == ["a", "b"]
+    write_index_maps(tmp_path, "valid", maps[:2], labels[:2], meta)
+    assert set(read_maps_meta(tmp_path).splits) == {"test", "valid"}
+    with pytest.raises(ValueError, match="hold tokens 300..300, outside the codebook's 0..299"):
+        check_token_range("index maps", np.full((1, 2), 300), 300)
+    check_token_range("index maps", torch.tensor([[0, 299]]), 300)
+    with pytest.raises(ValueError, match="hold tokens 0..4, outside the codebook's 5..9"):
+        check_token_range("sequences", np.arange(5), 5, first=5)
     tokens, label = MapDataset(read)[4]
     assert tokens.dtype == torch.int64 and torch.equal(tokens, torch.from_numpy(maps[4])) and label == labels[4]
     with pytest.raises(ValueError, match="has no 'train' split"):
@@ -446,7 +456,7 @@ def test_no_files_and_no_network_is_one_line_naming_both_ways_out(tmp_path, mirr
         load_images(config, "train")
     message = str(info.value)
     assert "\n" not in message and "404" in message and "dataset-fashion-mnist" in message
-    assert "--fashion-mnist-dir" in message and not (tmp_path / "data" / "fashion-mnist").exists()
+    assert "`fashion_mnist_dir`" in message and not (tmp_path / "data" / "fashion-mnist").exists()
 
 
 def test_a_mirror_serving_other_files_is_refused(tmp_path):

@@ -76,15 +76,15 @@ def test_each_network_learns_from_its_own_loss_and_the_adversarial_term_waits_fo
 
 
 def test_bad_factor_size_pairs_and_loss_flags_are_refused():
-    with pytest.raises(ValueError, match="not divisible by the downsampling factor 8: pass --image-size 32"):
+    with pytest.raises(ValueError, match="not divisible by the downsampling factor 8: pass `image_size` 32"):
         TokenizerConfig(image_size=28, downsample=8)
-    with pytest.raises(ValueError, match="--downsample must be one of 4, 8, 16"):
+    with pytest.raises(ValueError, match="`downsample` must be one of 4, 8, 16"):
         TokenizerConfig(image_size=32, downsample=2)
-    with pytest.raises(ValueError, match="--stage-channels must be 3 positive widths"):
+    with pytest.raises(ValueError, match="`stage_channels` must be 3 positive widths"):
         TokenizerConfig(image_size=32, downsample=8, stage_channels="16,32")
-    for options, message in (({"adversarial_weight": -0.1}, "--adversarial-weight must be >= 0"),
-                             ({"discriminator_start": -1}, "--discriminator-start must be >= 0"),
-                             ({"reconstruction_loss": "l3"}, "--reconstruction-loss must be l1 or l2")):
+    for options, message in (({"adversarial_weight": -0.1}, "`adversarial_weight` must be >= 0"),
+                             ({"discriminator_start": -1}, "`discriminator_start` must be >= 0"),
+                             ({"reconstruction_loss": "l3"}, "`reconstruction_loss` must be l1 or l2")):
         with pytest.raises(ValueError, match=message):
             TokenizerLossConfig(**options)
 

@@ -263,7 +263,7 @@ def test_entropy_penalty_spreads_a_collapsed_encoder_over_the_codes(make):
         used[weight] = len(quantizer.eval()(z)[1].unique())
     assert used[0.0] <= 2 and used[1.0] >= quantizer.codebook_size // 2, used
     assert quantizer(z)[2].item() == 0, "the penalty is a training loss only"
-    with pytest.raises(ValueError, match="entropy-weight"):
+    with pytest.raises(ValueError, match="`entropy_weight` is for the fsq and binary"):
         TokenizerConfig(quantizer="vq", entropy_weight=0.1)
 
 
@@ -330,10 +330,10 @@ def test_residual_levels_quantize_what_the_levels_before_left_over():
 
 @pytest.mark.parametrize("overrides,message", [
     (dict(quantizer="fsq", estimator="rotation"), "no code to rotate"),
-    (dict(quantizer="residual", depth=1), "depth >= 2"),
-    (dict(quantizer="fsq", fsq_levels="8,x"), "fsq-levels"),
-    (dict(quantizer="lfq"), "quantizer must be one of"),
-    (dict(estimator="gumbel"), "estimator must be one of"),
+    (dict(quantizer="residual", depth=1), "needs `depth` >= 2"),
+    (dict(quantizer="fsq", fsq_levels="8,x"), "`fsq_levels` must be"),
+    (dict(quantizer="lfq"), "`quantizer` must be one of"),
+    (dict(estimator="gumbel"), "`estimator` must be one of"),
 ])
 def test_bad_quantizer_settings_are_one_line_errors(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -356,7 +356,7 @@ def test_every_quantizer_works_through_all_three_commands(flags, fashion_dir, tm
     root = tmp_path / "runs"
     fit_tokenizer.main([*TINY_TOKENIZER, *flags, "--epochs", "1", "--output-root", root, "--run-name", "t"])
     maps = read_index_maps(root / "tokenizer" / "t" / "maps", "test")
-    assert maps.maps.shape == (64, 7, 7) and maps.meta["codebook_size"] == 32
+    assert maps.maps.shape == (64, 7, 7) and maps.meta.codebook_size == 32
     fit_prior.main(["--embed-dim", "4", "--hidden-channels", "8", "--num-layers", "2", "--batch-size", "32",
                     "--warmup-steps", "2", "--epochs", "1", "--output-root", root, "--run-name", "p"])
     sample.main(["--prior", root / "prior" / "p", "--n", 2, "--out", tmp_path / "s"])

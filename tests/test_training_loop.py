@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-import training.loop as train
+import training.config
 from training import EpochPermutation, TrainConfig, WeightAverage, learning_rate_at
 
 
@@ -53,13 +53,13 @@ def test_the_weight_average_warms_up_its_decay_and_copies_integer_buffers():
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, math.nan])
 def test_a_decay_outside_zero_to_one_is_refused(bad):
-    with pytest.raises(ValueError, match="--weight-ema-decay must lie in"):
+    with pytest.raises(ValueError, match="`weight_ema_decay` must lie in"):
         TrainConfig(weight_ema_decay=bad)
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_is_bf16_only_where_the_hardware_computes_in_it(monkeypatch, native):
-    monkeypatch.setattr(train, "computes_in_bf16", lambda: native)
+    monkeypatch.setattr(training.config, "computes_in_bf16", lambda: native)
     config = TrainConfig(mixed_precision="auto")
     assert config.mixed_precision == ("bf16" if native else "no")  # the resolved choice is what config.json keeps
     assert TrainConfig(mixed_precision="no").mixed_precision == "no"
@@ -67,6 +67,6 @@ def test_auto_precision_is_bf16_only_where_the_hardware_computes_in_it(monkeypat
 
 def test_runs_of_different_precision_follow_each_other_in_one_process():
     # accelerate refuses a second mixed-precision setting in a process unless its state is cleared first.
-    assert train.make_accelerator(TrainConfig(mixed_precision="no")).mixed_precision == "no"
-    assert train.make_accelerator(TrainConfig(mixed_precision="bf16")).mixed_precision == "bf16"
-    assert train.make_accelerator(TrainConfig(mixed_precision="no")).mixed_precision == "no"
+    assert training.config.make_accelerator(TrainConfig(mixed_precision="no")).mixed_precision == "no"
+    assert training.config.make_accelerator(TrainConfig(mixed_precision="bf16")).mixed_precision == "bf16"
+    assert training.config.make_accelerator(TrainConfig(mixed_precision="no")).mixed_precision == "no"

@@ -107,7 +107,7 @@ def test_an_error_in_one_process_stops_both_with_one_line(tokenizer_run, tmp_pat
                             timeout=120)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 2 and all("top_k must be an integer in 1..32" in line for line in errors), result.stderr
+    assert len(errors) == 2 and all("--top-k must be an integer in 1..32" in line for line in errors), result.stderr
     # (torchrun prints a traceback of its own for failed workers; none may come from our code)
     assert not re.search(rf'File "{re.escape(str(REPO))}/(?!\.venv)', result.stderr), result.stderr
     assert not (tmp_path / "out").exists()

@@ -32,12 +32,12 @@ def two_level_run(fashion_dir, tmp_path):
 def test_the_maps_of_both_levels_are_the_librarys_tokens(two_level_run, fashion_dir):
     tokenizer = Tokenizer.load(two_level_run)
     maps = read_index_maps(two_level_run / "maps", "test")
-    assert maps.levels == 2 and maps.meta["levels"] == 2 and maps.maps.shape == (64, 7, 7)
+    assert maps.levels == 2 and maps.meta.levels == 2 and maps.maps.shape == (64, 7, 7)
     assert isinstance(maps.top, np.memmap) and maps.top.shape == (64, 4, 4) and maps.top.dtype == np.uint8
     images = load_images(DataConfig(fashion_mnist_dir=str(fashion_dir)), "test").images[:10]
     top, bottom = tokenizer.encode(images)
     assert np.array_equal(top.numpy(), maps.top[:10]) and np.array_equal(bottom.numpy(), maps.maps[:10])
-    entry = maps.meta["splits"]["test"]
+    entry = maps.meta.splits["test"]
     assert sum(entry["top_usage_histogram"]) == 64 * 16 and sum(entry["usage_histogram"]) == 64 * 49
 
 

@@ -10,7 +10,8 @@ import torch
 from tqdm.auto import tqdm
 
 from store.images import SPLITS, load_images
-from store.index_maps import IndexMapWriter, record_index_maps
+from store.index_maps import writing_maps
+from store.runs import MAPS_FOLDER
 from tokenizer.quantizers import usage_stats
 from tokenizer.tokenizer import Tokenizer, psnr
 from training import batches_in_order
@@ -75,17 +76,15 @@ def dump(run_dir, data_config, batch_size, accelerator, splits=None):
     splits = splits or {split: load_images(data_config, split, lazy=True) for split in SPLITS}
     for data in splits.values():
         tokenizer.check_images(data.images.shape[1:], data_config.dataset)
-    maps_dir = Path(run_dir) / "maps"
-    results, writers, stats_of = {}, {}, {}
+    meta = tokenizer.map_metadata(data_config.dataset, splits["train"].class_names)
+    counts = {split: len(data) for split, data in splits.items()}
+    results = {}
     # Every file of both splits is renamed into place only once both are complete (a failure leaves the old maps
     # whole), and meta.json, naming their SHA-256, is written after them.
-    with contextlib.ExitStack() as files:
+    with writing_maps(Path(run_dir) / MAPS_FOLDER, meta, counts) if accelerator.is_main_process \
+            else contextlib.nullcontext({}) as writers:
         for split, data in splits.items():
-            writer = None
-            if accelerator.is_main_process:
-                writer = files.enter_context(IndexMapWriter(maps_dir, split, len(data), tokenizer.token_shape,
-                                                            tokenizer.codebook_size,
-                                                            tokenizer.level_shapes.get("top")))
+            writer = writers.get(split)
             started = time.perf_counter()
             counts, squared_error = encode_split(tokenizer, data, batch_size, split == "test", f"dump {split}", writer,
                                                  accelerator)
@@ -95,9 +94,7 @@ def dump(run_dir, data_config, batch_size, accelerator, splits=None):
             if split == "test":
                 stats["mse"] = squared_error / max(1, data.images.numel())
                 stats["psnr"] = psnr(stats["mse"])
-            writers[split], stats_of[split] = writer, stats
+            if writer is not None:
+                writer.details.update(stats)
             results[split] = {k: v for k, v in stats.items() if not k.endswith("usage_histogram")}
-    if accelerator.is_main_process:
-        record_index_maps(maps_dir, {split: writer.entry(stats_of[split]) for split, writer in writers.items()},
-                          tokenizer.map_metadata(data_config.dataset, splits["train"].class_names))
     return tokenizer, results

@@ -2,10 +2,10 @@
 own, and VQGAN's adversarial loss on top (Esser et al. 2021, "Taming Transformers for High-Resolution Image
 Synthesis"): hinge losses against a patch discriminator (tokenizer/discriminator.py) and the adaptive weight that
 scales the adversarial gradient to the reconstruction gradient at the decoder's last layer. The adversarial loss is
-off by default (--adversarial-weight 0).
+off by default (adversarial_weight 0).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -59,26 +59,21 @@ def adaptive_weight(reconstruction, adversarial, last_layer, max_weight=1e4):
 
 @dataclass
 class TokenizerLossConfig:
-    reconstruction_loss: str = field(default="l2", metadata={
-        "help": "pixel loss: l2 (squared error, the VQ-VAE paper's) or l1 (absolute error, VQGAN's)",
-        "choices": RECONSTRUCTION_LOSSES})
-    adversarial_weight: float = field(default=0.0, metadata={
-        "help": "weight of VQGAN's adversarial loss, times the adaptive weight (0: off; VQGAN uses 0.8)"})
-    discriminator_start: int = field(default=0, metadata={
-        "help": "training step from which the discriminator trains and its loss reaches the tokenizer"})
-    discriminator_channels: int = field(default=64, metadata={"help": "width of the discriminator's first layer"})
-    discriminator_layers: int = field(default=0, metadata={
-        "help": "stride-2 layers of the patch discriminator (0: sized to the image, 1 to 3)"})
+    reconstruction_loss: str = "l2"
+    adversarial_weight: float = 0.0
+    discriminator_start: int = 0
+    discriminator_channels: int = 64
+    discriminator_layers: int = 0
 
     def __post_init__(self):
         if self.reconstruction_loss not in RECONSTRUCTION_LOSSES:
-            raise ValueError(f"--reconstruction-loss must be l1 or l2, not {self.reconstruction_loss!r}")
+            raise ValueError(f"`reconstruction_loss` must be l1 or l2, not {self.reconstruction_loss!r}")
         if not self.adversarial_weight >= 0:
-            raise ValueError(f"--adversarial-weight must be >= 0, not {self.adversarial_weight}")
+            raise ValueError(f"`adversarial_weight` must be >= 0, not {self.adversarial_weight}")
         if self.discriminator_start < 0:
-            raise ValueError(f"--discriminator-start must be >= 0, not {self.discriminator_start}")
+            raise ValueError(f"`discriminator_start` must be >= 0, not {self.discriminator_start}")
         if self.discriminator_channels < 1 or self.discriminator_layers < 0:
-            raise ValueError("--discriminator-channels must be positive and --discriminator-layers >= 0")
+            raise ValueError("`discriminator_channels` must be positive and `discriminator_layers` >= 0")
 
     @property
     def adversarial(self):

@@ -3,14 +3,14 @@ stride-2 convolutions down (two by default: 28x28 -> 7x7, 32x32 -> 8x8; three or
 smaller, as VQGAN's encoders go), 3x3 residual blocks, a quantizer (any of the family in tokenizer/quantizers.py),
 and the mirror image up. Outputs pass through a sigmoid, so decoded images lie in [0, 1].
 
-With --hierarchy 2, the two-level VQ-VAE-2 of Razavi et al. 2019 ("Generating Diverse High-Fidelity Images with
+With hierarchy 2, the two-level VQ-VAE-2 of Razavi et al. 2019 ("Generating Diverse High-Fidelity Images with
 VQ-VAE-2", as rosinality/vq-vae-2-pytorch builds it): a top encoder halves the bottom features again (7x7 -> 4x4,
 8x8 -> 4x4); the top is quantized first, decoded, upsampled and joined to the bottom features before the bottom is
 quantized; the decoder takes both quantized maps.
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -90,92 +90,67 @@ class Decoder(nn.Module):
 
 @dataclass
 class TokenizerConfig:
-    image_channels: int = field(default=1, metadata={"help": "channels of the input images: 1 (grey) or 3 (RGB)"})
-    image_size: int = field(default=28, metadata={
-        "help": "height and width of the images; must be divisible by the downsampling factor"})
-    downsample: int = field(default=4, metadata={
-        "help": "how much smaller the token grid is than the image, per side: 4, 8 or 16 (2, 3 or 4 stride-2 "
-                "stages); 28x28 at 4 is a 7x7 grid, 64x64 at 8 an 8x8 grid", "choices": DOWNSAMPLE_FACTORS})
-    hidden_channels: int = field(default=64, metadata={
-        "help": "width of the encoder and decoder convolutions at the lowest resolution"})
-    stage_channels: str = field(default="", metadata={
-        "help": "comma-separated widths of the stride-2 stages, highest resolution first, one per stage (default: "
-                "half of --hidden-channels, then --hidden-channels for every further stage)"})
-    stage_residual_blocks: int = field(default=0, metadata={
-        "help": "residual blocks at each resolution above the lowest, in the encoder and in the decoder"})
-    residual_channels: int = field(default=32, metadata={"help": "bottleneck width inside each residual block"})
-    num_residual_blocks: int = field(default=2, metadata={
-        "help": "residual blocks at the lowest resolution, in the encoder and in the decoder"})
-    latent_dim: int = field(default=64, metadata={"help": "channels of the encoder output z"})
-    hierarchy: int = field(default=1, metadata={
-        "help": "levels of codes: 1, one map; 2, VQ-VAE-2's top map (half the grid again) and bottom map",
-        "choices": (1, 2)})
-    quantizer: str = field(default="vq", metadata={
-        "help": "vq (nearest code), residual (--depth chained codebooks), simvq (frozen basis x learned map), "
-                "fsq (rounded scalars, --fsq-levels), binary (signs of log2(K) dimensions)", "choices": QUANTIZERS})
-    codebook_size: int = field(default=512, metadata={
-        "help": "number of codes K per token; tokens lie in 0..K-1 (fsq: the product of --fsq-levels, set for you; "
-                "binary: a power of two)"})
-    depth: int = field(default=4, metadata={
-        "help": "residual only: codebooks in the chain, i.e. tokens per grid position (index maps gain this axis)"})
-    fsq_levels: str = field(default="8,5,5,5", metadata={
-        "help": "fsq only: comma-separated levels per dimension; 8,5,5,5 gives 1000 codes"})
-    estimator: str = field(default="ste", metadata={
-        "help": "gradient through the code lookup (vq, residual, simvq): ste (straight-through copy) or rotation "
-                "(the rotation trick of Fifty et al. 2024)", "choices": ESTIMATORS})
-    code_dim: int = field(default=0, metadata={
-        "help": "look codes up in a learned projection of z to this many dimensions (0: in z itself)"})
-    beta: float = field(default=0.25, metadata={"help": "weight of the commitment loss beta |z - sg[e]|^2"})
-    codebook_update: str = field(default="ema", metadata={
-        "help": "how codes learn: ema (moving averages of assigned vectors) or loss (codebook loss, optimizer)",
-        "choices": ["ema", "loss"]})
-    codebook_ema_decay: float = field(default=0.99, metadata={
-        "help": "decay of the EMA codebook statistics (with --codebook-update ema)"})
-    cosine: bool = field(default=False, metadata={"help": "l2-normalise codes and encoder outputs before the lookup"})
-    kmeans_init: bool = field(default=False, metadata={"help": "initialise the codebook by k-means on the first batch"})
-    dead_code_threshold: float = field(default=1.0, metadata={
-        "help": "restart a code whose EMA usage falls under this many vectors per batch (0: never)"})
-    entropy_weight: float = field(default=0.0, metadata={
-        "help": "fsq and binary: weight of the entropy penalty of lookup-free quantization, which spreads the "
-                "tokens over all codes (0: none)"})
+    image_channels: int = 1  # 1 (grey) or 3 (RGB)
+    image_size: int = 28
+    downsample: int = 4  # the grid is this much smaller per side: 28x28 images -> 7x7 tokens, the paper's ratio
+    hidden_channels: int = 64  # at the lowest resolution, where the residual blocks work
+    stage_channels: str = ""  # widths of the stride-2 stages, comma-separated; "": half, then all of hidden_channels
+    stage_residual_blocks: int = 0  # blocks above the lowest resolution: VQGAN's deeper encoders for large images
+    residual_channels: int = 32  # each residual block's bottleneck
+    num_residual_blocks: int = 2  # at the lowest resolution, as in the paper
+    latent_dim: int = 64  # the channels of z, which the quantizer reads
+    hierarchy: int = 1  # 2: VQ-VAE-2's top map (half the grid again) beside the bottom one
+    quantizer: str = "vq"  # one of QUANTIZERS (tokenizer/quantizers.py says what each does)
+    codebook_size: int = 512  # K: tokens lie in 0..K-1; fsq: set here to the product of its levels
+    depth: int = 4  # residual only: chained codebooks, so index maps gain a trailing axis of this size
+    fsq_levels: str = "8,5,5,5"  # fsq only: levels per dimension, 8 * 5 * 5 * 5 = 1000 codes
+    estimator: str = "ste"  # gradient through the lookup: straight-through, or the rotation trick (Fifty et al. 2024)
+    code_dim: int = 0  # look codes up in a learned projection of z this wide (0: in z itself)
+    beta: float = 0.25  # commitment weight, the paper's
+    codebook_update: str = "ema"  # ema (the paper's appendix: moving averages, no codebook gradient) or loss
+    codebook_ema_decay: float = 0.99
+    cosine: bool = False  # l2-normalised codes and inputs: the lookup by angle, as ViT-VQGAN's
+    kmeans_init: bool = False  # codes start at k-means centres of the first batch rather than at random
+    dead_code_threshold: float = 1.0  # restart a code used by fewer vectors a batch (EMA); 0: never
+    entropy_weight: float = 0.0  # fsq and binary: lookup-free quantization's entropy penalty, spreads the tokens
 
     # Fields renamed since older config.json files were written: {former name: name now}.
     FORMER_NAMES = {"ema_decay": "codebook_ema_decay"}
 
     def __post_init__(self):
         if self.image_channels not in (1, 3):
-            raise ValueError(f"image_channels must be 1 or 3, not {self.image_channels}")
+            raise ValueError(f"`image_channels` must be 1 or 3, not {self.image_channels}")
         if self.downsample not in DOWNSAMPLE_FACTORS:
-            raise ValueError(f"--downsample must be one of {', '.join(map(str, DOWNSAMPLE_FACTORS))}, "
+            raise ValueError(f"`downsample` must be one of {', '.join(map(str, DOWNSAMPLE_FACTORS))}, "
                              f"not {self.downsample}")
         if self.image_size <= 0 or self.image_size % self.downsample:
             multiple = max(self.downsample, round(max(self.image_size, 1) / self.downsample) * self.downsample)
             raise ValueError(f"an image size of {self.image_size} is not divisible by the downsampling factor "
-                             f"{self.downsample}: pass --image-size {multiple} (or another multiple of "
-                             f"{self.downsample}) or another --downsample")
+                             f"{self.downsample}: pass `image_size` {multiple} (or another multiple of "
+                             f"{self.downsample}) or another `downsample`")
         if self.hierarchy not in (1, 2):
-            raise ValueError(f"--hierarchy must be 1 or 2, not {self.hierarchy}")
+            raise ValueError(f"`hierarchy` must be 1 or 2, not {self.hierarchy}")
         if self.stage_residual_blocks < 0:
-            raise ValueError(f"--stage-residual-blocks must be >= 0, not {self.stage_residual_blocks}")
+            raise ValueError(f"`stage_residual_blocks` must be >= 0, not {self.stage_residual_blocks}")
         if len(self.widths) != self.stages or min(self.widths) < 1:
-            raise ValueError(f"--stage-channels must be {self.stages} positive widths (one per stride-2 stage of "
-                             f"--downsample {self.downsample}), not {self.stage_channels!r}")
+            raise ValueError(f"`stage_channels` must be {self.stages} positive widths (one per stride-2 stage of "
+                             f"`downsample` {self.downsample}), not {self.stage_channels!r}")
         if self.codebook_size < 2:
-            raise ValueError(f"codebook_size must be at least 2, not {self.codebook_size}")
+            raise ValueError(f"`codebook_size` must be at least 2, not {self.codebook_size}")
         if self.codebook_update not in ("ema", "loss"):
-            raise ValueError(f"codebook_update must be 'ema' or 'loss', not {self.codebook_update!r}")
+            raise ValueError(f"`codebook_update` must be 'ema' or 'loss', not {self.codebook_update!r}")
         if self.quantizer not in QUANTIZERS:
-            raise ValueError(f"quantizer must be one of {', '.join(QUANTIZERS)}, not {self.quantizer!r}")
+            raise ValueError(f"`quantizer` must be one of {', '.join(QUANTIZERS)}, not {self.quantizer!r}")
         if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, not {self.estimator!r}")
+            raise ValueError(f"`estimator` must be one of {', '.join(ESTIMATORS)}, not {self.estimator!r}")
         if self.quantizer in ("fsq", "binary") and self.estimator != "ste":
-            raise ValueError(f"the {self.quantizer} quantizer has no code to rotate onto: use --estimator ste")
+            raise ValueError(f"the {self.quantizer} quantizer has no code to rotate onto: use `estimator` ste")
         if self.entropy_weight < 0 or (self.entropy_weight and self.quantizer not in ("fsq", "binary")):
-            raise ValueError(f"--entropy-weight is for the fsq and binary quantizers and must be >= 0, "
+            raise ValueError(f"`entropy_weight` is for the fsq and binary quantizers and must be >= 0, "
                              f"not {self.entropy_weight} with {self.quantizer}")
         if self.quantizer == "residual" and self.depth < 2:
-            raise ValueError(f"the residual quantizer needs --depth >= 2, not {self.depth}")
-        if self.quantizer == "fsq":
+            raise ValueError(f"the residual quantizer needs `depth` >= 2, not {self.depth}")
+        if self.quantizer == "fsq":  # its codes are the grid of levels, whatever size was asked for
             self.codebook_size = math.prod(self.levels)
         if self.quantizer == "binary" and 2 ** round(math.log2(self.codebook_size)) != self.codebook_size:
             raise ValueError(f"the binary quantizer needs a power-of-two codebook size, not {self.codebook_size}")
@@ -206,13 +181,13 @@ class TokenizerConfig:
 
     @property
     def levels(self):
-        """--fsq-levels as a list of ints."""
+        """fsq_levels as a list of ints."""
         try:
             levels = [int(level) for level in self.fsq_levels.split(",")]
         except ValueError:
             levels = []
         if not levels or min(levels) < 2:
-            raise ValueError(f"--fsq-levels must be comma-separated integers >= 2, not {self.fsq_levels!r}")
+            raise ValueError(f"`fsq_levels` must be comma-separated integers >= 2, not {self.fsq_levels!r}")
         return levels
 
     @property

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from store.hub import run_folder
+from store.index_maps import MapsMeta, check_token_range
 from store.runs import file_sha256, load_run_model, tokenizer_run_of, weights_file
 from tokenizer.model import build_tokenizer_model
 from tokenizer.run import TokenizerRun
@@ -121,9 +122,7 @@ class Tokenizer:
             raise ValueError(f"{name} must be an integer tensor, not {tokens.dtype}")
         if tokens.ndim != 1 + len(shape) or tuple(tokens.shape[1:]) != shape:
             raise ValueError(f"{name} must have shape (batch, {', '.join(map(str, shape))}), not {tuple(tokens.shape)}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.codebook_size):
-            raise ValueError(f"{name} must lie in 0..{self.codebook_size - 1}, "
-                             f"found {int(tokens.min())}..{int(tokens.max())}")
+        check_token_range(name, tokens, self.codebook_size)
         return tokens.to(self.device, torch.long)
 
     def reconstruct(self, images: torch.Tensor) -> tuple:
@@ -144,13 +143,13 @@ class Tokenizer:
                              f"{self.image_shape}")
 
     def map_metadata(self, dataset, class_names):
-        """What meta.json records of the maps this tokenizer makes of a data set."""
-        levels = {} if self.hierarchy == 1 else {"levels": 2, "top_grid_height": self.config.top_grid_size,
-                                                  "top_grid_width": self.config.top_grid_size,
-                                                  "top_codebook_size": self.codebook_size}
-        return {"codebook_size": self.codebook_size, "grid_height": self.grid_shape[0],
-                "grid_width": self.grid_shape[1], "depth": self.config.token_depth, **levels,
-                "quantizer": self.config.quantizer, "dataset": dataset, "class_names": class_names,
-                "weights_sha256": self.weights_sha256,
-                # the run by its folder's name (the hash above identifies it): no folder of this machine in it
-                "tokenizer_run": self.run_dir.resolve().name if self.run_dir else None}
+        """What meta.json records of the maps this tokenizer makes of a data set (MapsMeta, its splits to come)."""
+        two_levels = self.hierarchy == 2
+        top = self.config.top_grid_size if two_levels else None
+        return MapsMeta(codebook_size=self.codebook_size, grid_height=self.grid_shape[0], grid_width=self.grid_shape[1],
+                        weights_sha256=self.weights_sha256, depth=self.config.token_depth, levels=self.hierarchy,
+                        top_grid_height=top, top_grid_width=top,
+                        top_codebook_size=self.codebook_size if two_levels else None,
+                        quantizer=self.config.quantizer, dataset=dataset, class_names=class_names,
+                        # the run by its folder's name (the hash identifies it): no folder of this machine in it
+                        tokenizer_run=self.run_dir.resolve().name if self.run_dir else None)

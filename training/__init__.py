@@ -1,8 +1,10 @@
 """The one training loop both stages use (accelerate places the work; resume, progress, metrics, weight average),
 and batch work shared across processes in order (shards)."""
 
-from training.loop import (MAX_SEED, EpochPermutation, TrainConfig, WeightAverage, check_one_batch, check_seed,
-                           learning_rate_at, make_accelerator, mean_items_per_s, train)
+from training.config import MAX_SEED, TrainConfig, check_seed, learning_rate_at, make_accelerator
+from training.loop import EpochPermutation, check_one_batch, train
+from training.metrics import mean_items_per_s
+from training.state import WeightAverage
 from training.runs import decided_by_main, finish_run, open_run_dir
 from training.shards import batches_in_order
 
