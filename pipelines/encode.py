@@ -89,11 +89,11 @@ def main(argv=None):
             source={"images": path_from(out, images_path) if folder_source else args.images,
                     "data": dataclasses.asdict(data_config), "batch_size": args.batch_size},
             sequences=None if layout is None else layout.describe())
-        counts = {name: len(data) for name, data in splits.items()}
+        sizes = {name: len(data) for name, data in splits.items()}
         extra = None if layout is None else {"sequences": (layout.dtype, (layout.length,))}
         started = time.perf_counter()
         with staged_folder(out, args.overwrite) if main_process else contextlib.nullcontext() as folder, \
-                writing_maps(folder, meta, counts, extra) if main_process else contextlib.nullcontext({}) as writers:
+                writing_maps(folder, meta, sizes, extra) if main_process else contextlib.nullcontext({}) as writers:
             for name, data in splits.items():
                 writer = writers.get(name)
                 sink = writer if layout is None or writer is None else SequenceWriter(writer, layout)

@@ -191,10 +191,12 @@ class IndexMapWriter:
 
 def record_index_maps(directory, entries, meta):
     """Write meta.json (last, after the files it describes): meta (a MapsMeta) with each split's entry {split:
-    entry} added to the splits a meta.json there names already."""
-    meta_path = Path(directory) / META_FILE
-    splits = read_maps_meta(directory).splits if meta_path.exists() else {}
-    write_json(meta_path, asdict(replace(meta, splits={**splits, **meta.splits, **entries})))
+    entry} added to the splits a meta.json there names already (one that cannot be read is replaced whole)."""
+    try:
+        splits = read_maps_meta(directory).splits
+    except ValueError:
+        splits = {}
+    write_json(Path(directory) / META_FILE, asdict(replace(meta, splits={**splits, **meta.splits, **entries})))
 
 
 @contextlib.contextmanager

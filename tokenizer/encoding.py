@@ -77,11 +77,11 @@ def dump(run_dir, data_config, batch_size, accelerator, splits=None):
     for data in splits.values():
         tokenizer.check_images(data.images.shape[1:], data_config.dataset)
     meta = tokenizer.map_metadata(data_config.dataset, splits["train"].class_names)
-    counts = {split: len(data) for split, data in splits.items()}
+    sizes = {split: len(data) for split, data in splits.items()}
     results = {}
     # Every file of both splits is renamed into place only once both are complete (a failure leaves the old maps
     # whole), and meta.json, naming their SHA-256, is written after them.
-    with writing_maps(Path(run_dir) / MAPS_FOLDER, meta, counts) if accelerator.is_main_process \
+    with writing_maps(Path(run_dir) / MAPS_FOLDER, meta, sizes) if accelerator.is_main_process \
             else contextlib.nullcontext({}) as writers:
         for split, data in splits.items():
             writer = writers.get(split)
