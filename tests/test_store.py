@@ -182,6 +182,11 @@ def test_index_maps_round_trip_memory_mapped_with_their_metadata_and_hashes(tmp_
     np.save(tmp_path / "test_maps.npy", (maps + 1).astype(np.uint16))
     with pytest.raises(ValueError, match="does not match its recorded SHA-256"):
         read_index_maps(tmp_path, "test")
+    (tmp_path / "meta.json").write_text("{not json")  # a damaged meta.json: refused when read, replaced when written
+    with pytest.raises(ValueError, match="meta.json is not valid JSON"):
+        read_index_maps(tmp_path, "valid")
+    write_index_maps(tmp_path, "valid", maps[:2], labels[:2], meta)
+    assert set(read_maps_meta(tmp_path).splits) == {"valid"}
 
 
 # -------------------------------------------------------------------------------------------------------- images
