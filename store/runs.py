@@ -15,10 +15,10 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import sys
-import tempfile
 import time
 import typing
 from pathlib import Path
@@ -94,8 +94,11 @@ def process_alive(pid):
     return True
 
 
-def _temporary_name(path):
-    return {"prefix": f".{Path(path).name}.{owner_tag()}-", "suffix": ".tmp", "dir": Path(path).parent}
+def _staging_path(path):
+    """A new staging name beside path, .NAME.<host>-<pid>-<random>.tmp, not made yet: a writer makes it inside the
+    block that removes it, so that a Ctrl-C landing just after the entry is made (tempfile's mkstemp and mkdtemp
+    return its name only a few steps later) still finds it to remove."""
+    return Path(path).parent / f".{Path(path).name}.{owner_tag()}-{secrets.token_hex(4)}.tmp"
 
 
 def remove_orphans(folder):
@@ -173,12 +176,11 @@ def atomic_path(path, size=None):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_orphans(path.parent)
-    tmp = None
+    tmp = str(_staging_path(path))
     try:
-        fd, tmp = tempfile.mkstemp(**_temporary_name(path))
-        os.close(fd)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         yield tmp
-        # mkstemp makes 0600 files (and a writer may have replaced the file); the finished file gets the mode an
+        # The staging file is made 0600 (and a writer may have replaced the file); the finished file gets the mode an
         # ordinary open() would give it.
         os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
@@ -190,7 +192,7 @@ def atomic_path(path, size=None):
             raise
         raise no_room(error.errno, path, size, left=f"{path.name} was left as it was") from None
     finally:
-        if tmp is not None and os.path.exists(tmp):
+        if os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -417,9 +419,9 @@ def staged_folder(path, overwrite=False, exists="pass `overwrite`, or another `o
     refuse_existing(path, overwrite, exists)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_orphans(path.parent)
-    staging = Path(tempfile.mkdtemp(**_temporary_name(path)))
+    staging = _staging_path(path)
     try:
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+        os.mkdir(staging, 0o777 & ~_umask())
         yield staging
         refuse_existing(path, overwrite, exists)
         if path.exists():

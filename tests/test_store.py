@@ -45,6 +45,28 @@ def _umask():
     return mask
 
 
+@pytest.mark.parametrize("writer", ["staged_folder", "atomic_path"])
+def test_a_ctrl_c_just_after_the_staging_entry_is_made_leaves_nothing(tmp_path, monkeypatch, writer):
+    """A Ctrl-C is raised at the first Python step after a system call returns, which can be the step right after
+    the staging entry was made: the writer must know its name by then, and remove it."""
+    import store.runs
+
+    made = os.mkdir if writer == "staged_folder" else os.open
+
+    def then_interrupted(path, *args, **kwargs):
+        result = made(path, *args, **kwargs)
+        if writer == "atomic_path":
+            os.close(result)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store.runs.os, "mkdir" if writer == "staged_folder" else "open", then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with getattr(store.runs, writer)(tmp_path / "out"):
+            pass
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_staged_folder_appears_whole_or_not_at_all(tmp_path):
     out = tmp_path / "samples"
     with pytest.raises(RuntimeError):
