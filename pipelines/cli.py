@@ -88,14 +88,14 @@ def add_config_flags(parser, config_cls, title, skip=(), only=None, defaults=Non
         if f.name in skip or (only is not None and f.name not in only):
             continue
         flag = "--" + f.name.replace("_", "-")
-        help_text = HELP[config_cls][f.name]
+        help_text = HELP[config_cls.__name__][f.name]
         kind = hints[f.name]
         default = defaults.get(f.name, f.default)
         if kind is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
                                help=help_text)
         else:
-            choices = CHOICES.get(config_cls, {}).get(f.name)
+            choices = CHOICES.get(config_cls.__name__, {}).get(f.name)
             group.add_argument(flag, dest=f.name, type=kind, default=default, choices=choices,
                                help=f"{help_text} (default: {default})")
     return group

@@ -1,18 +1,16 @@
 """The help of every config field that a command offers as a flag, and the values a flag takes where they are a
 closed list: what a user reads in --help lives here with the flags (pipelines.cli.add_config_flags reads it),
-and the config dataclasses of the libraries stay code."""
+and the config dataclasses of the libraries stay code. Keyed by the config class's name, so that every command
+does not import every library (evaluation's, with its plotting, costs seconds at each start)."""
 
-from evaluation.classifier import ClassifierConfig
-from evaluation.reference import ClassifierTrainConfig
-from prior.model import ARCHS, PriorConfig
-from store.images import DataConfig
-from tokenizer.losses import RECONSTRUCTION_LOSSES, TokenizerLossConfig
-from tokenizer.model import DOWNSAMPLE_FACTORS, QUANTIZERS, TokenizerConfig
+from prior.model import ARCHS
+from tokenizer.losses import RECONSTRUCTION_LOSSES
+from tokenizer.model import DOWNSAMPLE_FACTORS, QUANTIZERS
 from tokenizer.quantizers import ESTIMATORS
-from training.config import TRACKERS, TrainConfig
+from training.config import TRACKERS
 
 HELP = {
-    DataConfig: {
+    "DataConfig": {
         "dataset": "fashion-mnist (Debian's files, offline), mnist or cifar10 (downloaded to --data-dir), or "
                    "folder:PATH (any folder of images; every tenth file, sorted by path, is the test split)",
         "data_dir": "where mnist and cifar10 are downloaded to, and fashion-mnist when --fashion-mnist-dir does not "
@@ -25,7 +23,7 @@ HELP = {
                                 "torchvision's mirror); the files are checked against torchvision's MD5 sums "
                                 "whatever the address",
     },
-    TrainConfig: {
+    "TrainConfig": {
         "epochs": "passes over the training split",
         "batch_size": "images (or grids) per step, per process",
         "learning_rate": "peak learning rate of AdamW",
@@ -47,7 +45,7 @@ HELP = {
                             "beside the raw weights as model_ema.safetensors and used from then on (evaluation, "
                             "sampling, encoding) (0: none)",
     },
-    TokenizerConfig: {
+    "TokenizerConfig": {
         "image_channels": "channels of the input images: 1 (grey) or 3 (RGB)",
         "image_size": "height and width of the images; must be divisible by the downsampling factor",
         "downsample": "how much smaller the token grid is than the image, per side: 4, 8 or 16 (2, 3 or 4 stride-2 "
@@ -80,14 +78,14 @@ HELP = {
         "entropy_weight": "fsq and binary: weight of the entropy penalty of lookup-free quantization, which spreads "
                           "the tokens over all codes (0: none)",
     },
-    TokenizerLossConfig: {
+    "TokenizerLossConfig": {
         "reconstruction_loss": "pixel loss: l2 (squared error, the VQ-VAE paper's) or l1 (absolute error, VQGAN's)",
         "adversarial_weight": "weight of VQGAN's adversarial loss, times the adaptive weight (0: off; VQGAN uses 0.8)",
         "discriminator_start": "training step from which the discriminator trains and its loss reaches the tokenizer",
         "discriminator_channels": "width of the discriminator's first layer",
         "discriminator_layers": "stride-2 layers of the patch discriminator (0: sized to the image, 1 to 3)",
     },
-    PriorConfig: {
+    "PriorConfig": {
         "arch": "body of the prior: 'gated' (Gated PixelCNN, no blind spot), 'pixelcnn' (original, blind spot) or "
                 "'pixelsnail' (pixelcnn with causal self-attention blocks between its residual blocks)",
         "codebook_size": "number of distinct tokens, the tokenizer's codebook size; the prior predicts one of these",
@@ -108,14 +106,14 @@ HELP = {
         "condition_height": "rows of the token map conditioned on",
         "condition_width": "columns of the token map conditioned on",
     },
-    ClassifierConfig: {
+    "ClassifierConfig": {
         "image_channels": "channels of the images: 1 or 3",
         "image_size": "height and width of the images, a multiple of 4",
         "num_classes": "classes of the data set",
         "width": "channels of the first block; the next two have 2x and 4x",
         "feature_dim": "dimensions of the penultimate features",
     },
-    ClassifierTrainConfig: {
+    "ClassifierTrainConfig": {
         "classifier_epochs": "passes over the training split when the reference classifier is first trained",
         "classifier_batch_size": "images per step of the classifier",
         "classifier_learning_rate": "peak learning rate of AdamW (one-cycle schedule) for the classifier",
@@ -124,9 +122,9 @@ HELP = {
 }
 
 CHOICES = {
-    TrainConfig: {"mixed_precision": ["no", "fp16", "bf16", "auto"], "log_with": ["none", *TRACKERS]},
-    TokenizerConfig: {"downsample": DOWNSAMPLE_FACTORS, "hierarchy": (1, 2), "quantizer": QUANTIZERS,
-                      "estimator": ESTIMATORS, "codebook_update": ["ema", "loss"]},
-    TokenizerLossConfig: {"reconstruction_loss": RECONSTRUCTION_LOSSES},
-    PriorConfig: {"arch": ARCHS},
+    "TrainConfig": {"mixed_precision": ["no", "fp16", "bf16", "auto"], "log_with": ["none", *TRACKERS]},
+    "TokenizerConfig": {"downsample": DOWNSAMPLE_FACTORS, "hierarchy": (1, 2), "quantizer": QUANTIZERS,
+                        "estimator": ESTIMATORS, "codebook_update": ["ema", "loss"]},
+    "TokenizerLossConfig": {"reconstruction_loss": RECONSTRUCTION_LOSSES},
+    "PriorConfig": {"arch": ARCHS},
 }

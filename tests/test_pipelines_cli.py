@@ -107,13 +107,24 @@ def test_every_config_flag_has_one_line_help_and_the_libraries_name_no_flag():
     import re
     from pathlib import Path
 
+    from evaluation.classifier import ClassifierConfig
+    from evaluation.reference import ClassifierTrainConfig
     from pipelines.flag_help import CHOICES, HELP
+    from prior import PriorConfig
+    from store.images import DataConfig
+    from tokenizer.losses import TokenizerLossConfig
+    from tokenizer.model import TokenizerConfig
+    from training import TrainConfig
 
-    for config, texts in HELP.items():
+    configs = [DataConfig, TrainConfig, TokenizerConfig, TokenizerLossConfig, PriorConfig, ClassifierConfig,
+               ClassifierTrainConfig]
+    assert set(HELP) == {config.__name__ for config in configs} and set(CHOICES) <= set(HELP)
+    for config in configs:
+        texts = HELP[config.__name__]
         assert set(texts) == {f.name for f in dataclasses.fields(config)}, config.__name__
         assert all(text and "\n" not in text for text in texts.values()), config.__name__
-        assert set(CHOICES.get(config, {})) <= set(texts)
-    assert "gated" in HELP[fit_prior.PriorConfig]["arch"] and "pixelcnn" in HELP[fit_prior.PriorConfig]["arch"]
+        assert set(CHOICES.get(config.__name__, {})) <= set(texts)
+    assert "gated" in HELP["PriorConfig"]["arch"] and "pixelcnn" in HELP["PriorConfig"]["arch"]
     root = Path(__file__).resolve().parent.parent
     named = [f"{path.relative_to(root)}:{number}" for package in ("store", "training", "tokenizer", "prior",
                                                                     "generation", "evaluation")
