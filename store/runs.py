@@ -17,8 +17,10 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 import typing
 from pathlib import Path
@@ -258,9 +260,31 @@ def load_tensors(path):
     if not path.exists():
         raise ValueError(f"weights file {path} is missing")
     try:
-        return load_file(path)
+        with ctrl_c_deferred():
+            return load_file(path)
     except (SafetensorError, OSError, ValueError) as error:
         raise ValueError(f"weights file {path} is not a readable safetensors file ({error})") from None
+
+
+@contextlib.contextmanager
+def ctrl_c_deferred():
+    """Ctrl-C held back while the block runs and acted on as soon as it ends (by the SIGINT handler that was there:
+    Python's raises KeyboardInterrupt): for a library call that turns an interrupt into an error of its own (torch
+    reports a safetensors read interrupted by Ctrl-C as "could not determine the shape of object type ...").
+    Python handles signals in the main thread only; elsewhere, or where SIGINT is ignored, the block runs as it
+    is."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None):
+        yield
+        return
+    caught = []
+    held = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, held)
+        if caught:
+            signal.raise_signal(signal.SIGINT)
 
 
 def weights_file(run_dir, weights=None):

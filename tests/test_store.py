@@ -45,6 +45,32 @@ def _umask():
     return mask
 
 
+def test_a_ctrl_c_while_weights_are_read_is_an_interrupt_not_a_broken_file(tmp_path, monkeypatch):
+    """torch turns a Ctrl-C that lands inside a safetensors read into an error of its own ("could not determine the
+    shape of object type ..."), which would read as a damaged weights file: load_tensors holds Ctrl-C back while it
+    reads and acts on it after."""
+    import signal
+
+    import store.runs
+
+    path = tmp_path / "model.safetensors"
+    store.runs.save_tensors(path, {"w": torch.zeros(2)})
+
+    def read_as_torch_does(file):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, in the middle of the read
+            time.sleep(0.05)
+        except KeyboardInterrupt:
+            raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'") from None
+        return {"w": torch.zeros(2)}
+
+    monkeypatch.setattr(store.runs, "load_file", read_as_torch_does)
+    with pytest.raises(KeyboardInterrupt):
+        store.runs.load_tensors(path)
+    monkeypatch.undo()
+    assert torch.equal(store.runs.load_tensors(path)["w"], torch.zeros(2))  # and the next read is as ever
+
+
 @pytest.mark.parametrize("writer", ["staged_folder", "atomic_path"])
 def test_a_ctrl_c_just_after_the_staging_entry_is_made_leaves_nothing(tmp_path, monkeypatch, writer):
     """A Ctrl-C is raised at the first Python step after a system call returns, which can be the step right after
