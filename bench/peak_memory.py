@@ -21,7 +21,7 @@ from pipelines import cli
 def main():
     out, module_name, *argv = sys.argv[1:]
     command = importlib.import_module(module_name)
-    cli.run(lambda: command.main(argv), command.build_parser())
+    cli.run(lambda: command.main(argv), command.build_parser)
     if os.environ.get("RANK", "0") == "0":
         peak = {"gpu_max_memory_allocated_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available()
                 else None, "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}

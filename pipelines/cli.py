@@ -261,16 +261,16 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def run(main, parser=None):
+def run(main, build_parser=None):
     """Call main(); a ValueError or OSError from bad input, or memory that ran out, becomes one line on stderr and
-    exit status 2, in the command's words (in_flags: parser, the command's own, names its flags). Under torchrun the
-    process group is ended on the way out, whatever happened: after work that went well, once every process has
-    finished its own (end_processes)."""
+    exit status 2, in the command's words (in_flags: the parser build_parser() makes, only then, names the command's
+    flags). Under torchrun the process group is ended on the way out, whatever happened: after work that went well,
+    once every process has finished its own (end_processes)."""
     try:
         main()
         end_processes(finished=True)
     except (ValueError, OSError) as error:
-        fail(in_flags(one_line(error) or type(error).__name__, parser))
+        fail(in_flags(one_line(error) or type(error).__name__, build_parser and build_parser()))
     except (MemoryError, RuntimeError) as error:
         if not ran_out_of_memory(error):
             raise

@@ -173,4 +173,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run(main, build_parser())
+    cli.run(main, build_parser)

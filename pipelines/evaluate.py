@@ -117,4 +117,4 @@ def summary(f):
 
 
 if __name__ == "__main__":
-    cli.run(main, build_parser())
+    cli.run(main, build_parser)

@@ -110,4 +110,4 @@ def train_prior(run, run_dir, train_maps, test_maps, accelerator, resume):
 
 
 if __name__ == "__main__":
-    cli.run(main, build_parser())
+    cli.run(main, build_parser)

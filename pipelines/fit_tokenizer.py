@@ -118,4 +118,4 @@ def dump_again(run_dir, batch_size=None):
 
 
 if __name__ == "__main__":
-    cli.run(main, build_parser())
+    cli.run(main, build_parser)

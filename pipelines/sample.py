@@ -168,4 +168,4 @@ def write_batch(folder, writer, start, tokens, images, labels):
 
 
 if __name__ == "__main__":
-    cli.run(main, build_parser())
+    cli.run(main, build_parser)

@@ -29,11 +29,14 @@ def smallest_uint_dtype(codebook_size):
 def check_token_range(name, tokens, codebook_size, first=0):
     """The one token-range check: a one-line ValueError when tokens (a numpy array or a torch tensor) hold a value
     outside first..first + codebook_size - 1 (the codebook's ids, shifted by first where a format offsets them)."""
-    if tokens.size if isinstance(tokens, np.ndarray) else tokens.numel():
-        low, high = int(tokens.min()), int(tokens.max())
-        if low < first or high >= first + codebook_size:
-            raise ValueError(f"{name} hold tokens {low}..{high}, outside the codebook's "
-                             f"{first}..{first + codebook_size - 1}")
+    if not (tokens.size if isinstance(tokens, np.ndarray) else tokens.numel()):
+        return
+    high = int(tokens.max())
+    # Unsigned tokens from 0 cannot fall short: one pass over them (memory-mapped maps are read from disk).
+    unsigned_from_zero = first == 0 and isinstance(tokens, np.ndarray) and tokens.dtype.kind == "u"
+    if high >= first + codebook_size or not unsigned_from_zero and int(tokens.min()) < first:
+        raise ValueError(f"{name} hold tokens {int(tokens.min())}..{high}, outside the codebook's "
+                         f"{first}..{first + codebook_size - 1}")
 
 
 @dataclass

@@ -188,7 +188,7 @@ def run_in_process(main, args, capsys):
 
     capsys.readouterr()
     try:
-        cli.run(lambda: main(args), sys.modules[main.__module__].build_parser())
+        cli.run(lambda: main(args), sys.modules[main.__module__].build_parser)
         status = 0
     except SystemExit as exit_:
         status = exit_.code

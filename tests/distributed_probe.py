@@ -30,7 +30,7 @@ def main():
         return model, metrics, averaged
 
     command.train = train_and_keep_weights
-    cli.run(lambda: command.main(argv), command.build_parser())
+    cli.run(lambda: command.main(argv), command.build_parser)
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ def test_a_library_error_reads_in_library_words_and_a_command_error_in_flags(tmp
     assert "--" not in str(library.value)
     with pytest.raises(SystemExit):
         cli.run(lambda: fit_tokenizer.main(["--image-size", "30", "--output-root", str(tmp_path)]),
-                fit_tokenizer.build_parser())
+                fit_tokenizer.build_parser)
     line = capsys.readouterr().err.strip()
     assert "pass --image-size 32" in line and "another --downsample" in line and "`" not in line
     assert not list(tmp_path.iterdir())  # refused before any run folder

@@ -218,6 +218,10 @@ def test_index_maps_round_trip_memory_mapped_with_their_metadata_and_hashes(tmp_
     assert set(read_maps_meta(tmp_path).splits) == {"test", "valid"}
     with pytest.raises(ValueError, match="hold tokens 300..300, outside the codebook's 0..299"):
         check_token_range("index maps", np.full((1, 2), 300), 300)
+    with pytest.raises(ValueError, match="hold tokens 5..300, outside the codebook's 0..299"):
+        check_token_range("index maps", np.array([5, 300], np.uint16), 300)
+    with pytest.raises(ValueError, match="hold tokens -1..3, outside the codebook's 0..299"):
+        check_token_range("index maps", torch.tensor([-1, 3]), 300)
     check_token_range("index maps", torch.tensor([[0, 299]]), 300)
     with pytest.raises(ValueError, match="hold tokens 0..4, outside the codebook's 5..9"):
         check_token_range("sequences", np.arange(5), 5, first=5)
