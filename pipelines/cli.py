@@ -11,6 +11,7 @@ import typing
 from pathlib import Path
 
 import torch
+import tqdm.std
 
 from pipelines.flag_help import CHOICES, HELP
 from prior.sampling import NO_LABEL, SCHEDULES, SETTINGS, SamplingConfig, check_first, describe_schedule
@@ -276,6 +277,7 @@ def run(main, build_parser=None):
             raise
         fail(f"out of memory ({one_line(error)[:200] or type(error).__name__}): lower --batch-size or the count")
     except KeyboardInterrupt:
+        close_progress_bars()
         sys.stderr.write("interrupted\n")
         sys.exit(130)
     finally:
@@ -317,5 +319,13 @@ def one_line(error):
 
 
 def fail(message):
+    close_progress_bars()
     sys.stderr.write(f"error: {message}\n")
     sys.exit(2)
+
+
+def close_progress_bars():
+    """Close the progress bars still drawn, so that the line that follows starts a line of its own: a loop left by
+    an error or a Ctrl-C leaves its bar open (drawn without a newline) until its frame is freed, after the message."""
+    for bar in list(tqdm.std.tqdm._instances):  # every live bar of every tqdm kind; tqdm.write reads the same set
+        bar.close()

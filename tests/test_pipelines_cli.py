@@ -79,6 +79,24 @@ def test_the_error_boundary_turns_user_errors_and_exhausted_memory_into_one_line
     assert exit_.value.code == status and len(lines) == 1 and lines[0].startswith("error: ")
 
 
+@pytest.mark.parametrize("error,status,message", [(KeyboardInterrupt(), 130, "interrupted"),
+                                                  (ValueError("a bad value"), 2, "error: a bad value")])
+def test_the_last_word_starts_a_line_of_its_own_while_a_progress_bar_is_drawn(error, status, message, capsys):
+    """A bar that the traceback still holds (a Ctrl-C landing while the bar is made, say) stays drawn, without a
+    newline, until the traceback is freed; the message must not follow it on the bar's line."""
+    from tqdm.auto import tqdm
+
+    def main():
+        bar = tqdm(total=8, desc="encode train", leave=False)
+        bar.update(1)  # drawn; this frame, which the traceback holds, holds the bar
+        raise error
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(main)
+    assert exit_.value.code == status
+    assert capsys.readouterr().err.strip().splitlines()[-1] == message
+
+
 def test_a_library_error_reads_in_library_words_and_a_command_error_in_flags(tmp_path, capsys):
     """The libraries name an argument as the code does (`image_size`); the commands say the flag that sets it
     (--image-size), through cli.in_flags alone, and a name that is no flag of the command stays a name."""
