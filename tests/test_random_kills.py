@@ -2,10 +2,10 @@
 
 Each command runs tiny on the CPU, first once without interruption (timed: its phases set the kill schedule, and its
 weights are the ones to reach), then as a chain: start, SIGKILL after a delay drawn from a seeded RNG over what is
-left of the run's lifetime (start-up included), `--resume`, kill again, ... until enough kills hit a live, unfinished
-run; then it runs to the end. After every kill no file in the run directory may be truncated or unreadable, and
-nothing but atomic_path's hidden `.NAME.XXXX.tmp` files (which no reader's pattern matches) may lie beside the real
-ones; the finished run holds no temporary file at all.
+left of the run's lifetime (start-up included; shortened once a run ends before its delay), `--resume`, kill again,
+... until enough kills hit a live, unfinished run; then it runs to the end. After every kill no file in the run
+directory may be truncated or unreadable, and nothing but atomic_path's hidden `.NAME.XXXX.tmp` files (which no
+reader's pattern matches) may lie beside the real ones; the finished run holds no temporary file at all.
 """
 
 import json
@@ -130,6 +130,11 @@ def lifetime_left(times, run_dir, total_steps):
     return start_up + training * (1 - done) + times["results.json"] - times["model.safetensors"]
 
 
+def pace_of(run_dir, started, predicted):
+    """How a finished run's life (from its start, time.time(), to its results.json) compares with the prediction."""
+    return ((run_dir / "results.json").stat().st_mtime - started) / predicted
+
+
 def kill_resume_finish(module, flags, stage_dir, env, total_steps, seed, tmp_path):
     """The uninterrupted run, then chains of killed and resumed runs, each finished in the end.
 
@@ -138,6 +143,9 @@ def kill_resume_finish(module, flags, stage_dir, env, total_steps, seed, tmp_pat
     times = timed_run(module, [*flags, "--run-name", whole.name], whole, env, tmp_path / f"{whole.name}.log")
     rng = np.random.default_rng(seed)
     kills, finished, live = [], [], 0
+    # Predicted lives are scaled by `pace`, which a run that ended before its delay ran out lowers to its own: the
+    # timed run may have met a busier machine than the chains do, and a kill drawn past a run's end ends its chain.
+    pace = 1.0
     for chain in range(MAX_CHAINS):
         run_dir = stage_dir / f"killed{chain}"
         names = {whole.name, *(d.name for d in finished), run_dir.name}
@@ -146,9 +154,10 @@ def kill_resume_finish(module, flags, stage_dir, env, total_steps, seed, tmp_pat
             args = ["--resume", run_dir] if run_dir.exists() else [*flags, "--run-name", run_dir.name]
             step_before = checkpoint_step(run_dir) if run_dir.exists() else None
             temporaries_before = set(check_files(run_dir)) if run_dir.exists() else set()
-            delay = rng.uniform(0, lifetime_left(times, run_dir, total_steps))
+            predicted = lifetime_left(times, run_dir, total_steps)
+            delay = rng.uniform(0, pace * predicted)
             log_path = tmp_path / f"{run_dir.name}-{len(kills)}.log"
-            process = start(module, args, env, log_path)
+            started, process = time.time(), start(module, args, env, log_path)
             try:
                 process.wait(timeout=delay)
             except subprocess.TimeoutExpired:
@@ -159,6 +168,7 @@ def kill_resume_finish(module, flags, stage_dir, env, total_steps, seed, tmp_pat
                 assert process.returncode == 0, f"{' '.join(map(str, args))} failed:\n{output[-3000:]}"
                 assert (run_dir / "results.json").exists()
                 kills.append(f"{run_dir.name} {args[0]}: {delay:.2f} s, finished first")
+                pace = min(pace, pace_of(run_dir, started, predicted))
                 continue
             assert "Traceback" not in output and "\nerror:" not in output, output[-3000:]
             check_stage_folder(stage_dir, names)
@@ -166,6 +176,7 @@ def kill_resume_finish(module, flags, stage_dir, env, total_steps, seed, tmp_pat
                 phase = "before its run directory existed"
             elif (run_dir / "results.json").exists():
                 phase = "after it finished"
+                pace = min(pace, pace_of(run_dir, started, predicted))
             else:
                 live += 1
                 step = checkpoint_step(run_dir)
@@ -193,7 +204,7 @@ def kill_resume_finish(module, flags, stage_dir, env, total_steps, seed, tmp_pat
         if live >= MIN_LIVE_KILLS:
             break
     print(f"\n{stage_dir.name}: {live} of {len(kills)} kills hit a live, unfinished run; the uninterrupted one took "
-          f"{', '.join(f'{t:.1f} s to {name}' for name, t in times.items())}", *kills, sep="\n  ")
+          f"{', '.join(f'{t:.1f} s to {name}' for name, t in times.items())}; pace {pace:.2f}", *kills, sep="\n  ")
     assert live >= MIN_LIVE_KILLS, f"only {live} kills hit a live, unfinished run:\n" + "\n".join(kills)
     return whole, finished, kills
 
