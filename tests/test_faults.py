@@ -44,6 +44,15 @@ def wait_for(condition, process, seconds=180):
         time.sleep(0.005)
 
 
+def lock_holder(out):
+    """The holder's line in out's lock file, which output_lock writes once it holds the lock ('' before that: the
+    file is made before the lock is taken)."""
+    try:
+        return lock_file(out).read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
 @pytest.fixture
 def living_process():
     """A process that lives while the test runs: staging it owns must survive every other command."""
@@ -88,7 +97,7 @@ def test_a_lock_refuses_a_second_writer_naming_the_first_and_a_dead_holders_lock
     out = tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], cwd=REPO)
     try:
-        wait_for(lambda: lock_file(out).exists() and lock_file(out).read_text(), holder)
+        wait_for(lambda: lock_holder(out), holder)
         with pytest.raises(ValueError) as refused:
             with output_lock(out):
                 raise AssertionError("the block of a refused lock ran")
@@ -175,7 +184,7 @@ def test_a_second_writer_of_one_out_is_refused_before_any_work_and_ctrl_c_leaves
     module, args, out, _ = outputs(command, prior_run, tmp_path)
     first = start(module, args, tmp_path / "first.log")
     try:
-        wait_for(lambda: lock_file(out).exists(), first)
+        wait_for(lambda: lock_holder(out), first)  # the lock taken, its holder written
         first.send_signal(signal.SIGSTOP)  # held at work while the second one starts
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
         second = run_module(module, *args, env=ENV)
