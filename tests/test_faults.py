@@ -311,8 +311,9 @@ def test_a_tokenizer_whose_maps_find_no_room_resumes_to_the_maps_of_an_unbroken_
 def test_ctrl_c_in_a_fit_is_one_line_and_status_130_and_the_run_resumes(stage, tokenizer_run, tmp_path):
     from pipelines import fit_prior, fit_tokenizer
 
-    flags = [*TINY_TOKENIZER, "--epochs", "3"] if stage == "tokenizer" else \
-        [*TINY_PRIOR, "--epochs", "3", "--tokenizer", tokenizer_run]
+    # Epochs enough that the Ctrl-C, sent once the first checkpoint is seen, lands in the run on a busy machine too.
+    flags = [*TINY_TOKENIZER, "--epochs", "12"] if stage == "tokenizer" else \
+        [*TINY_PRIOR, "--epochs", "12", "--tokenizer", tokenizer_run]
     flags += ["--checkpoint-every", "2", "--output-root", tmp_path / "fits", "--run-name", "stopped"]
     run = tmp_path / "fits" / stage / "stopped"
     process = start(f"pipelines.fit_{stage}", flags, tmp_path / "fit.log")
