@@ -445,7 +445,7 @@ def staged_folder(path, overwrite=False, exists="pass `overwrite`, or another `o
     remove_orphans(path.parent)
     staging = _staging_path(path)
     try:
-        os.mkdir(staging, 0o777 & ~_umask())
+        os.mkdir(staging)  # 0o777 less the umask, as for any folder
         yield staging
         refuse_existing(path, overwrite, exists)
         if path.exists():
@@ -484,7 +484,7 @@ def output_lock(path, hold=True):
     check_can_write_in(lock.parent)
     lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)  # less the umask, as open() does
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
